@@ -1,0 +1,72 @@
+"""The extension points of txacme: certificate stores and challenge responders."""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class ICertificateStore(Interface):
+    """
+    A place where certificates (with their keys and chains) are kept, by server name.
+
+    Every method returns a ``Deferred``. The PEM objects of one server name are a
+    list of :mod:`pem` objects: the private key, the certificate, then the chain.
+    An empty list means "this name should have a certificate, but has none yet".
+    """
+
+    def get(server_name: str) -> object:
+        """
+        Fetch the PEM objects stored for ``server_name``.
+
+        :return: ``Deferred`` firing with ``list[pem.AbstractPEMObject]``, or
+            failing with ``KeyError`` when the store does not know the name.
+        """
+
+    def store(server_name: str, pem_objects: object) -> object:
+        """
+        Store the PEM objects (key, certificate, chain) for ``server_name``.
+
+        Implementations replace the previous entry atomically: a reader sees the
+        old objects or the new ones, never a mix or a partial write.
+
+        :return: ``Deferred`` firing with ``None`` when the objects are stored.
+        """
+
+    def as_dict() -> object:
+        """
+        Fetch every entry.
+
+        :return: ``Deferred`` firing with ``dict[str, list[pem.AbstractPEMObject]]``.
+        """
+
+
+class IResponder(Interface):
+    """
+    Answers one ACME challenge type, for example by serving an HTTP resource.
+    """
+
+    challenge_type = Attribute(
+        "The ACME challenge type this responder answers, e.g. ``'http-01'``."
+    )
+
+    def start_responding(server_name: str, challenge: object, response: object) -> object:
+        """
+        Start answering ``challenge`` for ``server_name``.
+
+        :param server_name: the identifier being validated (a DNS name without any
+            ``*.`` prefix, or an IP address).
+        :param challenge: the ``acme.challenges.Challenge`` offered by the CA.
+        :param response: the ``acme.challenges.KeyAuthorizationChallengeResponse``
+            carrying the key authorization.
+        :return: ``None`` or a ``Deferred`` that fires when the CA can validate.
+        """
+
+    def stop_responding(server_name: str, challenge: object, response: object) -> object:
+        """
+        Stop answering a challenge started by :meth:`start_responding`.
+
+        :return: ``None`` or a ``Deferred`` that fires when cleaned up.
+        """
+
+
+__all__ = ["ICertificateStore", "IResponder"]

@@ -1,0 +1,349 @@
+"""
+Run Pebble, Let's Encrypt's test CA, and its mock DNS server for the tests.
+
+Pebble ships no certificate for its own HTTPS listener, so each instance gets a
+fresh CA and a ``localhost`` / ``127.0.0.1`` / ``::1`` certificate in a temporary
+directory. Every port is picked free on 127.0.0.1. ``pebble-challtestsrv``
+answers every DNS name with 127.0.0.1 (and no IPv6 address, or Pebble would dial
+only ``[::1]``); its own challenge listeners are switched off.
+
+:func:`shared_pebble` starts one instance per test process; :func:`start_pebble`
+starts a private one (with EAB or fault knobs) that the caller stops.
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+PEBBLE = shutil.which("pebble") or "/usr/bin/pebble"
+CHALLTESTSRV = shutil.which("pebble-challtestsrv") or "/usr/bin/pebble-challtestsrv"
+
+# Fixed EAB keys for the EAB-required instance (test values, not secrets).
+EAB_KEYS = {
+    "kid-1": "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W",
+    "kid-2": "b10lLJs8l1GPIzsLP0s6pMt8O0XVGnfTaCeROxQM0BIt2XrJMDHJZBM5NuQmQJQH",
+}
+
+
+class PebbleUnavailable(RuntimeError):
+    """Pebble is not installed or did not start."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port that is free on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def free_udp_tcp_port(host: str = "127.0.0.1") -> int:
+    """Return a port free for both UDP and TCP on ``host`` (for a DNS server)."""
+    for _ in range(50):
+        port = free_port(host)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            try:
+                u.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise PebbleUnavailable("no free UDP+TCP port found")
+
+
+def make_tls_ca(directory: Path) -> tuple[Path, Path, Path]:
+    """
+    Write a throw-away CA and a localhost server certificate into ``directory``.
+
+    :return: (CA certificate path, server certificate path, server key path).
+    """
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "txacme test Pebble HTTPS CA")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                crl_sign=True, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.DNSName("localhost"),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                    x509.IPAddress(ipaddress.ip_address("::1")),
+                ]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_path = directory / "https-ca.pem"
+    cert_path = directory / "https-cert.pem"
+    key_path = directory / "https-key.pem"
+    ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return ca_path, cert_path, key_path
+
+
+def _wait_for_port(host: str, port: int, proc: subprocess.Popen[bytes], what: str,
+                   timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise PebbleUnavailable(f"{what} exited with status {proc.returncode}")
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise PebbleUnavailable(f"{what} did not listen on {host}:{port} within {timeout}s")
+
+
+class Pebble:
+    """A running Pebble and pebble-challtestsrv pair on loopback."""
+
+    def __init__(
+        self,
+        *,
+        eab: bool = False,
+        env: Mapping[str, str] | None = None,
+        config: Mapping[str, object] | None = None,
+        dns_server: str | None = None,
+        http_port: int | None = None,
+        tls_port: int | None = None,
+    ) -> None:
+        if not (os.path.exists(PEBBLE) and os.path.exists(CHALLTESTSRV)):
+            raise PebbleUnavailable(
+                "pebble is not installed: run 'apt-get install -y pebble' "
+                "(the README's test command does this)"
+            )
+        self.workdir = Path(tempfile.mkdtemp(prefix="txacme-pebble-"))
+        self.ca_path, cert_path, key_path = make_tls_ca(self.workdir)
+        self.ca_file = str(self.ca_path)
+        self.port = free_port()
+        self.mgmt_port = free_port()
+        self.http_port = http_port if http_port is not None else free_port()
+        self.tls_port = tls_port if tls_port is not None else free_port()
+        self.eab_keys = dict(EAB_KEYS) if eab else {}
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self.log_path = self.workdir / "pebble.log"
+        self.dns_port: int | None = None
+        self.dns_mgmt_port: int | None = None
+        self.dns_mgmt_url: str | None = None
+        try:
+            if dns_server is None:
+                self.dns_port = free_udp_tcp_port()
+                self.dns_mgmt_port = free_port()
+                self.dns_mgmt_url = f"http://127.0.0.1:{self.dns_mgmt_port}"
+                dns_log = open(self.workdir / "challtestsrv.log", "wb")  # noqa: SIM115
+                proc = subprocess.Popen(
+                    [
+                        CHALLTESTSRV,
+                        "-dns01", f"127.0.0.1:{self.dns_port}",
+                        "-management", f"127.0.0.1:{self.dns_mgmt_port}",
+                        "-defaultIPv4", "127.0.0.1",
+                        "-defaultIPv6", "",
+                        "-http01", "",
+                        "-https01", "",
+                        "-tlsalpn01", "",
+                    ],
+                    stdout=dns_log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                )
+                dns_log.close()
+                self._procs.append(proc)
+                _wait_for_port("127.0.0.1", self.dns_mgmt_port, proc, "pebble-challtestsrv")
+                dns_server = f"127.0.0.1:{self.dns_port}"
+            self.dns_server = dns_server
+            pebble_config: dict[str, object] = {
+                "listenAddress": f"127.0.0.1:{self.port}",
+                "managementListenAddress": f"127.0.0.1:{self.mgmt_port}",
+                "certificate": str(cert_path),
+                "privateKey": str(key_path),
+                "httpPort": self.http_port,
+                "tlsPort": self.tls_port,
+                "ocspResponderURL": "",
+                "externalAccountBindingRequired": eab,
+            }
+            if eab:
+                pebble_config["externalAccountMACKeys"] = dict(EAB_KEYS)
+            if config:
+                pebble_config.update(config)
+            config_path = self.workdir / "pebble-config.json"
+            config_path.write_text(json.dumps({"pebble": pebble_config}, indent=2))
+            full_env = dict(os.environ)
+            full_env["PEBBLE_VA_NOSLEEP"] = "1"
+            if env:
+                full_env.update(env)
+            log = open(self.log_path, "wb")  # noqa: SIM115
+            proc = subprocess.Popen(
+                [PEBBLE, "-config", str(config_path), "-dnsserver", dns_server],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=full_env,
+                cwd=str(self.workdir),
+            )
+            log.close()
+            self._procs.append(proc)
+            _wait_for_port("127.0.0.1", self.port, proc, "pebble")
+            _wait_for_port("127.0.0.1", self.mgmt_port, proc, "pebble management")
+        except BaseException:
+            self.stop()
+            raise
+        self.directory_url = f"https://127.0.0.1:{self.port}/dir"
+        self.mgmt_url = f"https://127.0.0.1:{self.mgmt_port}"
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=self.ca_file)
+
+    def _mgmt_get(self, path: str) -> bytes:
+        with urllib.request.urlopen(
+            self.mgmt_url + path, context=self._ssl_context(), timeout=10
+        ) as response:
+            return bytes(response.read())
+
+    def roots(self) -> list[bytes]:
+        """PEM of the root(s) that sign issued certificates (new on every start)."""
+        return [self._mgmt_get("/roots/0")]
+
+    def intermediates(self) -> list[bytes]:
+        """PEM of the intermediate(s) that sign issued certificates."""
+        return [self._mgmt_get("/intermediates/0")]
+
+    def directory(self) -> dict[str, object]:
+        """The ACME directory, fetched synchronously (for test set-up)."""
+        with urllib.request.urlopen(
+            self.directory_url, context=self._ssl_context(), timeout=10
+        ) as response:
+            return dict(json.loads(response.read()))
+
+    def log_text(self) -> str:
+        """What Pebble has logged so far (to count orders, or to explain a failure)."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def set_txt(self, host: str, value: str) -> None:
+        """Ask the mock DNS server to answer ``host`` TXT with ``value``."""
+        self._dns_post("/set-txt", {"host": host, "value": value})
+
+    def clear_txt(self, host: str) -> None:
+        """Remove TXT records for ``host`` from the mock DNS server."""
+        self._dns_post("/clear-txt", {"host": host})
+
+    def _dns_post(self, path: str, body: Mapping[str, object]) -> None:
+        if self.dns_mgmt_url is None:
+            raise PebbleUnavailable("this Pebble uses an external DNS server")
+        request = urllib.request.Request(
+            self.dns_mgmt_url + path, data=json.dumps(body).encode(), method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            response.read()
+
+    def stop(self) -> None:
+        """Stop exactly the processes this instance started, and wait for them."""
+        for proc in reversed(self._procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in reversed(self._procs):
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        self._procs = []
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Pebble:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_pebble(
+    *,
+    eab: bool = False,
+    env: Mapping[str, str] | None = None,
+    config: Mapping[str, object] | None = None,
+    dns_server: str | None = None,
+) -> Pebble:
+    """Start a private Pebble; the caller stops it (``addCleanup(p.stop)``)."""
+    return Pebble(eab=eab, env=env, config=config, dns_server=dns_server)
+
+
+_shared: Pebble | None = None
+
+
+def shared_pebble() -> Pebble:
+    """The Pebble shared by every test of this process, started on first use."""
+    global _shared
+    if _shared is None:
+        _shared = Pebble()
+        atexit.register(_stop_shared)
+    return _shared
+
+
+def _stop_shared() -> None:
+    global _shared
+    if _shared is not None:
+        _shared.stop()
+        _shared = None
