@@ -13,7 +13,9 @@ setup(
     long_description_content_type="text/x-rst",
     license="MIT",
     python_requires=">=3.10",
-    package_dir={"": "src"},
+    # The endpoint-string plugin lives in Twisted's plugin package, which has no
+    # __init__.py of ours: Twisted finds it on every sys.path entry.
+    package_dir={"": "src", "twisted.plugins": "twisted/plugins"},
     packages=find_packages("src") + ["twisted.plugins"],
     package_data={"txacme": ["py.typed"], "twisted": ["plugins/txacme_endpoints.py"]},
     include_package_data=True,
@@ -41,7 +43,7 @@ setup(
             "psycopg[binary]>=3.1",
         ],
         "test": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3"],
-        "dev": ["mypy>=1.10", "ruff>=0.5", "sphinx>=7", "towncrier>=23"],
+        "dev": ["mypy>=1.10", "mypy-zope>=1.0.5", "ruff>=0.5", "sphinx>=7", "towncrier>=23"],
     },
     entry_points={"console_scripts": ["txacme = txacme.cli:main"]},
     classifiers=[

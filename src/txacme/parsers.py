@@ -1,0 +1,52 @@
+"""
+The endpoint-string parser class behind ``le:``, ``lets:`` and ``acme:``.
+
+This module stays light on purpose: Twisted imports every plugin module whenever
+it scans for endpoint parsers, so the heavy code (client, service, TLS) is only
+imported by :meth:`ACMEServerParser.parseStreamServer`.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import (
+    IReactorCore,
+    IStreamServerEndpoint,
+    IStreamServerEndpointStringParser,
+)
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+
+@implementer(IPlugin, IStreamServerEndpointStringParser)
+class ACMEServerParser:
+    """
+    Parse ``PREFIX:<certificate directory>:<sub-endpoint description>[:keyword=value...]``.
+
+    :param prefix: the endpoint-string prefix, e.g. ``"le"``.
+    :param directory_url: the CA's directory URL, or ``None`` when the string
+        must give it with ``directory=`` (the ``acme:`` prefix).
+    """
+
+    def __init__(self, prefix: str, directory_url: str | None) -> None:
+        self.prefix = prefix
+        self.directory_url = directory_url
+
+    def parseStreamServer(  # noqa: N802
+        self, reactor: IReactorCore, *args: object, **kwargs: object
+    ) -> IStreamServerEndpoint:
+        """Build an :class:`txacme.endpoint.AutoTLSEndpoint` from the parsed string."""
+        from txacme.endpoint import endpoint_from_string_parts
+
+        return endpoint_from_string_parts(
+            reactor,
+            self.prefix,
+            self.directory_url,
+            [str(a) for a in args],
+            {k: str(v) for k, v in kwargs.items()},
+        )
+
+    def __repr__(self) -> str:
+        return f"ACMEServerParser(prefix={self.prefix!r}, directory_url={self.directory_url!r})"
+
+
+__all__ = ["ACMEServerParser"]
