@@ -6,12 +6,27 @@ obtains missing ones, and the typed function behind ``le:``, ``lets:`` and ``acm
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
 from typing import Any
 
 import attrs
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybeDeferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocolFactory,
+    IReactorCore,
+    IStreamServerEndpoint,
+)
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from txacme.errors import ConfigurationError
+
+log = Logger()
 
 KEY_TYPES = ("ec256", "ec384", "rsa2048", "rsa3072", "rsa4096")
 CHALLENGE_TYPES = ("tls-alpn-01", "http-01", "dns-01")
@@ -230,17 +245,327 @@ def parse_endpoint_string_parts(
 
 
 def endpoint_from_string_parts(
-    reactor: Any,
+    reactor: IReactorCore,
     prefix: str,
     directory_url: str | None,
     args: Sequence[str],
     kwargs: Mapping[str, str],
-) -> Any:
+) -> AutoTLSEndpoint:
     """The function behind the ``le:``, ``lets:`` and ``acme:`` parsers."""
     config = parse_endpoint_string_parts(prefix, directory_url, args, kwargs)
     return endpoint_from_config(reactor, config)
 
 
-def endpoint_from_config(reactor: Any, config: EndpointConfig) -> Any:
-    """Build an :class:`AutoTLSEndpoint` from a checked :class:`EndpointConfig`."""
-    raise NotImplementedError
+def endpoint_from_config(reactor: Any, config: EndpointConfig) -> AutoTLSEndpoint:
+    """
+    Build an :class:`AutoTLSEndpoint` from a checked :class:`EndpointConfig`.
+
+    The certificate directory must exist; ``client.key`` (the ACME account key)
+    is created in it, mode 0600, when absent.
+    """
+    from txacme.client import EAB, Client
+    from txacme.keys import load_or_create_client_key
+    from txacme.store import DirectoryStore
+
+    store = DirectoryStore(config.cert_dir)
+    key = load_or_create_client_key(os.path.join(config.cert_dir, "client.key"))
+    eab = (
+        EAB(config.eab_kid, config.eab_hmac)  # type: ignore[arg-type]
+        if config.eab_kid and config.eab_hmac
+        else None
+    )
+
+    def client_creator() -> Deferred[Any]:
+        return Client.from_url(
+            reactor,
+            config.directory_url,
+            key,
+            ca_file=config.ca_file,
+            timeout=config.timeout,
+        )
+
+    responders: list[Any] = []
+    if "dns-01" in config.challenges:
+        from txacme.dnsproviders import dns01_responder_from_options
+
+        responders.append(dns01_responder_from_options(config.dns_options))
+    http01_endpoint = None
+    if config.http01_endpoint is not None:
+        http01_endpoint = serverFromString(  # type: ignore[no-untyped-call]
+            reactor, config.http01_endpoint
+        )
+    return AutoTLSEndpoint(
+        reactor,
+        serverFromString(reactor, config.sub_endpoint),  # type: ignore[no-untyped-call]
+        store,
+        client_creator,
+        email=config.email,
+        eab=eab,
+        key_type=config.key_type,
+        profile=config.profile,
+        check_interval=config.check_interval,
+        tls_alpn=("tls-alpn-01" in config.challenges),
+        http01_endpoint=http01_endpoint if "http-01" in config.challenges else None,
+        responders=responders,
+        acceptable_protocols=config.alpn,
+    )
+
+
+@implementer(IListeningPort)
+class AutoTLSPort:
+    """
+    The listening port of an :class:`AutoTLSEndpoint`.
+
+    ``stopListening()`` stops the issuing service, the store watcher and any
+    ``http-01`` listener too.
+    """
+
+    def __init__(
+        self,
+        port: IListeningPort,
+        service: Any,
+        stoppers: Sequence[Callable[[], object]],
+    ) -> None:
+        self.port = port
+        self.service = service
+        self._stoppers = list(stoppers)
+
+    def startListening(self) -> None:  # noqa: N802
+        """Start listening again (delegates to the wrapped port)."""
+        self.port.startListening()
+
+    def stopListening(self) -> Deferred[None]:  # noqa: N802
+        """Stop the service and every listener; fire when all have stopped."""
+        waits = [maybeDeferred(stop) for stop in self._stoppers]
+        waits.append(maybeDeferred(self.port.stopListening))
+        return DeferredList(waits, consumeErrors=True).addCallback(lambda _: None)
+
+    def getHost(self) -> Any:  # noqa: N802
+        """The address the wrapped port listens on."""
+        return self.port.getHost()
+
+
+@implementer(IStreamServerEndpoint)
+class AutoTLSEndpoint:
+    """
+    A server endpoint that serves TLS with certificates that obtain and renew
+    themselves.
+
+    Wraps any stream server endpoint (``tcp:443``, ``unix:...``, systemd
+    sockets...). On :meth:`listen` it loads every certificate of ``cert_store``
+    into memory, listens on ``sub_endpoint`` with TLS chosen by SNI, starts an
+    :class:`~txacme.service.AcmeIssuingService` that answers ``tls-alpn-01`` on
+    that same port, and fires once the names that had no certificate have had
+    their first attempt.
+
+    :param reactor: the reactor.
+    :param sub_endpoint: the endpoint to listen on (the CA reaches it on port 443
+        for ``tls-alpn-01``).
+    :param cert_store: an :class:`~txacme.interfaces.ICertificateStore`.
+    :param client_creator: returns a ``Deferred`` of a ``txacme.client.Client``.
+    :param email: the ACME account's contact address.
+    :param eab: a ``txacme.client.EAB`` for CAs that require external account
+        binding.
+    :param key_type: the type of certificate keys (``ec256``, ``rsa2048``...).
+    :param profile: the ACME profile to request, if any.
+    :param check_interval: seconds between full checks of the store.
+    :param watch_interval: seconds between reloads of the store into the TLS
+        index, which serves certificates another process wrote and issues names
+        whose (empty) entry appeared; ``None`` to not watch.
+    :param tls_alpn: answer ``tls-alpn-01`` on ``sub_endpoint`` (default).
+    :param http01_endpoint: also listen here (port 80) and answer ``http-01``.
+    :param responders: further responders (``dns-01``).
+    :param acceptable_protocols: ALPN protocols of the application, most
+        preferred first (the factory's own, if it declares them, come first).
+    :param panic: ``panic(failure, server_name)`` when renewal fails close to
+        expiry (the default logs at CRITICAL).
+    :param service_options: further keyword arguments of
+        :class:`~txacme.service.AcmeIssuingService`.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        sub_endpoint: IStreamServerEndpoint,
+        cert_store: Any,
+        client_creator: Callable[[], Any],
+        *,
+        email: str | None = None,
+        eab: Any = None,
+        key_type: str = "ec256",
+        profile: str | None = None,
+        check_interval: float | timedelta = timedelta(hours=12),
+        watch_interval: float | None = 60.0,
+        tls_alpn: bool = True,
+        http01_endpoint: IStreamServerEndpoint | None = None,
+        responders: Sequence[Any] = (),
+        acceptable_protocols: Sequence[bytes] = (),
+        panic: Callable[[Failure, str], object] | None = None,
+        service_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not (tls_alpn or http01_endpoint is not None or responders):
+            raise ConfigurationError(
+                "AutoTLSEndpoint needs a way to answer challenges: tls_alpn=True, "
+                "an http01_endpoint, or responders"
+            )
+        if watch_interval is not None and not watch_interval > 0:
+            raise ConfigurationError(f"watch_interval={watch_interval!r} must be positive")
+        self.reactor = reactor
+        self.sub_endpoint = sub_endpoint
+        self.cert_store = cert_store
+        self.client_creator = client_creator
+        self.email = email
+        self.eab = eab
+        self.key_type = key_type
+        self.profile = profile
+        self.check_interval = check_interval
+        self.watch_interval = watch_interval
+        self.tls_alpn = tls_alpn
+        self.http01_endpoint = http01_endpoint
+        self.responders = list(responders)
+        self.acceptable_protocols = tuple(acceptable_protocols)
+        self.panic = panic
+        self.service_options = dict(service_options or {})
+        self.service: Any = None
+        self.index: Any = None
+
+    def _client_creator(self) -> Deferred[Any]:
+        d: Deferred[Any] = maybeDeferred(self.client_creator)
+        if self.eab is None:
+            return d
+
+        def with_eab(client: Any) -> Any:
+            # The service calls client.start(email=...); bind the account here.
+            original_start = client.start
+
+            def start(email: str | None = None, eab: Any = None) -> Any:
+                return original_start(email=email, eab=eab or self.eab)
+
+            client.start = start
+            return client
+
+        return d.addCallback(with_eab)
+
+    async def _listen(self, factory: IProtocolFactory) -> AutoTLSPort:
+        from txacme.challenges.http01 import HTTP01Responder, http01_root
+        from txacme.challenges.tlsalpn01 import TLSALPN01Responder
+        from txacme.service import AcmeIssuingService
+        from txacme.tls import CertificateIndex, SNIConnectionCreator, tls_server_factory
+
+        index = CertificateIndex()
+        await index.load_from(self.cert_store)
+        self.index = index
+        responders = list(self.responders)
+        registry = None
+        if self.tls_alpn:
+            tls_responder = TLSALPN01Responder()
+            registry = tls_responder.registry
+            responders.append(tls_responder)
+        creator = SNIConnectionCreator(
+            index, challenges=registry, acceptable_protocols=self.acceptable_protocols
+        )
+        stoppers: list[Callable[[], object]] = []
+        if self.http01_endpoint is not None:
+            from twisted.web.server import Site
+
+            http_responder = HTTP01Responder()
+            responders.append(http_responder)
+            root = http01_root(http_responder)
+            http_port = await self.http01_endpoint.listen(
+                Site(root)  # type: ignore[no-untyped-call]
+            )
+            stoppers.append(http_port.stopListening)
+        try:
+            port = await self.sub_endpoint.listen(tls_server_factory(creator, factory))
+        except BaseException:
+            for stop in stoppers:
+                stop()
+            raise
+
+        service = AcmeIssuingService(
+            self.cert_store,
+            self._client_creator,
+            self.reactor,
+            responders,
+            email=self.email,
+            key_type=self.key_type,
+            profile=self.profile,
+            check_interval=self.check_interval,
+            panic=self.panic,
+            on_stored=index.update,
+            **self.service_options,
+        )
+        self.service = service
+        service.startService()
+        stoppers.insert(0, service.stopService)
+        if self.watch_interval is not None:
+            watcher = _StoreWatch(self.reactor, self.cert_store, index, service)
+            watcher.start(self.watch_interval)
+            stoppers.insert(0, watcher.stop)
+        await service.when_certs_valid()
+        return AutoTLSPort(port, service, stoppers)
+
+    def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:  # noqa: N803
+        """
+        Listen with automatic TLS; fires with the port once the names without a
+        certificate have had a first attempt at issuance.
+        """
+        return Deferred.fromCoroutine(self._listen(protocolFactory))
+
+
+class _StoreWatch:
+    """
+    Re-reads the store on a timer: the TLS index then serves what another
+    process wrote, and an entry that appeared empty is issued at once.
+    """
+
+    def __init__(self, reactor: Any, store: Any, index: Any, service: Any) -> None:
+        self._store = store
+        self._index = index
+        self._service = service
+        self._known: set[str] | None = None
+        self._loop = LoopingCall(self._poll)
+        self._loop.clock = reactor
+        self._running: Deferred[Any] | None = None
+
+    def start(self, interval: float) -> None:
+        self._loop.start(interval, now=True)
+
+    def stop(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
+        if self._running is not None:
+            self._running.cancel()
+
+    def _poll(self) -> None:
+        if self._running is not None:
+            return
+        d = Deferred.fromCoroutine(self._reload())
+
+        def done(result: object) -> None:
+            self._running = None
+            if isinstance(result, Failure) and not result.check(  # type: ignore[no-untyped-call]
+                CancelledError
+            ):
+                log.failure("re-reading the certificate store", result)
+
+        self._running = d
+        d.addBoth(done)
+
+    async def _reload(self) -> None:
+        entries: dict[str, list[Any]] = await maybeDeferred(self._store.as_dict)
+        default = None
+        get_default = getattr(self._store, "get_default", None)
+        if get_default is not None:
+            try:
+                default = await maybeDeferred(get_default)
+            except KeyError:
+                default = None
+        self._index.replace_all(entries, default)
+        known = set(entries)
+        if self._known is not None:
+            for name in sorted(known - self._known):
+                if not entries[name]:
+                    log.info("new empty entry {name}: issuing", name=name)
+                    self._service.issue_cert(name).addErrback(lambda _: None)
+        self._known = known

@@ -1,0 +1,178 @@
+"""
+AutoTLSEndpoint end to end against Pebble: certificates obtained over tls-alpn-01
+on the serving port itself (Pebble's validator connects to it on loopback), then
+served by SNI and verified against Pebble's root.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from twisted.internet import reactor, threads
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ServerEndpoint, serverFromString
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+from twisted.web.static import Data
+
+from tests.pebble import shared_pebble
+from txacme.client import Client
+from txacme.endpoint import AutoTLSEndpoint
+from txacme.keys import generate_private_key, jwk_for
+from txacme.store import DirectoryStore
+
+PAGE = b"hello over automatic TLS\n"
+
+
+def site() -> Site:
+    root = Resource()
+    root.putChild(b"", Data(PAGE, "text/plain"))
+    return Site(root)
+
+
+def fetch(port: int, name: str, cafile: str, alpn: list[str] | None = None) -> dict[str, Any]:
+    """Blocking: GET / from 127.0.0.1:port with SNI ``name``, verifying against ``cafile``."""
+    context = ssl.create_default_context(cafile=cafile)
+    if alpn:
+        context.set_alpn_protocols(alpn)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname=name) as tls:
+            tls.sendall(f"GET / HTTP/1.0\r\nHost: {name}\r\n\r\n".encode())
+            data = b""
+            while chunk := tls.recv(65536):
+                data += chunk
+            der = tls.getpeercert(binary_form=True)
+            negotiated = tls.selected_alpn_protocol()
+    assert der is not None
+    return {
+        "body": data.split(b"\r\n\r\n", 1)[-1],
+        "cert": x509.load_der_x509_certificate(der),
+        "alpn": negotiated,
+    }
+
+
+def dns_names(cert: x509.Certificate) -> list[str]:
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return list(san.get_values_for_type(x509.DNSName))
+
+
+class AutoTLSEndpointPebbleTests(TestCase):
+    timeout = 120
+
+    def setUp(self) -> None:
+        self.pebble = shared_pebble()
+        self.certs = Path(tempfile.mkdtemp(prefix="txacme-certs-"))
+        roots = self.certs.parent / (self.certs.name + "-roots.pem")
+        roots.write_bytes(b"".join(self.pebble.roots()))
+        self.roots = str(roots)
+        self.addCleanup(os.remove, roots)
+
+    def make_endpoint(self, **kwargs: Any) -> AutoTLSEndpoint:
+        key = jwk_for(generate_private_key("ec256"))
+
+        def client_creator() -> Deferred[Client]:
+            d = Client.from_url(
+                reactor, self.pebble.directory_url, key, ca_file=self.pebble.ca_file
+            )
+
+            def keep(client: Client) -> Client:
+                self.addCleanup(client.close)
+                return client
+
+            return d.addCallback(keep)
+
+        return AutoTLSEndpoint(
+            reactor,
+            TCP4ServerEndpoint(reactor, self.pebble.tls_port, interface="127.0.0.1", backlog=128),
+            DirectoryStore(str(self.certs)),
+            client_creator,
+            **kwargs,
+        )
+
+    @inlineCallbacks
+    def test_issue_at_startup_and_serve(self) -> Any:
+        """
+        An empty ``<name>.pem`` is issued before ``listen`` fires; the port then
+        serves it by SNI with a chain that verifies against Pebble's root, and
+        the application's ALPN protocol is still negotiated.
+        """
+        (self.certs / "a.example.test.pem").write_bytes(b"")
+        endpoint = self.make_endpoint(acceptable_protocols=[b"http/1.1"])
+        port = yield endpoint.listen(site())
+        self.addCleanup(port.stopListening)
+        self.assertEqual(port.getHost().port, self.pebble.tls_port)
+        self.assertGreater((self.certs / "a.example.test.pem").stat().st_size, 0)
+        self.assertEqual(os.stat(self.certs / "a.example.test.pem").st_mode & 0o777, 0o600)
+        result = yield threads.deferToThread(
+            fetch, self.pebble.tls_port, "a.example.test", self.roots, ["http/1.1"]
+        )
+        self.assertEqual(result["body"], PAGE)
+        self.assertEqual(dns_names(result["cert"]), ["a.example.test"])
+        self.assertEqual(result["alpn"], "http/1.1")
+
+    @inlineCallbacks
+    def test_new_entry_issued_without_restart(self) -> Any:
+        """An empty entry that appears while running is issued and served."""
+        (self.certs / "first.example.test.pem").write_bytes(b"")
+        endpoint = self.make_endpoint(watch_interval=0.1)
+        port = yield endpoint.listen(site())
+        self.addCleanup(port.stopListening)
+        (self.certs / "later.example.test.pem").write_bytes(b"")
+        for _ in range(200):
+            if (self.certs / "later.example.test.pem").stat().st_size:
+                break
+            yield deferLater(reactor, 0.05, lambda: None)
+        result = yield threads.deferToThread(
+            fetch, self.pebble.tls_port, "later.example.test", self.roots
+        )
+        self.assertEqual(dns_names(result["cert"]), ["later.example.test"])
+        self.assertEqual(result["body"], PAGE)
+
+    @inlineCallbacks
+    def test_stop_listening_stops_service(self) -> Any:
+        """stopListening stops the port and the issuing service."""
+        (self.certs / "stop.example.test.pem").write_bytes(b"")
+        endpoint = self.make_endpoint()
+        port = yield endpoint.listen(site())
+        self.assertTrue(endpoint.service.running)
+        yield port.stopListening()
+        self.assertFalse(endpoint.service.running)
+        with self.assertRaises(OSError):
+            socket.create_connection(("127.0.0.1", self.pebble.tls_port), timeout=2).close()
+
+    @inlineCallbacks
+    def test_same_directory_served_by_txsni_and_ssl(self) -> Any:
+        """
+        The directory txacme writes is the one ``txsni:`` and Twisted's ``ssl:``
+        endpoint read: all three serve the same certificate.
+        """
+        (self.certs / "shared.example.test.pem").write_bytes(b"")
+        endpoint = self.make_endpoint()
+        port = yield endpoint.listen(site())
+        self.addCleanup(port.stopListening)
+        ours = yield threads.deferToThread(
+            fetch, self.pebble.tls_port, "shared.example.test", self.roots
+        )
+        pem_path = str(self.certs / "shared.example.test.pem")
+        quoted_dir = str(self.certs).replace(":", "\\:")
+        quoted_pem = pem_path.replace(":", "\\:")
+        for description in (
+            f"txsni:{quoted_dir}:tcp:0:interface=127.0.0.1",
+            f"ssl:0:interface=127.0.0.1:privateKey={quoted_pem}:certKey={quoted_pem}"
+            f":extraCertChain={quoted_pem}",
+        ):
+            other = yield serverFromString(reactor, description).listen(site())
+            self.addCleanup(other.stopListening)
+            theirs = yield threads.deferToThread(
+                fetch, other.getHost().port, "shared.example.test", self.roots
+            )
+            self.assertEqual(theirs["cert"], ours["cert"], description)
+            self.assertEqual(theirs["body"], PAGE)
