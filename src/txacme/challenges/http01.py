@@ -1,0 +1,210 @@
+"""
+The ``http-01`` challenge responder (RFC 8555 section 8.3).
+
+:class:`HTTP01Responder` keeps the key authorizations of the challenges being
+answered and serves them from :attr:`HTTP01Responder.resource`, a
+``twisted.web`` resource to mount at ``/.well-known/acme-challenge/`` (its
+children are the tokens). :func:`http01_root` builds a whole site root with it
+mounted, optionally in front of an existing resource tree, which suits a port-80
+listener.
+
+Behaviour:
+
+* ``GET`` or ``HEAD /.well-known/acme-challenge/<token>`` answers ``200`` with
+  the key authorization as ASCII ``text/plain`` only while that challenge is
+  being answered. Unknown or stopped tokens, tokens with characters outside
+  the base64url alphabet, extra path segments and the bare directory (no
+  listing) answer ``404``. Other methods answer ``405``.
+* The token is ``challenge.encode("token")`` of the ``acme.challenges.HTTP01``
+  challenge; the body is ``response.key_authorization``.
+* ``start_responding`` and ``stop_responding`` take effect at once and return
+  ``None``; stopping a challenge that is not active does nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from twisted.logger import Logger
+from twisted.web.resource import IResource, Resource
+from zope.interface import implementer
+
+from txacme.errors import ConfigurationError, ProtocolError
+from txacme.interfaces import IResponder
+
+log = Logger()
+
+WELL_KNOWN = b".well-known"
+ACME_CHALLENGE = b"acme-challenge"
+
+_TOKEN = re.compile(r"[A-Za-z0-9_-]+\Z")
+
+
+class _NotFound(Resource):
+    """A plain-text 404 for every method and every path below it."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        Resource.__init__(self)  # type: ignore[no-untyped-call]
+
+    def render(self, request: Any) -> bytes:
+        request.setResponseCode(404)
+        request.setHeader(b"content-type", b"text/plain; charset=us-ascii")
+        return b"not found\n"
+
+
+_NOT_FOUND = _NotFound()
+
+
+class _KeyAuthorization(Resource):
+    """Serves one key authorization."""
+
+    isLeaf = True
+
+    def __init__(self, body: bytes) -> None:
+        Resource.__init__(self)  # type: ignore[no-untyped-call]
+        self._body = body
+
+    def render_GET(self, request: Any) -> bytes:
+        if request.postpath:
+            return _NOT_FOUND.render(request)
+        request.setHeader(b"content-type", b"text/plain; charset=us-ascii")
+        request.setHeader(b"cache-control", b"no-store")
+        return self._body
+
+
+class _ChallengeDirectory(Resource):
+    """The ``/.well-known/acme-challenge/`` directory: its children are tokens."""
+
+    def __init__(self, tokens: dict[str, bytes]) -> None:
+        Resource.__init__(self)  # type: ignore[no-untyped-call]
+        self._tokens = tokens
+
+    def getChild(self, path: bytes, request: Any) -> Resource:
+        try:
+            token = path.decode("ascii")
+        except UnicodeDecodeError:
+            return _NOT_FOUND
+        if _TOKEN.match(token) is None:
+            return _NOT_FOUND
+        body = self._tokens.get(token)
+        if body is None:
+            return _NOT_FOUND
+        return _KeyAuthorization(body)
+
+    def render(self, request: Any) -> bytes:
+        return _NOT_FOUND.render(request)
+
+
+@implementer(IResponder)
+class HTTP01Responder:
+    """
+    Answers ``http-01`` challenges from a ``twisted.web`` resource.
+
+    :ivar resource: the resource to mount at ``/.well-known/acme-challenge/``.
+    """
+
+    challenge_type = "http-01"
+
+    def __init__(self) -> None:
+        self._tokens: dict[str, bytes] = {}
+        self.resource: IResource = _ChallengeDirectory(self._tokens)
+
+    @staticmethod
+    def _token(challenge: Any) -> str:
+        token = challenge.encode("token")
+        if not isinstance(token, str) or _TOKEN.match(token) is None:
+            raise ProtocolError(f"http-01 token {token!r} is not base64url")
+        return token
+
+    def start_responding(self, server_name: str, challenge: Any, response: Any) -> None:
+        """
+        Serve ``response.key_authorization`` at the challenge's token.
+
+        :raises txacme.errors.ProtocolError: for a token that is not base64url.
+        :raises txacme.errors.ConfigurationError: for a key authorization that is
+            not ASCII or does not belong to the token.
+        """
+        token = self._token(challenge)
+        key_authorization = response.key_authorization
+        if not isinstance(key_authorization, str) or not key_authorization.isascii():
+            raise ConfigurationError("http-01 key authorization must be an ASCII string")
+        if not key_authorization.startswith(token + "."):
+            raise ConfigurationError(f"http-01 key authorization is not for token {token!r}")
+        self._tokens[token] = key_authorization.encode("ascii")
+        log.debug("answering http-01 for {server_name}", server_name=server_name)
+
+    def stop_responding(self, server_name: str, challenge: Any, response: Any) -> None:
+        """
+        Stop serving the challenge's token (no-op if it is not served).
+        """
+        self._tokens.pop(self._token(challenge), None)
+        log.debug("stopped answering http-01 for {server_name}", server_name=server_name)
+
+    def active_tokens(self) -> frozenset[str]:
+        """The tokens being answered now."""
+        return frozenset(self._tokens)
+
+
+class _Overlay(Resource):
+    """
+    Serves its own children, and sends every other path (and itself) to
+    ``fallback`` when there is one, else 404.
+
+    A leaf ``fallback`` was mounted ``rewind`` segments above this node: the
+    segments consumed since then are handed back to it, so it sees the path as
+    if this node did not exist.
+    """
+
+    def __init__(self, overlay: dict[bytes, Any], fallback: Any, rewind: int = 0) -> None:
+        Resource.__init__(self)  # type: ignore[no-untyped-call]
+        self._overlay = overlay
+        self._fallback = fallback
+        self._rewind = rewind
+
+    def _give_back(self, request: Any, count: int) -> None:
+        for _ in range(count):
+            request.postpath.insert(0, request.prepath.pop())
+
+    def getChildWithDefault(self, path: bytes, request: Any) -> Any:
+        make = self._overlay.get(path)
+        fallback = self._fallback
+        if make is not None:
+            if fallback is None:
+                return make(None, 0)
+            if fallback.isLeaf:
+                return make(fallback, self._rewind + 1)
+            return make(fallback.getChildWithDefault(path, request), 0)
+        if fallback is None:
+            return _NOT_FOUND
+        if fallback.isLeaf:
+            self._give_back(request, self._rewind + 1)
+            return fallback
+        return fallback.getChildWithDefault(path, request)
+
+    def render(self, request: Any) -> Any:
+        if self._fallback is None:
+            return _NOT_FOUND.render(request)
+        if self._fallback.isLeaf:
+            self._give_back(request, self._rewind)
+        return self._fallback.render(request)
+
+
+def http01_root(responder: HTTP01Responder, fallback: IResource | None = None) -> IResource:
+    """
+    A site root serving ``responder`` at ``/.well-known/acme-challenge/``.
+
+    :param fallback: a resource tree (any ``IResource``) for every other path,
+        including other ``/.well-known/`` paths; without one they answer ``404``.
+    """
+    challenges = responder.resource
+
+    def well_known(below: Any, rewind: int) -> IResource:
+        return _Overlay({ACME_CHALLENGE: lambda _below, _rewind: challenges}, below, rewind)
+
+    return _Overlay({WELL_KNOWN: well_known}, fallback)
+
+
+__all__ = ["HTTP01Responder", "http01_root"]

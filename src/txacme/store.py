@@ -1,0 +1,366 @@
+"""
+Certificate stores: :class:`DirectoryStore`, one PEM file per server name.
+
+Layout (the one ``txsni:`` endpoints read, so another process can serve the
+same directory):
+
+* ``<server name>.pem`` holds the private key, the certificate, then the chain,
+  all PEM. The server name is in canonical form
+  (:func:`~txacme.names.normalize_server_name`): lower case, IPv6 addresses
+  compressed (``::1.pem``).
+* An empty ``<server name>.pem`` means "issue a certificate for this name".
+* A wildcard entry is ``*.example.com.pem``: ``*`` is an ordinary character in a
+  POSIX file name. ``txsni`` looks files up by the exact SNI name, so it never
+  serves a wildcard file; txacme's own TLS layer does.
+* ``DEFAULT.pem`` is what ``txsni`` serves to clients that send no SNI. It is
+  not a server name: :meth:`DirectoryStore.as_dict` leaves it out, and
+  :meth:`DirectoryStore.get_default` reads it.
+* ``client.key`` (the ACME account key), hidden files, temporary files
+  (``.<name>.pem.<random>.tmp``) and files whose stem is not a canonical server
+  name are ignored.
+
+Writes are atomic: the objects go to a temporary file in the same directory
+(mode 0600), which is flushed, synced and renamed over the old file, then the
+directory is synced. A reader sees the old entry or the new one, never a mix.
+If ``<server name>.pem`` is a symbolic link, the link itself is replaced by the
+new file (its target is left alone).
+
+Validation: :meth:`DirectoryStore.store` accepts only exactly one private key
+plus at least one certificate, the key matching the first certificate, and
+nothing else (no CSRs, public keys, parameters). The objects are written in the
+order given. Reading a non-empty file applies the same checks: :meth:`get`
+fails with :class:`~txacme.errors.ConfigurationError` naming the file, and
+:meth:`as_dict` logs the file and leaves it out, so one damaged file never hides
+the others.
+
+File I/O is blocking; the files are small and it all happens in
+:func:`load_entry` and :func:`write_entry`.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import pem
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import Logger
+from twisted.python.filepath import FilePath
+from zope.interface import implementer
+
+from txacme.errors import ConfigurationError, InvalidServerName
+from txacme.interfaces import ICertificateStore
+from txacme.names import normalize_server_name
+
+log = Logger()
+
+DEFAULT_NAME = "DEFAULT"
+"""Stem of the file ``txsni`` serves to clients without SNI (``DEFAULT.pem``)."""
+
+PEM_SUFFIX = ".pem"
+FILE_MODE = 0o600
+
+_CERTIFICATE_TYPES = (pem.Certificate,)
+
+
+def validate_pem_objects(pem_objects: object, source: str) -> list[pem.AbstractPEMObject]:
+    """
+    Check that ``pem_objects`` is one usable entry: exactly one private key, at
+    least one certificate, the key matching the first certificate, nothing else.
+
+    :param source: what the objects are (a name or a file), used in errors.
+    :return: the objects as a list, in the order given.
+    :raises txacme.errors.ConfigurationError: naming ``source``.
+    """
+    if isinstance(pem_objects, (str, bytes, pem.AbstractPEMObject)) or not isinstance(
+        pem_objects, Iterable
+    ):
+        raise ConfigurationError(f"{source}: expected a list of PEM objects")
+    objects: list[Any] = list(pem_objects)
+    keys: list[pem.AbstractPEMObject] = []
+    certificates: list[pem.AbstractPEMObject] = []
+    for obj in objects:
+        if type(obj) in _CERTIFICATE_TYPES:
+            certificates.append(obj)
+        elif isinstance(obj, pem.PrivateKey) and not isinstance(
+            obj, (pem.OpenSSHPrivateKey, pem.SSHCOMPrivateKey, pem.OpenPGPPrivateKey)
+        ):
+            keys.append(obj)
+        else:
+            raise ConfigurationError(
+                f"{source}: unexpected {type(obj).__name__} object; "
+                "only a private key and certificates are allowed"
+            )
+    if len(keys) != 1:
+        raise ConfigurationError(f"{source}: expected exactly one private key, found {len(keys)}")
+    if not certificates:
+        raise ConfigurationError(f"{source}: no certificate")
+    try:
+        key = serialization.load_pem_private_key(keys[0].as_bytes(), password=None)
+    except (TypeError, ValueError, UnsupportedAlgorithm):
+        raise ConfigurationError(f"{source}: the private key is unreadable or encrypted")
+    parsed = []
+    for index, cert in enumerate(certificates):
+        try:
+            parsed.append(x509.load_pem_x509_certificate(cert.as_bytes()))
+        except ValueError:
+            raise ConfigurationError(f"{source}: certificate #{index + 1} is unreadable")
+    public = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    if key.public_key().public_bytes(der, public) != parsed[0].public_key().public_bytes(
+        der, public
+    ):
+        raise ConfigurationError(f"{source}: the private key does not match the first certificate")
+    return objects
+
+
+def load_entry(path: str | FilePath[str]) -> list[pem.AbstractPEMObject]:
+    """
+    Read one ``.pem`` entry synchronously.
+
+    :return: ``[]`` for an empty (or whitespace-only) file, else the validated
+        PEM objects.
+    :raises FileNotFoundError: if the file does not exist.
+    :raises txacme.errors.ConfigurationError: naming the file when it cannot be
+        read or is not a valid entry.
+    """
+    filename = path.path if isinstance(path, FilePath) else path
+    try:
+        with open(filename, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise ConfigurationError(f"{filename}: cannot read ({e.strerror})")
+    if not data.strip():
+        return []
+    objects = pem.parse(data)
+    if not objects:
+        raise ConfigurationError(f"{filename}: no PEM objects in a non-empty file")
+    return validate_pem_objects(objects, filename)
+
+
+def _fsync_directory(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_entry(path: str | FilePath[str], data: bytes) -> None:
+    """
+    Replace the file ``path`` with ``data`` atomically (mode 0600).
+
+    The data is written to a temporary file in the same directory, synced and
+    renamed over ``path``; on any error the temporary file is removed and the
+    old file is untouched.
+    """
+    filename = path.path if isinstance(path, FilePath) else path
+    directory, base = os.path.split(filename)
+    directory = directory or "."
+    temp = os.path.join(directory, f".{base}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    try:
+        try:
+            os.fchmod(fd, FILE_MODE)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(temp, filename)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+        raise
+    _fsync_directory(directory)
+
+
+def _serialize(objects: Sequence[pem.AbstractPEMObject]) -> bytes:
+    parts = []
+    for obj in objects:
+        data = obj.as_bytes()
+        if not data.endswith(b"\n"):
+            data += b"\n"
+        parts.append(data)
+    return b"".join(parts)
+
+
+@implementer(ICertificateStore)
+class DirectoryStore:
+    """
+    A certificate store in a directory, one ``<server name>.pem`` per name.
+
+    :ivar path: the directory, as a ``FilePath``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | FilePath[str]) -> None:
+        """
+        :param path: an existing directory.
+        :raises txacme.errors.ConfigurationError: if it is not a directory.
+        """
+        if isinstance(path, FilePath):
+            self.path: FilePath[str] = path
+        elif isinstance(path, (str, os.PathLike)):
+            self.path = FilePath(os.fspath(path))
+        else:
+            raise ConfigurationError(f"not a directory path: {path!r}")
+        if not self.path.isdir():
+            raise ConfigurationError(f"{self.path.path}: not an existing directory")
+
+    def __repr__(self) -> str:
+        return f"DirectoryStore({self.path.path!r})"
+
+    def _file_for(self, server_name: str) -> str:
+        name = normalize_server_name(server_name)
+        return os.path.join(self.path.path, name + PEM_SUFFIX)
+
+    def get(self, server_name: str) -> Deferred[list[pem.AbstractPEMObject]]:
+        """
+        Fetch the entry of ``server_name``: ``[]`` for an empty file.
+
+        Fails with ``KeyError`` for a missing file,
+        :class:`~txacme.errors.InvalidServerName` for an invalid name and
+        :class:`~txacme.errors.ConfigurationError` for a damaged file.
+        """
+        try:
+            filename = self._file_for(server_name)
+            return succeed(load_entry(filename))
+        except FileNotFoundError:
+            return fail(KeyError(server_name))
+        except Exception:
+            return fail()
+
+    def store(self, server_name: str, pem_objects: object) -> Deferred[None]:
+        """
+        Validate and atomically write the entry of ``server_name``.
+
+        Fails with :class:`~txacme.errors.ConfigurationError` (the old file left
+        untouched) when the objects are not a key with its certificate and chain.
+        """
+        try:
+            filename = self._file_for(server_name)
+            objects = validate_pem_objects(pem_objects, server_name)
+            write_entry(filename, _serialize(objects))
+        except Exception:
+            return fail()
+        log.info(
+            "stored the certificate of {server_name} in {file}",
+            server_name=server_name,
+            file=filename,
+        )
+        return succeed(None)
+
+    def as_dict(self) -> Deferred[dict[str, list[pem.AbstractPEMObject]]]:
+        """
+        Fetch every entry, keyed by server name.
+
+        Files that are not entries are ignored; damaged entries are logged and
+        left out.
+        """
+        try:
+            return succeed(self._as_dict())
+        except Exception:
+            return fail()
+
+    def _as_dict(self) -> dict[str, list[pem.AbstractPEMObject]]:
+        result: dict[str, list[pem.AbstractPEMObject]] = {}
+        for filename in sorted(os.listdir(self.path.path)):
+            if not filename.endswith(PEM_SUFFIX) or filename.startswith("."):
+                continue
+            stem = filename[: -len(PEM_SUFFIX)]
+            if stem == DEFAULT_NAME:
+                continue
+            try:
+                canonical = normalize_server_name(stem)
+            except InvalidServerName:
+                log.debug("ignoring {file}: not a server name", file=filename)
+                continue
+            if canonical != stem:
+                log.warn(
+                    "ignoring {file}: rename it to {canonical}{suffix}",
+                    file=filename,
+                    canonical=canonical,
+                    suffix=PEM_SUFFIX,
+                )
+                continue
+            full = os.path.join(self.path.path, filename)
+            if not os.path.isfile(full):
+                continue
+            try:
+                result[stem] = load_entry(full)
+            except FileNotFoundError:
+                continue
+            except ConfigurationError as e:
+                log.error(
+                    "skipping damaged certificate file {file}: {reason}", file=full, reason=str(e)
+                )
+        return result
+
+    def get_default(self) -> Deferred[list[pem.AbstractPEMObject]]:
+        """
+        Fetch ``DEFAULT.pem`` (the certificate for clients without SNI).
+
+        Fails with ``KeyError`` when there is none.
+        """
+        filename = os.path.join(self.path.path, DEFAULT_NAME + PEM_SUFFIX)
+        try:
+            return succeed(load_entry(filename))
+        except FileNotFoundError:
+            return fail(KeyError(DEFAULT_NAME))
+        except Exception:
+            return fail()
+
+    def store_default(self, pem_objects: object) -> Deferred[None]:
+        """
+        Validate and atomically write ``DEFAULT.pem``.
+        """
+        filename = os.path.join(self.path.path, DEFAULT_NAME + PEM_SUFFIX)
+        try:
+            objects = validate_pem_objects(pem_objects, filename)
+            write_entry(filename, _serialize(objects))
+        except Exception:
+            return fail()
+        return succeed(None)
+
+    def mark_wanted(self, server_name: str) -> Deferred[bool]:
+        """
+        Create an empty entry for ``server_name`` (asking for a certificate)
+        unless a file already exists; never truncates an existing entry.
+
+        :return: ``Deferred`` firing with ``True`` if the file was created.
+        """
+        try:
+            filename = self._file_for(server_name)
+            try:
+                fd = os.open(filename, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            except FileExistsError:
+                return succeed(False)
+            os.close(fd)
+            _fsync_directory(self.path.path)
+        except Exception:
+            return fail()
+        return succeed(True)
+
+
+__all__ = [
+    "DEFAULT_NAME",
+    "DirectoryStore",
+    "load_entry",
+    "validate_pem_objects",
+    "write_entry",
+]
