@@ -30,15 +30,16 @@ setup(
         "pem>=23.1",
         "attrs>=23.1",
         "txsni>=0.2",
+        "idna>=3",
     ],
     extras_require={
         "dns": ["dnspython>=2.6"],
-        "lexicon": ["dns-lexicon>=3.17", "dnspython>=2.6"],
+        "lexicon": ["dns-lexicon>=3.17,<4", "dnspython>=2.6"],
         "metrics": ["prometheus-client>=0.20"],
         "postgres": ["psycopg[binary]>=3.1"],
         "all": [
             "dnspython>=2.6",
-            "dns-lexicon>=3.17",
+            "dns-lexicon>=3.17,<4",
             "prometheus-client>=0.20",
             "psycopg[binary]>=3.1",
         ],

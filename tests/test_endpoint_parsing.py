@@ -102,6 +102,11 @@ class ParseTests(SynchronousTestCase):
         self.assertEqual(config.dns_options["dns_server"], "127.0.0.1:53")
         self.assertEqual(config.sub_endpoint, "tcp:443")
         self.assertNotIn("s3cr3t", repr(config))
+        config = parse(
+            "le:/c:tcp:443:challenge=dns-01:dns=lexicon:dns_lexicon_provider=x"
+            ":dns_lexicon_auth_token=t0k3n"
+        )
+        self.assertNotIn("t0k3n", repr(config))
 
     def test_eab(self) -> None:
         with self.assertRaisesRegex(ConfigurationError, "eab_kid= and eab_hmac="):

@@ -62,8 +62,13 @@ def _quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
 
 
+def _is_secret(keyword: str) -> bool:
+    # Provider options of the lexicon bridge are API tokens and passwords.
+    return keyword in SECRET_KEYWORDS or keyword.startswith("dns_lexicon_")
+
+
 def _redacted(options: Mapping[str, str]) -> str:
-    return repr({k: ("<redacted>" if k in SECRET_KEYWORDS else v) for k, v in options.items()})
+    return repr({k: ("<redacted>" if _is_secret(k) else v) for k, v in options.items()})
 
 
 @attrs.frozen
