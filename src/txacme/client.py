@@ -89,6 +89,12 @@ from txacme.errors import (
     UnsupportedKeyType,
 )
 from txacme.names import is_ip_address
+from txacme.policy import (
+    ARI_DEFAULT_REFRESH,
+    ARI_MAX_REFRESH,
+    ARI_MIN_REFRESH,
+    ari_cert_id,
+)
 
 log = Logger()
 
@@ -110,8 +116,8 @@ DEFAULT_POLL_MAX = 2.0
 # certificates in two; after 20 attempts once in a million.
 DEFAULT_MAX_NONCE_ATTEMPTS = 20
 DEFAULT_PERSISTENT_CONNECTIONS = 16
-DEFAULT_ARI_RETRY_AFTER = 6 * 3600.0
-ARI_RETRY_AFTER_BOUNDS = (60.0, 86400.0)
+DEFAULT_ARI_RETRY_AFTER = ARI_DEFAULT_REFRESH.total_seconds()
+ARI_RETRY_AFTER_BOUNDS = (ARI_MIN_REFRESH.total_seconds(), ARI_MAX_REFRESH.total_seconds())
 
 _NONCE_POOL_SIZE = 256
 _B64URL = re.compile(r"[A-Za-z0-9_-]+\Z")
@@ -169,34 +175,6 @@ def parse_retry_after(value: str | bytes | None, now: float) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=datetime.timezone.utc)
     return max(0.0, when.timestamp() - now)
-
-
-def ari_cert_id(cert: x509.Certificate) -> str:
-    """
-    The RFC 9773 (ARI) certificate identifier of ``cert``.
-
-    It is the base64url (unpadded) Authority Key Identifier ``keyIdentifier``,
-    a dot, and the base64url DER content octets of the serial number (so a
-    serial whose high bit is set gets a leading zero byte).
-
-    :raises txacme.errors.ConfigurationError: when ``cert`` has no Authority Key
-        Identifier with a key identifier.
-    """
-    try:
-        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
-    except x509.ExtensionNotFound:
-        raise ConfigurationError(
-            f"certificate with serial {cert.serial_number:#x} has no Authority Key Identifier; "
-            "it has no ARI identifier"
-        )
-    if aki.key_identifier is None:
-        raise ConfigurationError(
-            f"certificate with serial {cert.serial_number:#x} has an Authority Key Identifier "
-            "without keyIdentifier; it has no ARI identifier"
-        )
-    serial = cert.serial_number
-    serial_bytes = serial.to_bytes((serial.bit_length() + 8) // 8, "big", signed=True)
-    return f"{_b64(aki.key_identifier)}.{_b64(serial_bytes)}"
 
 
 def _unwrap_key(jwk: JWK) -> object:

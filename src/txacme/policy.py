@@ -47,6 +47,7 @@ Backoff.
 
 from __future__ import annotations
 
+import base64
 import random
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -65,6 +66,7 @@ __all__ = [
     "RenewalInfoLike",
     "RenewalPlan",
     "RenewalSettings",
+    "ari_cert_id",
     "ari_certificate_id",
     "ari_renewal_time",
     "backoff_delay",
@@ -244,13 +246,45 @@ def backoff_delay(failures: int, rng: random.Random) -> float:
     return min(base * rng.uniform(1 - _JITTER, 1 + _JITTER), MAX_BACKOFF)
 
 
+def ari_cert_id(cert: x509.Certificate) -> str:
+    """
+    The RFC 9773 (ARI) certificate identifier of ``cert``.
+
+    It is the base64url (unpadded) Authority Key Identifier ``keyIdentifier``,
+    a dot, and the base64url DER content octets of the serial number (so a
+    serial whose high bit is set gets a leading zero byte).
+
+    :raises txacme.errors.ConfigurationError: when ``cert`` has no Authority Key
+        Identifier with a key identifier.
+    """
+    from txacme.errors import ConfigurationError
+
+    try:
+        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        raise ConfigurationError(
+            f"certificate with serial {cert.serial_number:#x} has no Authority Key Identifier; "
+            "it has no ARI identifier"
+        )
+    if aki.key_identifier is None:
+        raise ConfigurationError(
+            f"certificate with serial {cert.serial_number:#x} has an Authority Key Identifier "
+            "without keyIdentifier; it has no ARI identifier"
+        )
+    serial = cert.serial_number
+    serial_bytes = serial.to_bytes((serial.bit_length() + 8) // 8, "big", signed=True)
+    return f"{_b64(aki.key_identifier)}.{_b64(serial_bytes)}"
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
 def ari_certificate_id(certificate: x509.Certificate) -> str | None:
     """
-    The ARI certificate identifier (RFC 9773 section 4.1, computed by
-    :func:`txacme.client.ari_cert_id`), or ``None`` when the certificate has no
-    authority key identifier and so cannot be asked about.
+    The ARI certificate identifier (:func:`ari_cert_id`), or ``None`` when the
+    certificate has no authority key identifier and so cannot be asked about.
     """
-    from txacme.client import ari_cert_id
     from txacme.errors import ConfigurationError
 
     try:
