@@ -48,6 +48,7 @@ OWN_KEYWORDS = frozenset(
         "challenge",
         "http01",
         "check_interval",
+        "watch_interval",
         "alpn",
     }
 )
@@ -94,6 +95,7 @@ class EndpointConfig:
     http01_endpoint: str | None = None
     dns_options: Mapping[str, str] = attrs.field(factory=dict, repr=_redacted)
     check_interval: float = 12 * 3600.0
+    watch_interval: float = 60.0
     alpn: tuple[bytes, ...] = (b"http/1.1",)
 
 
@@ -200,6 +202,11 @@ def parse_endpoint_string_parts(
         if "check_interval" in own
         else 12 * 3600.0
     )
+    watch_interval = (
+        _positive_float("watch_interval", own["watch_interval"])
+        if "watch_interval" in own
+        else 60.0
+    )
 
     challenges = tuple(
         c.strip().lower() for c in own.get("challenge", "tls-alpn-01").split(",") if c.strip()
@@ -245,6 +252,7 @@ def parse_endpoint_string_parts(
         http01_endpoint=http01_endpoint,
         dns_options=dns_options,
         check_interval=check_interval,
+        watch_interval=watch_interval,
         alpn=alpn,
     )
 
@@ -309,6 +317,7 @@ def endpoint_from_config(reactor: Any, config: EndpointConfig) -> AutoTLSEndpoin
         key_type=config.key_type,
         profile=config.profile,
         check_interval=config.check_interval,
+        watch_interval=config.watch_interval,
         tls_alpn=("tls-alpn-01" in config.challenges),
         http01_endpoint=http01_endpoint if "http-01" in config.challenges else None,
         responders=responders,
