@@ -6,6 +6,7 @@ Started by ``scripts/demo``; see README.rst.
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import socket
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography import x509
@@ -44,15 +46,68 @@ def fetch(port: int, cafile: str) -> tuple[bytes, x509.Certificate]:
     return body.split(b"\r\n\r\n", 1)[-1], x509.load_der_x509_certificate(der)
 
 
-def main() -> int:
-    from tests.pebble import PebbleUnavailable, start_pebble
+class LocalCA:
+    """The parts of a local test CA the demo needs, whichever CA it is."""
 
-    try:
-        ca = start_pebble()
-        ca_name = "Pebble (Let's Encrypt's test CA)"
-    except PebbleUnavailable as e:
-        print(f"Pebble is not available ({e}).", file=sys.stderr)
-        return 1
+    def __init__(
+        self, name: str, directory_url: str, ca_file: str, tls_port: int,
+        roots: list[bytes], stop: Callable[[], object],
+    ) -> None:
+        self.name = name
+        self.directory_url = directory_url
+        self.ca_file = ca_file
+        self.tls_port = tls_port
+        self._roots = roots
+        self.stop = stop
+
+    def roots(self) -> list[bytes]:
+        return self._roots
+
+
+def start_pebble_ca() -> LocalCA:
+    from tests.pebble import start_pebble
+
+    pebble = start_pebble()
+    return LocalCA(
+        "Pebble (Let's Encrypt's test CA)", pebble.directory_url, pebble.ca_file,
+        pebble.tls_port, pebble.roots(), pebble.stop,
+    )
+
+
+def start_txacme_ca() -> LocalCA:
+    from txacme.testca import TestCAProcess, free_port
+
+    tls_port = free_port()
+    ca = TestCAProcess.start(tlsalpn01_port=tls_port, retry_after=0)
+    return LocalCA(
+        "txacme.testca (txacme's own test CA)", ca.directory_url,
+        ca.https_ca_file, tls_port, [ca.root_pem], ca.stop,
+    )
+
+
+def start_ca(choice: str) -> LocalCA:
+    """Pebble when installed (or asked for), else txacme's own test CA."""
+    from tests.pebble import PebbleUnavailable
+
+    if choice in ("auto", "pebble"):
+        try:
+            return start_pebble_ca()
+        except PebbleUnavailable as e:
+            if choice == "pebble":
+                raise
+            print(f"Pebble is not available ({e}); using txacme's own test CA.")
+    return start_txacme_ca()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="txacme's demo: twistd web on an acme: endpoint")
+    parser.add_argument(
+        "--ca", choices=["auto", "pebble", "testca"], default="auto",
+        help="which local CA to use (default: Pebble when installed, else txacme's test CA)",
+    )
+    args = parser.parse_args()
+    ca = start_ca(args.ca)
+    ca_name = ca.name
     work = Path(tempfile.mkdtemp(prefix="txacme-demo-"))
     procs: list[subprocess.Popen[bytes]] = []
     try:

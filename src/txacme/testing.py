@@ -313,3 +313,24 @@ __all__ += [
     "make_certificate",
     "make_pem_objects",
 ]
+
+
+# ---------------------------------------------------------------------------
+# The in-process test CA (txacme.testca), imported on first use: it brings in
+# twisted.web and the CA's own PKI, which users of the fakes above do not need.
+# ---------------------------------------------------------------------------
+
+_TESTCA_NAMES = frozenset(
+    {"TestCA", "TestCAProcess", "TestDNSServer", "Profile", "pytest_fixture", "free_port"}
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TESTCA_NAMES:
+        from txacme import testca
+
+        return getattr(testca, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ += sorted(_TESTCA_NAMES)
