@@ -176,3 +176,28 @@ class AutoTLSEndpointPebbleTests(TestCase):
             )
             self.assertEqual(theirs["cert"], ours["cert"], description)
             self.assertEqual(theirs["body"], PAGE)
+
+    @inlineCallbacks
+    def test_http01_endpoint(self) -> Any:
+        """
+        With tls-alpn-01 off, the http-01 listener (port 80's stand-in) answers
+        the challenge and the TLS port, anywhere, serves the certificate.
+        """
+        (self.certs / "web.example.test.pem").write_bytes(b"")
+        endpoint = self.make_endpoint(
+            tls_alpn=False,
+            http01_endpoint=TCP4ServerEndpoint(
+                reactor, self.pebble.http_port, interface="127.0.0.1"
+            ),
+        )
+        endpoint.sub_endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+        port = yield endpoint.listen(site())
+        self.addCleanup(port.stopListening)
+        result = yield threads.deferToThread(
+            fetch, port.getHost().port, "web.example.test", self.roots
+        )
+        self.assertEqual(dns_names(result["cert"]), ["web.example.test"])
+        yield port.stopListening()
+        # The http-01 listener went away with the port.
+        with self.assertRaises(OSError):
+            socket.create_connection(("127.0.0.1", self.pebble.http_port), timeout=2).close()
