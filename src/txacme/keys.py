@@ -45,6 +45,7 @@ PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 """The private key types txacme handles."""
 
 DEFAULT_KEY_TYPE = "ec256"
+"""The key type used when none is given: ECDSA on the P-256 curve."""
 
 _EC_CURVES: dict[str, type[ec.EllipticCurve]] = {
     "ec256": ec.SECP256R1,

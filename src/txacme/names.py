@@ -44,7 +44,10 @@ import idna
 from txacme.errors import InvalidServerName
 
 MAX_NAME_LENGTH = 253
+"""The longest DNS name accepted, in characters (RFC 1035, without the final dot)."""
+
 MAX_LABEL_LENGTH = 63
+"""The longest label (the part between dots) accepted, in characters."""
 
 _PATH_CHARACTERS = frozenset("/\\\x00")
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\Z")

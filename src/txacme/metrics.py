@@ -1,0 +1,421 @@
+"""
+Prometheus metrics for the issuing service (``pip install txacme[metrics]``).
+
+:class:`Metrics` subscribes to an :class:`~txacme.service.AcmeIssuingService`
+(:meth:`Metrics.attach`) and turns its events into metrics;
+:meth:`Metrics.resource` serves them in the Prometheus text format from any
+``twisted.web`` site, and :func:`serve_metrics` listens on an endpoint
+description of its own (the ``metrics=`` keyword of the endpoint strings).
+
+Metrics (every timestamp is in seconds since the Unix epoch):
+
+``txacme_certificate_not_after_timestamp_seconds{name}``
+    When the certificate of each store entry expires; ``0`` for an entry that
+    has no certificate yet. Alert on ``... - time() < 7 * 86400``.
+``txacme_certificate_renewal_timestamp_seconds{name}``
+    When the service plans to renew it.
+``txacme_certificate_renewal_reason{name, reason}``
+    ``1`` for the reason of that plan (``ari``, ``lifetime``, ``missing``,
+    ``names``, ``emergency``, ``expired``).
+``txacme_certificate_failures{name}``
+    Consecutive failed attempts for the name (``0`` after a success).
+``txacme_issuance_attempts_total{reason}``
+    Issuance attempts started, by the reason they were started for.
+``txacme_issuance_successes_total``
+    Certificates obtained and stored.
+``txacme_issuance_failures_total{problem}``
+    Failed attempts, by ACME problem code (``connection``, ``rateLimited``...)
+    or, for other errors, exception class name (``ACMETimeout``...).
+``txacme_issuance_emergencies_total``
+    Failures that left a name without a valid certificate or inside its
+    emergency window.
+``txacme_issuance_duration_seconds{outcome}``
+    A histogram of how long attempts took, ``outcome`` being ``success`` or
+    ``failure``.
+``txacme_acme_requests_total{endpoint, method, status}``
+    HTTP exchanges with the CA, by ACME resource (``newOrder``,
+    ``authorization``, ``finalize``...) and HTTP status (``error`` when no
+    answer came); fed by :meth:`Metrics.observe_exchange`.
+
+Names are labels, so one series exists per store entry: fine for thousands of
+names, not for millions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from cryptography import x509
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from zope.interface import implementer
+
+from txacme.errors import ACME_ERROR_PREFIX, ConfigurationError
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+log = Logger()
+
+__all__ = ["DURATION_BUCKETS", "Metrics", "MetricsPort", "serve_metrics"]
+
+DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+"""Bucket bounds (seconds) of ``txacme_issuance_duration_seconds``."""
+
+
+def _prometheus() -> Any:
+    try:
+        import prometheus_client
+    except ImportError:
+        raise ConfigurationError(
+            "metrics need the prometheus-client package: pip install 'txacme[metrics]'"
+        )
+    return prometheus_client
+
+
+def _timestamp(moment: datetime | None) -> float:
+    return 0.0 if moment is None else moment.timestamp()
+
+
+def _problem_label(problem: str) -> str:
+    if problem.startswith(ACME_ERROR_PREFIX):
+        return problem[len(ACME_ERROR_PREFIX) :]
+    return problem
+
+
+def _first_certificate(pem_objects: Any) -> x509.Certificate | None:
+    import pem
+
+    for obj in pem_objects or ():
+        if isinstance(obj, pem.Certificate):
+            try:
+                return x509.load_pem_x509_certificate(obj.as_bytes())
+            except ValueError:
+                return None
+    return None
+
+
+class _MetricsResource(Resource):
+    """Renders a registry in the exposition format the scraper asks for."""
+
+    isLeaf = True
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        Resource.__init__(self)  # type: ignore[no-untyped-call]
+        self.registry = registry
+
+    def render_GET(self, request: Any) -> bytes:  # noqa: N802
+        from prometheus_client.exposition import choose_encoder
+
+        accept = request.getHeader(b"accept")
+        encoder, content_type = choose_encoder(
+            accept.decode("latin-1") if isinstance(accept, bytes) else (accept or "")
+        )
+        request.setHeader(b"content-type", content_type.encode("ascii"))
+        return bytes(encoder(self.registry))
+
+
+class _Root(Resource):
+    """``/`` points to ``/metrics``."""
+
+    def __init__(self) -> None:
+        Resource.__init__(self)  # type: ignore[no-untyped-call]
+
+    def render_GET(self, request: Any) -> bytes:  # noqa: N802
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"txacme metrics: /metrics\n"
+
+
+class Metrics:
+    """
+    The txacme metrics, in a Prometheus registry.
+
+    :param registry: the ``prometheus_client.CollectorRegistry`` to register
+        in; a new one by default (pass ``prometheus_client.REGISTRY`` to add
+        them to the process-wide registry you already expose).
+    :param clock: the reactor's time, to time failed attempts (default: the
+        global reactor).
+    :raises txacme.errors.ConfigurationError: when ``prometheus-client`` is not
+        installed.
+    """
+
+    def __init__(
+        self, registry: CollectorRegistry | None = None, clock: IReactorTime | None = None
+    ) -> None:
+        prom = _prometheus()
+        if registry is None:
+            registry = prom.CollectorRegistry()
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = reactor
+        self.registry: CollectorRegistry = registry
+        self._clock: IReactorTime = clock
+        self._started: dict[str, float] = {}
+        self._reasons: dict[str, str] = {}
+        self._names: set[str] = set()
+        self.not_after = prom.Gauge(
+            "txacme_certificate_not_after_timestamp_seconds",
+            "When the certificate expires (0: no certificate yet).",
+            ["name"],
+            registry=registry,
+        )
+        self.renewal = prom.Gauge(
+            "txacme_certificate_renewal_timestamp_seconds",
+            "When the issuing service plans to renew the certificate.",
+            ["name"],
+            registry=registry,
+        )
+        self.renewal_reason = prom.Gauge(
+            "txacme_certificate_renewal_reason",
+            "1 for the reason of the planned renewal.",
+            ["name", "reason"],
+            registry=registry,
+        )
+        self.failing = prom.Gauge(
+            "txacme_certificate_failures",
+            "Consecutive failed issuance attempts for the name.",
+            ["name"],
+            registry=registry,
+        )
+        self.attempts = prom.Counter(
+            "txacme_issuance_attempts",
+            "Issuance attempts started, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.successes = prom.Counter(
+            "txacme_issuance_successes",
+            "Certificates obtained and stored.",
+            registry=registry,
+        )
+        self.failures = prom.Counter(
+            "txacme_issuance_failures",
+            "Failed issuance attempts, by ACME problem code or exception class.",
+            ["problem"],
+            registry=registry,
+        )
+        self.emergencies = prom.Counter(
+            "txacme_issuance_emergencies",
+            "Failures for names without a valid certificate or in their emergency window.",
+            registry=registry,
+        )
+        self.duration = prom.Histogram(
+            "txacme_issuance_duration_seconds",
+            "How long issuance attempts took.",
+            ["outcome"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.requests = prom.Counter(
+            "txacme_acme_requests",
+            "HTTP exchanges with the ACME server, by resource and status.",
+            ["endpoint", "method", "status"],
+            registry=registry,
+        )
+
+    # -- feeding ---------------------------------------------------------------
+
+    def attach(self, service: Any) -> Callable[[], None]:
+        """
+        Follow the events of ``service`` (an
+        :class:`~txacme.service.AcmeIssuingService`); attach before starting it
+        to see its first plans.
+
+        :return: a function that stops following.
+        """
+        unsubscribe: Callable[[], None] = service.subscribe(self.observe)
+        return unsubscribe
+
+    def observe(self, event: object) -> None:
+        """Update the metrics for one service event (the subscriber callback)."""
+        from txacme.service import Emergency, Failed, Obtained, Obtaining, RenewalScheduled
+
+        name = getattr(event, "name", None)
+        if isinstance(name, str):
+            self._names.add(name)
+
+        if isinstance(event, RenewalScheduled):
+            self._set_reason(event.name, event.reason)
+            self.renewal.labels(event.name).set(_timestamp(event.due_at))
+            not_after = getattr(event, "not_after", None)
+            if isinstance(not_after, datetime):
+                self.not_after.labels(event.name).set(not_after.timestamp())
+            elif event.reason == "missing":
+                self.not_after.labels(event.name).set(0.0)
+            self.failing.labels(event.name)  # make the series exist (0)
+        elif isinstance(event, Obtaining):
+            self.attempts.labels(event.reason).inc()
+            self._started[event.name] = self._clock.seconds()
+        elif isinstance(event, Obtained):
+            self._started.pop(event.name, None)
+            self.successes.inc()
+            self.duration.labels("success").observe(event.seconds)
+            self.failing.labels(event.name).set(0)
+            if event.not_after is not None:
+                self.not_after.labels(event.name).set(event.not_after.timestamp())
+        elif isinstance(event, Failed):
+            self.failures.labels(_problem_label(event.problem)).inc()
+            self.failing.labels(event.name).set(event.attempt)
+            started = self._started.pop(event.name, None)
+            if started is not None:
+                self.duration.labels("failure").observe(
+                    max(self._clock.seconds() - started, 0.0)
+                )
+        elif isinstance(event, Emergency):
+            self.emergencies.inc()
+
+    def _set_reason(self, name: str, reason: str) -> None:
+        previous = self._reasons.get(name)
+        if previous is not None and previous != reason:
+            try:
+                self.renewal_reason.remove(name, previous)
+            except KeyError:
+                pass
+        self._reasons[name] = reason
+        self.renewal_reason.labels(name, reason).set(1)
+
+    def observe_certificate(self, name: str, certificate: x509.Certificate | None) -> None:
+        """Set the expiry of ``name`` from its certificate (``None``: none yet)."""
+        self._names.add(name)
+        self.not_after.labels(name).set(
+            0.0 if certificate is None else certificate.not_valid_after_utc.timestamp()
+        )
+
+    def observe_store(self, store: Any) -> Deferred[None]:
+        """
+        Set the expiry of every entry of ``store`` (an
+        :class:`~txacme.interfaces.ICertificateStore`) and forget names the
+        store no longer holds. The service's events keep them current
+        afterwards.
+        """
+        from twisted.internet.defer import maybeDeferred
+
+        def update(entries: dict[str, list[Any]]) -> None:
+            for name, pem_objects in entries.items():
+                self.observe_certificate(name, _first_certificate(pem_objects))
+            for name in self._names - set(entries):
+                self.forget(name)
+
+        return maybeDeferred(store.as_dict).addCallback(update)
+
+    def forget(self, name: str) -> None:
+        """Remove every series of ``name`` (it left the store)."""
+        self._names.discard(name)
+        for gauge in (self.not_after, self.renewal, self.failing):
+            try:
+                gauge.remove(name)
+            except KeyError:
+                pass
+        reason = self._reasons.pop(name, None)
+        if reason is not None:
+            try:
+                self.renewal_reason.remove(name, reason)
+            except KeyError:
+                pass
+        self._started.pop(name, None)
+
+    def observe_exchange(self, exchange: Any) -> None:
+        """
+        Count one HTTP exchange with the CA.
+
+        ``exchange`` has ``endpoint`` (the ACME resource: ``newOrder``,
+        ``authorization``...), ``method`` and ``status`` (the HTTP status, or
+        ``None`` when no answer came). This is the callback for the ACME
+        client's exchange hook.
+        """
+        status = getattr(exchange, "status", None)
+        self.requests.labels(
+            str(getattr(exchange, "endpoint", "other")),
+            str(getattr(exchange, "method", "POST")),
+            "error" if status is None else str(status),
+        ).inc()
+
+    # -- serving -----------------------------------------------------------------
+
+    def resource(self) -> Resource:
+        """
+        A ``twisted.web`` resource serving the metrics (text exposition format,
+        or OpenMetrics when the scraper asks for it); mount it where you like,
+        e.g. ``root.putChild(b"metrics", metrics.resource())``.
+        """
+        return _MetricsResource(self.registry)
+
+
+@implementer(IListeningPort)
+class MetricsPort:
+    """
+    The listening port of :func:`serve_metrics`; stopping it also stops
+    following the service.
+
+    :ivar metrics: the :class:`Metrics` served.
+    """
+
+    def __init__(self, port: IListeningPort, metrics: Metrics, detach: Callable[[], None]):
+        self.port = port
+        self.metrics = metrics
+        self._detach = detach
+
+    def startListening(self) -> None:  # noqa: N802
+        """Start listening again."""
+        self.port.startListening()
+
+    def stopListening(self) -> Deferred[None]:  # noqa: N802
+        """Stop following the service and stop listening."""
+        from twisted.internet.defer import maybeDeferred
+
+        self._detach()
+        return maybeDeferred(self.port.stopListening).addCallback(lambda _: None)
+
+    def getHost(self) -> Any:  # noqa: N802
+        """The address listened on."""
+        return self.port.getHost()
+
+
+def serve_metrics(
+    reactor: Any,
+    description: str,
+    service: Any,
+    *,
+    metrics: Metrics | None = None,
+    store: Any = None,
+) -> Deferred[MetricsPort]:
+    """
+    Listen on the endpoint ``description`` (e.g. ``tcp:9100:interface=127.0.0.1``)
+    and serve the metrics of ``service`` at ``/metrics``.
+
+    :param metrics: the :class:`Metrics` to feed and serve (default: a new one
+        with its own registry).
+    :param store: the service's certificate store, read once for the expiry of
+        the certificates it already holds.
+    :return: a ``Deferred`` firing with the :class:`MetricsPort`.
+    :raises txacme.errors.ConfigurationError: (in the ``Deferred``) for a bad
+        description or a missing ``prometheus-client``, naming the input.
+    """
+    from twisted.internet.endpoints import serverFromString
+    from twisted.web.server import Site
+
+    async def listen() -> MetricsPort:
+        try:
+            endpoint = serverFromString(reactor, description)  # type: ignore[no-untyped-call]
+        except (ValueError, TypeError, KeyError) as e:
+            raise ConfigurationError(f"metrics={description!r} is not an endpoint: {e}")
+        served = metrics if metrics is not None else Metrics(clock=reactor)
+        detach = served.attach(service)
+        try:
+            if store is not None:
+                await served.observe_store(store)
+            root = _Root()
+            root.putChild(b"metrics", served.resource())
+            port = await endpoint.listen(Site(root))  # type: ignore[no-untyped-call]
+        except BaseException:
+            detach()
+            raise
+        log.info("serving metrics on {address}", address=port.getHost())
+        return MetricsPort(port, served, detach)
+
+    return Deferred.fromCoroutine(listen())
