@@ -23,20 +23,7 @@ import txacme
 #: as they are fixed.
 KNOWN_GAPS = frozenset(
     {
-        "txacme.challenges.dns01.CHALLENGE_LABEL",
-        "txacme.challenges.dns01.DEFAULT_PROPAGATION_TIMEOUT",
-        "txacme.challenges.dns01.DEFAULT_TTL",
-        "txacme.challenges.tlsalpn01.CHALLENGE_TYPE",
-        "txacme.dnsproviders.rfc2136.DEFAULT_ALGORITHM",
-        "txacme.endpoint: no __all__",
-        "txacme.errors.ACMEProblem.code",
-        "txacme.policy.ARI_DEFAULT_REFRESH",
-        "txacme.policy.ARI_MAX_REFRESH",
-        "txacme.policy.MAX_BACKOFF",
-        "txacme.policy.RenewalInfoLike.end",
-        "txacme.policy.RenewalInfoLike.start",
         "txacme.stores.POSTGRES_SCHEMES",
-        "txacme.testca.DEFAULT_PROFILES",
     }
 )
 

@@ -134,6 +134,11 @@ class ParseTests(SynchronousTestCase):
         with self.assertRaisesRegex(ConfigurationError, "acme-tls/1"):
             parse("le:/c:tcp:443:alpn=acme-tls/1")
 
+    def test_metrics(self) -> None:
+        config = parse("le:/c:tcp:443:metrics=tcp\\:9100\\:interface\\=127.0.0.1")
+        self.assertEqual(config.metrics, "tcp:9100:interface=127.0.0.1")
+        self.assertEqual(config.sub_endpoint, "tcp:443")
+
     @settings(max_examples=300, deadline=None)
     @given(st.text(max_size=80))
     def test_fuzzed_strings_give_clear_errors(self, text: str) -> None:

@@ -10,9 +10,11 @@ import os
 import socket
 import ssl
 import tempfile
+import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pem
 from cryptography import x509
 from twisted.internet import reactor, threads
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -57,6 +59,12 @@ def fetch(port: int, name: str, cafile: str, alpn: list[str] | None = None) -> d
         "cert": x509.load_der_x509_certificate(der),
         "alpn": negotiated,
     }
+
+
+def scrape(url: str) -> str:
+    """Blocking: the text of a plain HTTP GET."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return str(response.read().decode())
 
 
 def dns_names(cert: x509.Certificate) -> list[str]:
@@ -201,3 +209,37 @@ class AutoTLSEndpointPebbleTests(TestCase):
         # The http-01 listener went away with the port.
         with self.assertRaises(OSError):
             socket.create_connection(("127.0.0.1", self.pebble.http_port), timeout=2).close()
+
+    @inlineCallbacks
+    def test_metrics_and_state_file(self) -> Any:
+        """
+        With ``metrics=`` the endpoint serves Prometheus metrics that report the
+        issued certificate; with ``state_file`` the outcome is recorded for
+        ``txacme status``.
+        """
+        from txacme.state import StateFile
+
+        (self.certs / "metered.example.test.pem").write_bytes(b"")
+        state_path = str(self.certs / ".txacme-state.json")
+        endpoint = self.make_endpoint(
+            metrics="tcp:0:interface=127.0.0.1", state_file=state_path
+        )
+        port = yield endpoint.listen(site())
+        self.addCleanup(port.stopListening)
+        metrics_port = endpoint.metrics_port.port.getHost().port
+        body = yield threads.deferToThread(scrape, f"http://127.0.0.1:{metrics_port}/metrics")
+        stored = pem.parse_file(str(self.certs / "metered.example.test.pem"))
+        cert = x509.load_pem_x509_certificate(stored[1].as_bytes())
+        lines = [
+            line
+            for line in body.splitlines()
+            if line.startswith("txacme_certificate_not_after")
+            and 'name="metered.example.test"' in line
+        ]
+        self.assertEqual(len(lines), 1, body)
+        self.assertAlmostEqual(
+            float(lines[0].rsplit(" ", 1)[1]), cert.not_valid_after_utc.timestamp(), delta=1
+        )
+        record = StateFile(state_path).get("metered.example.test")
+        self.assertIsNotNone(record.last_success)
+        self.assertIsNone(record.last_error)

@@ -50,6 +50,7 @@ OWN_KEYWORDS = frozenset(
         "check_interval",
         "watch_interval",
         "alpn",
+        "metrics",
     }
 )
 #: Keyword prefixes handed to the dns-01 provider factory.
@@ -97,6 +98,7 @@ class EndpointConfig:
     check_interval: float = 12 * 3600.0
     watch_interval: float = 60.0
     alpn: tuple[bytes, ...] = (b"http/1.1",)
+    metrics: str | None = None
 
 
 def _positive_float(name: str, value: str) -> float:
@@ -236,6 +238,15 @@ def parse_endpoint_string_parts(
     if b"acme-tls/1" in alpn:
         raise ConfigurationError("alpn= must not list acme-tls/1; txacme negotiates it itself")
 
+    metrics = own.get("metrics") or None
+    if metrics is not None:
+        import importlib.util
+
+        if importlib.util.find_spec("prometheus_client") is None:
+            raise ConfigurationError(
+                "metrics= needs the prometheus-client package: pip install 'txacme[metrics]'"
+            )
+
     return EndpointConfig(
         prefix=prefix,
         cert_dir=cert_dir,
@@ -254,6 +265,7 @@ def parse_endpoint_string_parts(
         check_interval=check_interval,
         watch_interval=watch_interval,
         alpn=alpn,
+        metrics=metrics,
     )
 
 
@@ -278,6 +290,7 @@ def endpoint_from_config(reactor: Any, config: EndpointConfig) -> AutoTLSEndpoin
     """
     from txacme.client import EAB, Client
     from txacme.keys import load_or_create_client_key
+    from txacme.state import STATE_FILENAME
     from txacme.store import DirectoryStore
 
     store = DirectoryStore(config.cert_dir)
@@ -322,6 +335,8 @@ def endpoint_from_config(reactor: Any, config: EndpointConfig) -> AutoTLSEndpoin
         http01_endpoint=http01_endpoint if "http-01" in config.challenges else None,
         responders=responders,
         acceptable_protocols=config.alpn,
+        state_file=os.path.join(config.cert_dir, STATE_FILENAME),
+        metrics=config.metrics,
     )
 
 
@@ -395,6 +410,12 @@ class AutoTLSEndpoint:
         expiry (the default logs at CRITICAL).
     :param service_options: further keyword arguments of
         :class:`~txacme.service.AcmeIssuingService`.
+    :param subscribers: callbacks given every event of the service
+        (:meth:`~txacme.service.AcmeIssuingService.subscribe`), from the first.
+    :param state_file: where to keep the per-name report read by ``txacme
+        status`` (:mod:`txacme.state`), or ``None``.
+    :param metrics: an endpoint description on which to serve Prometheus
+        metrics (:func:`txacme.metrics.serve_metrics`), or ``None``.
     """
 
     def __init__(
@@ -416,6 +437,9 @@ class AutoTLSEndpoint:
         acceptable_protocols: Sequence[bytes] = (),
         panic: Callable[[Failure, str], object] | None = None,
         service_options: Mapping[str, Any] | None = None,
+        subscribers: Sequence[Callable[[Any], object]] = (),
+        state_file: str | None = None,
+        metrics: str | None = None,
     ) -> None:
         if not (tls_alpn or http01_endpoint is not None or responders):
             raise ConfigurationError(
@@ -440,6 +464,10 @@ class AutoTLSEndpoint:
         self.acceptable_protocols = tuple(acceptable_protocols)
         self.panic = panic
         self.service_options = dict(service_options or {})
+        self.subscribers = list(subscribers)
+        self.state_file = state_file
+        self.metrics = metrics
+        self.metrics_port: Any = None
         self.service: Any = None
         self.index: Any = None
 
@@ -510,6 +538,26 @@ class AutoTLSEndpoint:
             **self.service_options,
         )
         self.service = service
+        for subscriber in self.subscribers:
+            service.subscribe(subscriber)
+        if self.state_file is not None:
+            from txacme.state import StateFile, StateRecorder
+
+            recorder = StateRecorder(StateFile(self.state_file), self.reactor)
+            stoppers.append(recorder.attach(service))
+        if self.metrics is not None:
+            from txacme.metrics import serve_metrics
+
+            try:
+                self.metrics_port = await serve_metrics(
+                    self.reactor, self.metrics, service, store=self.cert_store
+                )
+            except BaseException:
+                for stop in stoppers:
+                    stop()
+                await maybeDeferred(port.stopListening)
+                raise
+            stoppers.append(self.metrics_port.stopListening)
         service.startService()
         stoppers.insert(0, service.stopService)
         if self.watch_interval is not None:
@@ -583,3 +631,13 @@ class _StoreWatch:
                     log.info("new empty entry {name}: issuing", name=name)
                     self._service.issue_cert(name).addErrback(lambda _: None)
         self._known = known
+
+
+__all__ = [
+    "AutoTLSEndpoint",
+    "AutoTLSPort",
+    "EndpointConfig",
+    "endpoint_from_config",
+    "endpoint_from_string_parts",
+    "parse_endpoint_string_parts",
+]

@@ -97,6 +97,7 @@ class ACMEProblem(TxACMEError):
 
     @property
     def code(self) -> str:
+        """The short ACME code (``badNonce``) for ACME types, else the full type."""
         if self.type.startswith(ACME_ERROR_PREFIX):
             return self.type[len(ACME_ERROR_PREFIX) :]
         return self.type

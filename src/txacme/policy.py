@@ -84,12 +84,15 @@ Reason = Literal["missing", "names", "ari", "lifetime", "emergency", "expired"]
 #: Bounds and default for the delay before renewal information is fetched again.
 ARI_MIN_REFRESH: Final = timedelta(minutes=1)
 ARI_MAX_REFRESH: Final = timedelta(days=1)
+"""The longest wait before renewal information is fetched again."""
 ARI_DEFAULT_REFRESH: Final = timedelta(hours=6)
+"""The wait before fetching renewal information again when the CA gave no Retry-After."""
 
 #: Nominal failure backoff in seconds after 1, 2, 3 consecutive failures; later
 #: failures wait :data:`MAX_BACKOFF`.
 BACKOFF_STEPS: Final = (60.0, 600.0, 6000.0)
 MAX_BACKOFF: Final = 86400.0
+"""The longest failure backoff, in seconds: once a day."""
 _JITTER: Final = 0.1
 
 
@@ -100,10 +103,14 @@ class RenewalInfoLike(Protocol):
     """
 
     @property
-    def start(self) -> datetime: ...
+    def start(self) -> datetime:
+        """The start of the suggested renewal window."""
+        ...
 
     @property
-    def end(self) -> datetime: ...
+    def end(self) -> datetime:
+        """The end of the suggested renewal window."""
+        ...
 
 
 @attrs.frozen

@@ -72,8 +72,11 @@ log = Logger()
 _T = TypeVar("_T")
 
 CHALLENGE_LABEL = "_acme-challenge"
+"""The label under which dns-01 TXT records live (RFC 8555 section 8.4)."""
 DEFAULT_PROPAGATION_TIMEOUT = 120.0
+"""Seconds to wait for every authoritative server to answer a new record."""
 DEFAULT_TTL = 60
+"""TTL, in seconds, of the TXT records we add."""
 _MAX_CNAME_HOPS = 16
 _VALUE = re.compile(r"[A-Za-z0-9_-]{43}\Z")
 

@@ -55,6 +55,7 @@ from txacme.names import is_ip_address, is_wildcard, normalize_server_name
 log = Logger()
 
 CHALLENGE_TYPE = "tls-alpn-01"
+"""The ACME challenge type this module answers (RFC 8737)."""
 ACME_TLS_1 = b"acme-tls/1"
 """The ALPN protocol name of RFC 8737."""
 

@@ -41,6 +41,7 @@ from txacme.errors import ConfigurationError
 log = Logger()
 
 DEFAULT_ALGORITHM = "hmac-sha256"
+"""The TSIG algorithm used when neither the option nor the key file names one."""
 
 #: TSIG algorithms, by the names operators use, to their DNS names (RFC 8945).
 ALGORITHMS = {

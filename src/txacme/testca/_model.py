@@ -41,6 +41,7 @@ DEFAULT_PROFILES: Mapping[str, Profile] = {
     "classic": Profile("90-day certificates", datetime.timedelta(days=90)),
     "shortlived": Profile("160-hour certificates", datetime.timedelta(hours=160)),
 }
+"""The profiles a TestCA advertises unless told otherwise."""
 
 
 @attrs.define
