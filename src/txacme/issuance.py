@@ -38,7 +38,7 @@ from txacme.errors import (
     ProtocolError,
 )
 from txacme.keys import KEY_TYPES, PrivateKey, generate_private_key, make_csr, private_key_pem
-from txacme.names import normalize_server_name
+from txacme.names import normalize_server_names
 
 log = Logger()
 
@@ -250,15 +250,7 @@ async def _obtain(
     replaces: str | None,
     preferred_chain: str | None,
 ) -> IssuedCertificate:
-    if isinstance(names, str):
-        raise ConfigurationError(f"names must be a sequence of names, not the string {names!r}")
-    canonical: list[str] = []
-    for name in names:
-        normalized = normalize_server_name(name)
-        if normalized not in canonical:
-            canonical.append(normalized)
-    if not canonical:
-        raise ConfigurationError("a certificate needs at least one name")
+    canonical = normalize_server_names(names, "a certificate")
     responders = list(responders)
     if not responders:
         raise ConfigurationError("obtain_certificate needs at least one challenge responder")

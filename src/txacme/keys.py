@@ -37,7 +37,7 @@ from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 
 from txacme.errors import ConfigurationError, UnsupportedKeyType
-from txacme.names import is_ip_address, normalize_server_name
+from txacme.names import is_ip_address, normalize_server_names
 
 log = Logger()
 
@@ -157,15 +157,7 @@ def make_csr(key: PrivateKey, names: Sequence[str]) -> x509.CertificateSigningRe
 
     :raises txacme.errors.ConfigurationError: for no names or an invalid name.
     """
-    if isinstance(names, str):
-        raise ConfigurationError(f"make_csr needs a sequence of names, not the string {names!r}")
-    canonical: list[str] = []
-    for name in names:
-        normalized = normalize_server_name(name)
-        if normalized not in canonical:
-            canonical.append(normalized)
-    if not canonical:
-        raise ConfigurationError("make_csr needs at least one name")
+    canonical = normalize_server_names(names, "make_csr")
     sans: list[x509.GeneralName] = []
     for name in canonical:
         if is_ip_address(name):

@@ -38,10 +38,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Sequence
 
 import idna
 
-from txacme.errors import InvalidServerName
+from txacme.errors import ConfigurationError, InvalidServerName
 
 MAX_NAME_LENGTH = 253
 """The longest DNS name accepted, in characters (RFC 1035, without the final dot)."""
@@ -157,11 +158,36 @@ def wildcard_for(name: str) -> str | None:
     return "*." + parent
 
 
+def normalize_server_names(names: Sequence[str], what: str = "a certificate") -> list[str]:
+    """
+    Normalize every name of ``names`` (:func:`normalize_server_name`), dropping
+    duplicates and keeping the order.
+
+    :param what: what the names are for, named in errors.
+    :raises txacme.errors.ConfigurationError: for a bare string (a common slip
+        for a one-name list) or no names at all.
+    :raises txacme.errors.InvalidServerName: for an invalid name.
+    """
+    if isinstance(names, str):
+        raise ConfigurationError(
+            f"{what} needs a sequence of names, not the string {names!r}"
+        )
+    canonical: list[str] = []
+    for name in names:
+        normalized = normalize_server_name(name)
+        if normalized not in canonical:
+            canonical.append(normalized)
+    if not canonical:
+        raise ConfigurationError(f"{what} needs at least one name")
+    return canonical
+
+
 __all__ = [
     "MAX_LABEL_LENGTH",
     "MAX_NAME_LENGTH",
     "is_ip_address",
     "is_wildcard",
     "normalize_server_name",
+    "normalize_server_names",
     "wildcard_for",
 ]
