@@ -744,6 +744,7 @@ class Client:
         accept: str | None = None,
     ) -> _Reply:
         """One HTTP exchange, body read in full, with the request timeout."""
+        _check_url(url)
         headers = {b"User-Agent": [self._user_agent.encode("ascii", "replace")]}
         if content_type is not None:
             headers[b"Content-Type"] = [content_type.encode("ascii")]
@@ -795,7 +796,8 @@ class Client:
         return reply
 
     def _add_nonce(self, nonce: str) -> None:
-        if _B64URL.match(nonce):
+        # Unpadded base64url is never 1 more than a multiple of 4 characters long.
+        if _B64URL.match(nonce) and len(nonce) % 4 != 1:
             self._nonces.append(nonce)
 
     async def _nonce(self) -> str:
@@ -833,6 +835,7 @@ class Client:
         up to the bound and once when the request never reached the server;
         raises the problem of any error answer.
         """
+        _check_url(url)
         if payload is None:
             data = b""
         elif isinstance(payload, bytes):
@@ -911,11 +914,17 @@ class Client:
     def _decode(self, cls: type[T], reply: _Reply) -> tuple[T, dict[str, Any]]:
         jobj = self._json(reply)
         try:
-            return cls.from_json(jobj), jobj  # type: ignore[attr-defined]
-        except (DeserializationError, TypeError, ValueError, KeyError) as e:
+            decoded = cls.from_json(jobj)  # type: ignore[attr-defined]
+        except (DeserializationError, TypeError, ValueError, KeyError, AttributeError) as e:
             raise ProtocolError(
                 f"{reply.method} {reply.url} answered a malformed {cls.__name__}: {e}"
             )
+        missing = _missing_parts(decoded)
+        if missing:
+            raise ProtocolError(
+                f"{reply.method} {reply.url} answered a malformed {cls.__name__}: {missing}"
+            )
+        return decoded, jobj
 
     def _location(self, reply: _Reply) -> str:
         location = _header(reply.headers, b"location")
@@ -1421,6 +1430,28 @@ def _contact(email: str | None) -> list[str]:
             raise ConfigurationError(f"invalid contact email address {address!r}")
         contacts.append(address if address.startswith("mailto:") else "mailto:" + address)
     return contacts
+
+
+def _check_url(url: object) -> None:
+    """Refuse a URL the CA gave that is not an http(s) URL (before it reaches the JWS)."""
+    if not (isinstance(url, str) and url.lower().startswith(("https://", "http://"))):
+        raise ProtocolError(f"the CA gave an unusable URL: {url!r:.200}")
+
+
+def _missing_parts(decoded: object) -> str | None:
+    """What a decoded order or authorization lacks that txacme relies on, if anything."""
+    if isinstance(decoded, (messages.Order, messages.Authorization)) and decoded.status is None:
+        return "no status"
+    if isinstance(decoded, messages.Authorization) and decoded.identifier is None:
+        return "no identifier"
+    if isinstance(decoded, messages.Order):
+        authorizations = decoded.authorizations or ()
+        if not isinstance(authorizations, (list, tuple)):
+            return "authorizations is not a list"
+        urls = [decoded.finalize, decoded.certificate, *authorizations]
+        if any(u is not None and not isinstance(u, str) for u in urls):
+            return "a URL that is not a string"
+    return None
 
 
 def _problem_from(err: messages.Error, url: str) -> ACMEProblem:

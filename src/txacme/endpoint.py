@@ -185,7 +185,7 @@ def parse_endpoint_string_parts(
         try:
             with open(eab_hmac_file, encoding="ascii") as f:
                 eab_hmac = f.read().strip()
-        except (OSError, UnicodeDecodeError) as e:
+        except (OSError, ValueError) as e:  # ValueError: not ASCII, or a NUL in the name
             raise ConfigurationError(
                 f"eab_hmac_file={eab_hmac_file!r} cannot be read: {getattr(e, 'strerror', e)}"
             )
@@ -232,9 +232,12 @@ def parse_endpoint_string_parts(
             f"{', '.join(sorted(dns_options))}: DNS options given without challenge=dns-01"
         )
 
-    alpn = tuple(
-        p.strip().encode("ascii") for p in own.get("alpn", "http/1.1").split(",") if p.strip()
-    )
+    try:
+        alpn = tuple(
+            p.strip().encode("ascii") for p in own.get("alpn", "http/1.1").split(",") if p.strip()
+        )
+    except UnicodeEncodeError:
+        raise ConfigurationError(f"alpn={own['alpn']!r}: ALPN protocol names must be ASCII")
     if b"acme-tls/1" in alpn:
         raise ConfigurationError("alpn= must not list acme-tls/1; txacme negotiates it itself")
 
@@ -267,6 +270,14 @@ def parse_endpoint_string_parts(
         alpn=alpn,
         metrics=metrics,
     )
+
+
+def _server_endpoint(reactor: Any, description: str, what: str) -> Any:
+    """``serverFromString``, with Twisted's errors turned into a ConfigurationError."""
+    try:
+        return serverFromString(reactor, description)  # type: ignore[no-untyped-call]
+    except Exception as e:
+        raise ConfigurationError(f"{what} {description!r} is not a usable endpoint: {e}") from e
 
 
 def endpoint_from_string_parts(
@@ -315,14 +326,13 @@ def endpoint_from_config(reactor: Any, config: EndpointConfig) -> AutoTLSEndpoin
         from txacme.dnsproviders import dns01_responder_from_options
 
         responders.append(dns01_responder_from_options(config.dns_options))
+    sub_endpoint = _server_endpoint(reactor, config.sub_endpoint, f"{config.prefix}: sub-endpoint")
     http01_endpoint = None
     if config.http01_endpoint is not None:
-        http01_endpoint = serverFromString(  # type: ignore[no-untyped-call]
-            reactor, config.http01_endpoint
-        )
+        http01_endpoint = _server_endpoint(reactor, config.http01_endpoint, "http01=")
     return AutoTLSEndpoint(
         reactor,
-        serverFromString(reactor, config.sub_endpoint),  # type: ignore[no-untyped-call]
+        sub_endpoint,
         store,
         client_creator,
         email=config.email,

@@ -31,7 +31,15 @@ nothing else (no CSRs, public keys, parameters). The objects are written in the
 order given. Reading a non-empty file applies the same checks: :meth:`get`
 fails with :class:`~txacme.errors.ConfigurationError` naming the file, and
 :meth:`as_dict` logs the file and leaves it out, so one damaged file never hides
-the others.
+the others. A file that becomes damaged after this store read or wrote a good
+version of it (a botched manual edit, a non-atomic copy by another tool) is
+logged each time it is read, and the last good version is returned instead, so
+the name keeps being served and renewed (renewal rewrites the file).
+
+Errors: a failed write (disk full, read-only file system) raises ``OSError``
+naming the entry's file and leaves the old file and no temporary file. A
+non-empty entry that other users can read (it holds a private key) is warned
+about once per file and mode.
 
 File I/O is blocking; the files are small and it all happens in
 :func:`load_entry` and :func:`write_entry`.
@@ -41,6 +49,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -130,13 +139,20 @@ def load_entry(path: str | FilePath[str]) -> list[pem.AbstractPEMObject]:
         read or is not a valid entry.
     """
     filename = path.path if isinstance(path, FilePath) else path
+    return _parse_entry(_read_file(filename), filename)
+
+
+def _read_file(filename: str) -> bytes:
     try:
         with open(filename, "rb") as f:
-            data = f.read()
+            return f.read()
     except FileNotFoundError:
         raise
     except OSError as e:
         raise ConfigurationError(f"{filename}: cannot read ({e.strerror})")
+
+
+def _parse_entry(data: bytes, filename: str) -> list[pem.AbstractPEMObject]:
     if not data.strip():
         return []
     objects = pem.parse(data)
@@ -165,8 +181,18 @@ def write_entry(path: str | FilePath[str], data: bytes) -> None:
     The data is written to a temporary file in the same directory, synced and
     renamed over ``path``; on any error the temporary file is removed and the
     old file is untouched.
+
+    :raises OSError: (of the subclass matching its ``errno``) naming ``path``,
+        e.g. ``[Errno 28] No space left on device: '/srv/certs/a.example.pem'``.
     """
     filename = path.path if isinstance(path, FilePath) else path
+    try:
+        _write_atomically(filename, data)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror or str(e), filename) from e
+
+
+def _write_atomically(filename: str, data: bytes) -> None:
     directory, base = os.path.split(filename)
     directory = directory or "."
     temp = os.path.join(directory, f".{base}.{secrets.token_hex(8)}.tmp")
@@ -222,8 +248,53 @@ class DirectoryStore:
         if not self.path.isdir():
             raise ConfigurationError(f"{self.path.path}: not an existing directory")
 
+        self._last_good: dict[str, list[pem.AbstractPEMObject]] = {}
+        self._warned_modes: set[tuple[str, int]] = set()
+
     def __repr__(self) -> str:
         return f"DirectoryStore({self.path.path!r})"
+
+    def _read(self, name: str, filename: str) -> list[pem.AbstractPEMObject]:
+        """
+        Read the entry of ``name``; when the file is damaged, fall back to the
+        last good version this store read or wrote (logged), else raise.
+        """
+        try:
+            data = _read_file(filename)
+        except FileNotFoundError:
+            self._last_good.pop(name, None)
+            raise
+        try:
+            objects = _parse_entry(data, filename)
+        except ConfigurationError as e:
+            previous = self._last_good.get(name)
+            if previous is None:
+                raise
+            log.error(
+                "damaged certificate file {file}: {reason}; still using its last good version",
+                file=filename,
+                reason=str(e),
+            )
+            return list(previous)
+        self._last_good[name] = objects
+        if objects:
+            self._check_mode(filename)
+        return list(objects)
+
+    def _check_mode(self, filename: str) -> None:
+        """Warn (once per file and mode) about an entry other users can read."""
+        try:
+            mode = stat.S_IMODE(os.stat(filename).st_mode)
+        except OSError:
+            return
+        if mode & 0o077 and (filename, mode) not in self._warned_modes:
+            self._warned_modes.add((filename, mode))
+            log.warn(
+                "{file} holds a private key and other users can read it (mode {mode}); "
+                "restrict it with chmod 600",
+                file=filename,
+                mode=oct(mode),
+            )
 
     def _file_for(self, server_name: str) -> str:
         name = normalize_server_name(server_name)
@@ -235,11 +306,12 @@ class DirectoryStore:
 
         Fails with ``KeyError`` for a missing file,
         :class:`~txacme.errors.InvalidServerName` for an invalid name and
-        :class:`~txacme.errors.ConfigurationError` for a damaged file.
+        :class:`~txacme.errors.ConfigurationError` for a damaged file (unless
+        this store saw a good version of it: that one is returned, logged).
         """
         try:
             filename = self._file_for(server_name)
-            return succeed(load_entry(filename))
+            return succeed(self._read(normalize_server_name(server_name), filename))
         except FileNotFoundError:
             return fail(KeyError(server_name))
         except Exception:
@@ -258,6 +330,7 @@ class DirectoryStore:
             write_entry(filename, _serialize(objects))
         except Exception:
             return fail()
+        self._last_good[normalize_server_name(server_name)] = list(objects)
         log.info(
             "stored the certificate of {server_name} in {file}",
             server_name=server_name,
@@ -302,7 +375,7 @@ class DirectoryStore:
             if not os.path.isfile(full):
                 continue
             try:
-                result[stem] = load_entry(full)
+                result[stem] = self._read(stem, full)
             except FileNotFoundError:
                 continue
             except ConfigurationError as e:
