@@ -56,7 +56,10 @@ The ACME client.
     order (network and protocol errors, timeouts, ``accountDoesNotExist``,
     ``badNonce``, ``unauthorized`` outside an order...) it is closed and a new
     one is created for the next attempt; it is also closed when the service
-    stops. A ``client`` given directly is never closed (its owner closes it);
+    stops. An attempt that fails with ``accountDoesNotExist`` (the CA lost
+    the account) is made again at once, once, with a new client, which
+    registers the account again. A client whose ``start`` fails is closed. A
+    ``client`` given directly is never closed (its owner closes it);
     ``start`` is called on it again after such a failure.
 
 ``when_certs_valid``.
@@ -322,6 +325,10 @@ _CLIENT_BROKEN_PROBLEMS = (errors.AccountDoesNotExist, errors.BadNonce, errors.U
 
 def _client_looks_broken(error: BaseException) -> bool:
     if isinstance(error, errors.IssuanceFailed):
+        return False
+    from txacme.coordination import LockLost, LockTimeout
+
+    if isinstance(error, (LockLost, LockTimeout)):  # another process's work, not the client's
         return False
     if isinstance(error, errors.ACMEProblem):
         return isinstance(error, _CLIENT_BROKEN_PROBLEMS)
@@ -688,12 +695,11 @@ class AcmeIssuingService(Service):
         generation = state.generation
         certificate = self._certificate_in(name, pem_objects)
         ari = None
-        if (
-            certificate is not None
-            and client is not None
-            and certificate.not_valid_after_utc > self._now()
-        ):
-            ari = await self._renewal_info(name, state, certificate, client)
+        if certificate is not None and certificate.not_valid_after_utc > self._now():
+            if client is not None:
+                ari = await self._renewal_info(name, state, certificate, client)
+            elif state.ari is not None and state.ari.cert_id == ari_certificate_id(certificate):
+                ari = state.ari.info  # no client now: the last answer still holds
         if (
             self._states.get(name) is not state
             or state.in_flight is not None
@@ -763,14 +769,22 @@ class AcmeIssuingService(Service):
             state.timer = None
         self._spawn(self._refresh(name))
 
-    async def _refresh(self, name: str) -> None:
-        """Read ``name`` from the store again, plan it and act on the plan."""
+    async def _refresh(self, name: str, *, new_client: bool = True) -> None:
+        """
+        Read ``name`` from the store again, plan it and act on the plan.
+        ``new_client=False`` (after a failed attempt) plans with the current
+        client or none, so that no request reaches the CA before the backoff
+        delay.
+        """
         try:
             pem_objects = await self._cert_store.get(name)
         except KeyError:
             self._forget(name)
             return
-        client = await self._ari_client()
+        client = None
+        if pem_objects and (new_client or self._client is not None):
+            # Only a stored certificate has renewal information to ask about.
+            client = await self._ari_client()
         plan = await self._plan(name, pem_objects, client)
         if plan is not None:
             self._schedule(name, plan)
@@ -846,7 +860,7 @@ class AcmeIssuingService(Service):
             self._spawn(self._replan_after_success(name, result))
         elif not isinstance(result.value, CancelledError):
             # Plan again from the store; the backoff delays the next attempt.
-            self._spawn(self._refresh(name))
+            self._spawn(self._refresh(name, new_client=False))
 
     async def _replan_after_success(self, name: str, issued: Any) -> None:
         client = await self._ari_client()
@@ -868,17 +882,8 @@ class AcmeIssuingService(Service):
         self._emit(Obtaining(name, identifiers, plan.reason, state.failures + 1, plan.replaces))
         started = self._clock.seconds()
         try:
-            client = await self._get_client()
-            issue = self._issue_fn
-            if issue is None:
-                from txacme.issuance import obtain_certificate
-
-                issue = obtain_certificate
-            issued = await maybeDeferred(
-                issue, client, list(identifiers), self._responders, **self._issue_kwargs(plan)
-            )
+            issued = await self._order_and_store(name, plan, identifiers)
             pem_objects = list(issued.pem_objects)
-            await self._cert_store.store(name, pem_objects)
         except CancelledError:
             raise
         except Exception as e:
@@ -902,6 +907,62 @@ class AcmeIssuingService(Service):
         seconds = self._clock.seconds() - started
         self._emit(Obtained(name, identifiers, getattr(issued, "not_after", None), seconds))
         return issued
+
+    async def _order_and_store(
+        self, name: str, plan: RenewalPlan, identifiers: tuple[str, ...]
+    ) -> Any:
+        """
+        Order and store. With a store shared by several processes
+        (``txacme.coordination.ICoordinatingStore``), under the name's lock:
+        the entry is read again first and not ordered when another process
+        has just renewed it (see :func:`txacme.coordination.coordinated_issue`).
+        """
+        from txacme.coordination import coordinated_issue, provides_coordination
+
+        if provides_coordination(self._cert_store):
+            return await coordinated_issue(
+                self._cert_store,
+                name,
+                lambda: self._order(plan, identifiers),
+                lambda pem_objects: self._still_due(name, plan, pem_objects),
+                clock=self._clock,
+            )
+        issued = await self._order(plan, identifiers)
+        await self._cert_store.store(name, list(issued.pem_objects))
+        return issued
+
+    def _still_due(
+        self, name: str, plan: RenewalPlan, pem_objects: Sequence[pem.AbstractPEMObject]
+    ) -> bool:
+        """Whether the entry, read again under the lock, still needs the planned order."""
+        certificate = self._certificate_in(name, pem_objects)
+        if certificate is None:
+            return True
+        if plan.not_after is not None and certificate.not_valid_after_utc <= plan.not_after:
+            return True  # still the certificate this attempt was planned from
+        return self._plan_now(name, certificate, None).due_at <= self._now()
+
+    async def _order(self, plan: RenewalPlan, identifiers: tuple[str, ...]) -> Any:
+        issue = self._issue_fn
+        if issue is None:
+            from txacme.issuance import obtain_certificate
+
+            issue = obtain_certificate
+        for again in (True, False):
+            client = await self._get_client()
+            try:
+                return await maybeDeferred(
+                    issue, client, list(identifiers), self._responders,
+                    **self._issue_kwargs(plan),
+                )
+            except errors.AccountDoesNotExist:
+                if not again:
+                    raise
+                # The CA lost the account (e.g. a reset test CA): register
+                # again with a new client and retry at once, once.
+                log.warn("the CA no longer knows the ACME account; registering again")
+                await self._drop_client()
+        raise AssertionError("unreachable")
 
     def _failed(self, name: str, plan: RenewalPlan, managed: bool, failure: Failure) -> None:
         state = self._state(name)
@@ -968,6 +1029,17 @@ class AcmeIssuingService(Service):
         else:
             assert self._client_creator is not None
             client = await maybeDeferred(self._client_creator)
-        await maybeDeferred(client.start, email=self._email)
+        try:
+            await maybeDeferred(client.start, email=self._email)
+        except BaseException:
+            # A client whose account could not be set up is never used: close
+            # it (and its connections to the CA) unless its owner gave it.
+            close = getattr(client, "close", None)
+            if client is not self._given_client and close is not None:
+                try:
+                    await maybeDeferred(close)
+                except Exception:
+                    log.failure("closing the ACME client failed")
+            raise
         self._client = client
         return client
