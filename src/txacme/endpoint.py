@@ -51,8 +51,14 @@ OWN_KEYWORDS = frozenset(
         "watch_interval",
         "alpn",
         "metrics",
+        "store",
+        "on_demand",
+        "on_demand_ask",
+        "on_demand_rate",
     }
 )
+#: Keyword prefix of the options of ``store=`` (``store_key_file=``...).
+STORE_KEYWORD_PREFIX = "store_"
 #: Keyword prefixes handed to the dns-01 provider factory.
 DNS_KEYWORD_PREFIXES = ("dns", "tsig_", "propagation_")
 #: Keywords whose values are secrets: never shown by ``repr()`` or in errors.
@@ -99,6 +105,11 @@ class EndpointConfig:
     watch_interval: float = 60.0
     alpn: tuple[bytes, ...] = (b"http/1.1",)
     metrics: str | None = None
+    store: str | None = attrs.field(default=None, repr=False)  # a URL may hold a password
+    store_options: Mapping[str, str] = attrs.field(factory=dict)
+    on_demand: tuple[str, ...] = ()
+    on_demand_ask: str | None = None
+    on_demand_rate: int = 10
 
 
 def _positive_float(name: str, value: str) -> float:
@@ -140,6 +151,12 @@ def parse_endpoint_string_parts(
             f"certificate directory, e.g. '{prefix}:{cert_dir}:tcp:443'"
         )
     own = {k: v for k, v in kwargs.items() if k in OWN_KEYWORDS}
+    store_options = {
+        k[len(STORE_KEYWORD_PREFIX) :]: v
+        for k, v in kwargs.items()
+        if k.startswith(STORE_KEYWORD_PREFIX) and k not in own
+    }
+    kwargs = {k: v for k, v in kwargs.items() if not k.startswith(STORE_KEYWORD_PREFIX)}
     dns_options = {
         k: v for k, v in kwargs.items() if k not in own and k.startswith(DNS_KEYWORD_PREFIXES)
     }
@@ -250,6 +267,24 @@ def parse_endpoint_string_parts(
                 "metrics= needs the prometheus-client package: pip install 'txacme[metrics]'"
             )
 
+    if store_options and not own.get("store"):
+        raise ConfigurationError(
+            f"{', '.join(STORE_KEYWORD_PREFIX + k for k in sorted(store_options))}: "
+            "store options given without store="
+        )
+    on_demand = tuple(p.strip() for p in own.get("on_demand", "").split(",") if p.strip())
+    on_demand_rate = 10
+    if "on_demand_rate" in own:
+        try:
+            on_demand_rate = int(own["on_demand_rate"])
+        except ValueError:
+            on_demand_rate = 0
+        if on_demand_rate < 1:
+            raise ConfigurationError(
+                f"on_demand_rate={own['on_demand_rate']!r} must be a positive integer "
+                "(issuances per minute)"
+            )
+
     return EndpointConfig(
         prefix=prefix,
         cert_dir=cert_dir,
@@ -269,6 +304,11 @@ def parse_endpoint_string_parts(
         watch_interval=watch_interval,
         alpn=alpn,
         metrics=metrics,
+        store=own.get("store") or None,
+        store_options=store_options,
+        on_demand=on_demand,
+        on_demand_ask=own.get("on_demand_ask") or None,
+        on_demand_rate=on_demand_rate,
     )
 
 
@@ -304,7 +344,20 @@ def endpoint_from_config(reactor: Any, config: EndpointConfig) -> AutoTLSEndpoin
     from txacme.state import STATE_FILENAME
     from txacme.store import DirectoryStore
 
-    store = DirectoryStore(config.cert_dir)
+    store: Any
+    if config.store:
+        from txacme.stores import store_from_url
+
+        store = store_from_url(config.store, reactor=reactor, **config.store_options)
+    else:
+        store = DirectoryStore(config.cert_dir)
+    on_demand = None
+    if config.on_demand or config.on_demand_ask:
+        from txacme.ondemand import OnDemandPolicy
+
+        on_demand = OnDemandPolicy(
+            allow=config.on_demand, ask=config.on_demand_ask, ca_file=config.ca_file
+        )
     key = load_or_create_client_key(os.path.join(config.cert_dir, "client.key"))
     eab = (
         EAB(config.eab_kid, config.eab_hmac)  # type: ignore[arg-type]
@@ -347,6 +400,9 @@ def endpoint_from_config(reactor: Any, config: EndpointConfig) -> AutoTLSEndpoin
         acceptable_protocols=config.alpn,
         state_file=os.path.join(config.cert_dir, STATE_FILENAME),
         metrics=config.metrics,
+        on_demand=on_demand,
+        on_demand_rate=config.on_demand_rate,
+        close_store=bool(config.store),
     )
 
 
@@ -364,10 +420,12 @@ class AutoTLSPort:
         port: IListeningPort,
         service: Any,
         stoppers: Sequence[Callable[[], object]],
+        after: Sequence[Callable[[], object]] = (),
     ) -> None:
         self.port = port
         self.service = service
         self._stoppers = list(stoppers)
+        self._after = list(after)
 
     def startListening(self) -> None:  # noqa: N802
         """Start listening again (delegates to the wrapped port)."""
@@ -377,7 +435,14 @@ class AutoTLSPort:
         """Stop the service and every listener; fire when all have stopped."""
         waits = [maybeDeferred(stop) for stop in self._stoppers]
         waits.append(maybeDeferred(self.port.stopListening))
-        return DeferredList(waits, consumeErrors=True).addCallback(lambda _: None)
+
+        def then(_: object) -> Deferred[Any]:
+            # What everything else used (a store the endpoint made) goes last.
+            later = [maybeDeferred(close) for close in self._after]
+            return DeferredList(later, consumeErrors=True)
+
+        d = DeferredList(waits, consumeErrors=True).addCallback(then)
+        return d.addCallback(lambda _: None)
 
     def getHost(self) -> Any:  # noqa: N802
         """The address the wrapped port listens on."""
@@ -426,6 +491,19 @@ class AutoTLSEndpoint:
         status`` (:mod:`txacme.state`), or ``None``.
     :param metrics: an endpoint description on which to serve Prometheus
         metrics (:func:`txacme.metrics.serve_metrics`), or ``None``.
+    :param on_demand: a :class:`txacme.ondemand.OnDemandPolicy`: a handshake for
+        an unknown name it allows is held while the name is issued.
+    :param on_demand_rate: at most this many on-demand issuances a minute.
+    :param hello_timeout: seconds a handshake is held for on-demand issuance
+        (or a cluster's challenge look-up) before it falls back.
+    :param close_store: call ``cert_store.close()`` when the port stops (for a
+        store the endpoint made, such as one from ``store=``).
+
+    With a store that provides
+    :class:`~txacme.coordination.ICoordinatingStore` (such as
+    :class:`~txacme.pgstore.PostgresStore`) the endpoint is one node of a
+    cluster: names are ordered under the store's lock, challenges started by
+    any node are answered here, and changes are notified instead of polled.
     """
 
     def __init__(
@@ -450,6 +528,10 @@ class AutoTLSEndpoint:
         subscribers: Sequence[Callable[[Any], object]] = (),
         state_file: str | None = None,
         metrics: str | None = None,
+        on_demand: Any = None,
+        on_demand_rate: int = 10,
+        hello_timeout: float = 10.0,
+        close_store: bool = False,
     ) -> None:
         if not (tls_alpn or http01_endpoint is not None or responders):
             raise ConfigurationError(
@@ -478,6 +560,10 @@ class AutoTLSEndpoint:
         self.state_file = state_file
         self.metrics = metrics
         self.metrics_port: Any = None
+        self.on_demand = on_demand
+        self.on_demand_rate = on_demand_rate
+        self.hello_timeout = hello_timeout
+        self.close_store = close_store
         self.service: Any = None
         self.index: Any = None
 
@@ -501,6 +587,7 @@ class AutoTLSEndpoint:
     async def _listen(self, factory: IProtocolFactory) -> AutoTLSPort:
         from txacme.challenges.http01 import HTTP01Responder, http01_root
         from txacme.challenges.tlsalpn01 import TLSALPN01Responder
+        from txacme.coordination import ClusterNode, provides_coordination
         from txacme.service import AcmeIssuingService
         from txacme.tls import CertificateIndex, SNIConnectionCreator, tls_server_factory
 
@@ -513,27 +600,36 @@ class AutoTLSEndpoint:
             tls_responder = TLSALPN01Responder()
             registry = tls_responder.registry
             responders.append(tls_responder)
+        http_responder = HTTP01Responder() if self.http01_endpoint is not None else None
+        if http_responder is not None:
+            responders.append(http_responder)
         creator = SNIConnectionCreator(
             index, challenges=registry, acceptable_protocols=self.acceptable_protocols
         )
         stoppers: list[Callable[[], object]] = []
-        if self.http01_endpoint is not None:
-            from twisted.web.server import Site
-
-            http_responder = HTTP01Responder()
-            responders.append(http_responder)
-            root = http01_root(http_responder)
-            http_port = await self.http01_endpoint.listen(
-                Site(root)  # type: ignore[no-untyped-call]
-            )
-            stoppers.append(http_port.stopListening)
-        try:
-            port = await self.sub_endpoint.listen(tls_server_factory(creator, factory))
-        except BaseException:
+        def unwind() -> None:
             for stop in stoppers:
                 stop()
-            raise
 
+        # The service exists before the port listens, so that a handshake
+        # arriving at once (on-demand, a cluster's wanted name) can issue; it is
+        # started only once the CA can reach the port.
+        service: Any = None
+
+        def issue_cert(name: str) -> Deferred[Any]:
+            return service.issue_cert(name)  # type: ignore[no-any-return]
+
+        cluster = None
+        if provides_coordination(self.cert_store):
+            cluster = ClusterNode(
+                self.cert_store,
+                index,
+                tls_alpn=registry,
+                http01=http_responder,
+                on_wanted=lambda name: issue_cert(name).addErrback(lambda _: None),
+                clock=self.reactor,
+            )
+            responders = cluster.responders(responders)
         service = AcmeIssuingService(
             self.cert_store,
             self._client_creator,
@@ -555,6 +651,52 @@ class AutoTLSEndpoint:
 
             recorder = StateRecorder(StateFile(self.state_file), self.reactor)
             stoppers.append(recorder.attach(service))
+
+        hooks = []
+        if cluster is not None:
+            cluster.start()
+            stoppers.append(cluster.stop)
+            hooks.append(cluster.hello_hook)
+        if self.on_demand is not None:
+            from txacme.ondemand import OnDemandIssuer
+
+            on_demand = OnDemandIssuer(
+                self.on_demand,
+                issue_cert,
+                index,
+                rate=self.on_demand_rate,
+                per=60.0,
+                clock=self.reactor,
+            )
+            hooks.append(on_demand.hello_hook)
+        tls_factory: Any
+        if hooks:
+            from txacme.ondemand import HelloHookFactory, combine_hooks
+
+            tls_factory = HelloHookFactory(
+                creator,
+                factory,
+                combine_hooks(*hooks),
+                timeout=self.hello_timeout,
+                clock=self.reactor,
+            )
+        else:
+            tls_factory = tls_server_factory(creator, factory)
+
+        try:
+            if http_responder is not None:
+                from twisted.web.server import Site
+
+                assert self.http01_endpoint is not None
+                root = http01_root(cluster.http01 if cluster is not None else http_responder)
+                http_port = await self.http01_endpoint.listen(
+                    Site(root)  # type: ignore[no-untyped-call]
+                )
+                stoppers.append(http_port.stopListening)
+            port = await self.sub_endpoint.listen(tls_factory)
+        except BaseException:
+            unwind()
+            raise
         if self.metrics is not None:
             from txacme.metrics import serve_metrics
 
@@ -563,19 +705,20 @@ class AutoTLSEndpoint:
                     self.reactor, self.metrics, service, store=self.cert_store
                 )
             except BaseException:
-                for stop in stoppers:
-                    stop()
+                unwind()
                 await maybeDeferred(port.stopListening)
                 raise
             stoppers.append(self.metrics_port.stopListening)
         service.startService()
         stoppers.insert(0, service.stopService)
-        if self.watch_interval is not None:
+        # A coordinating store notifies changes; others are polled.
+        if self.watch_interval is not None and cluster is None:
             watcher = _StoreWatch(self.reactor, self.cert_store, index, service)
             watcher.start(self.watch_interval)
             stoppers.insert(0, watcher.stop)
         await service.when_certs_valid()
-        return AutoTLSPort(port, service, stoppers)
+        close = getattr(self.cert_store, "close", None) if self.close_store else None
+        return AutoTLSPort(port, service, stoppers, after=[close] if close else [])
 
     def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:  # noqa: N803
         """

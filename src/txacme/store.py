@@ -430,6 +430,15 @@ class DirectoryStore:
         return succeed(True)
 
 
+def __getattr__(name: str) -> Any:
+    # PostgresStore needs the optional psycopg; import it only when asked for.
+    if name == "PostgresStore":
+        from txacme.pgstore import PostgresStore
+
+        return PostgresStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "DEFAULT_NAME",
     "DirectoryStore",
