@@ -11,6 +11,7 @@ import socket
 import ssl
 import tempfile
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,8 @@ from twisted.web.server import Site
 from twisted.web.static import Data
 
 from tests.pebble import shared_pebble
-from txacme.client import Client
-from txacme.endpoint import AutoTLSEndpoint
+from txacme.client import Client, Exchange
+from txacme.endpoint import AutoTLSEndpoint, EndpointConfig, endpoint_from_config
 from txacme.keys import generate_private_key, jwk_for
 from txacme.store import DirectoryStore
 
@@ -67,6 +68,20 @@ def scrape(url: str) -> str:
         return str(response.read().decode())
 
 
+def request_counts(body: str) -> dict[tuple[str, str, str], float]:
+    """``txacme_acme_requests_total`` of a scrape, by (endpoint, method, status)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts = {}
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            if sample.name == "txacme_acme_requests_total":
+                labels = sample.labels
+                key = (labels["endpoint"], labels["method"], labels["status"])
+                counts[key] = sample.value
+    return counts
+
+
 def dns_names(cert: x509.Certificate) -> list[str]:
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     return list(san.get_values_for_type(x509.DNSName))
@@ -86,9 +101,15 @@ class AutoTLSEndpointPebbleTests(TestCase):
     def make_endpoint(self, **kwargs: Any) -> AutoTLSEndpoint:
         key = jwk_for(generate_private_key("ec256"))
 
-        def client_creator() -> Deferred[Client]:
+        def client_creator(
+            on_exchange: Callable[[Exchange], object] | None = None,
+        ) -> Deferred[Client]:
             d = Client.from_url(
-                reactor, self.pebble.directory_url, key, ca_file=self.pebble.ca_file
+                reactor,
+                self.pebble.directory_url,
+                key,
+                ca_file=self.pebble.ca_file,
+                on_exchange=on_exchange,
             )
 
             def keep(client: Client) -> Client:
@@ -214,7 +235,8 @@ class AutoTLSEndpointPebbleTests(TestCase):
     def test_metrics_and_state_file(self) -> Any:
         """
         With ``metrics=`` the endpoint serves Prometheus metrics that report the
-        issued certificate; with ``state_file`` the outcome is recorded for
+        issued certificate and the requests made to the CA (its client creator
+        takes ``on_exchange``); with ``state_file`` the outcome is recorded for
         ``txacme status``.
         """
         from txacme.state import StateFile
@@ -243,3 +265,36 @@ class AutoTLSEndpointPebbleTests(TestCase):
         record = StateFile(state_path).get("metered.example.test")
         self.assertIsNotNone(record.last_success)
         self.assertIsNone(record.last_error)
+        requests = request_counts(body)
+        self.assertEqual(requests.get(("directory", "GET", "200")), 1.0, body)
+        self.assertEqual(requests.get(("newOrder", "POST", "201")), 1.0, body)
+        self.assertEqual(requests.get(("finalize", "POST", "200")), 1.0, body)
+        self.assertGreaterEqual(requests.get(("certificate", "POST", "200"), 0.0), 1.0, body)
+        self.assertGreaterEqual(requests.get(("challenge", "POST", "200"), 0.0), 1.0, body)
+
+    @inlineCallbacks
+    def test_metrics_count_requests_from_endpoint_string(self) -> Any:
+        """
+        An endpoint built from its string form (``metrics=`` set) counts the
+        requests of the client it creates in ``txacme_acme_requests_total``.
+        """
+        (self.certs / "counted.example.test.pem").write_bytes(b"")
+        config = EndpointConfig(
+            prefix="acme",
+            cert_dir=str(self.certs),
+            sub_endpoint=f"tcp:{self.pebble.tls_port}:interface=127.0.0.1",
+            directory_url=self.pebble.directory_url,
+            ca_file=self.pebble.ca_file,
+            metrics="tcp:0:interface=127.0.0.1",
+        )
+        endpoint = endpoint_from_config(reactor, config)
+        port = yield endpoint.listen(site())
+        self.addCleanup(port.stopListening)
+        self.assertGreater((self.certs / "counted.example.test.pem").stat().st_size, 0)
+        metrics_port = endpoint.metrics_port.port.getHost().port
+        body = yield threads.deferToThread(scrape, f"http://127.0.0.1:{metrics_port}/metrics")
+        requests = request_counts(body)
+        self.assertEqual(requests.get(("newOrder", "POST", "201")), 1.0, body)
+        self.assertEqual(requests.get(("finalize", "POST", "200")), 1.0, body)
+        self.assertGreaterEqual(requests.get(("newNonce", "HEAD", "200"), 0.0), 1.0, body)
+        self.assertGreaterEqual(requests.get(("newAccount", "POST", "201"), 0.0), 1.0, body)

@@ -36,6 +36,10 @@ orders :class:`acme.messages.OrderResource` (``uri`` and ``body``),
 authorizations :class:`acme.messages.AuthorizationResource`, challenges
 :class:`acme.messages.ChallengeBody`; certificates are
 :class:`CertificateChain` and ARI answers :class:`RenewalInfo`.
+
+Every HTTP exchange with the CA (retries included) is reported to the
+``on_exchange`` callback, if given, as an :class:`Exchange`; that is what
+:meth:`txacme.metrics.Metrics.observe_exchange` counts.
 """
 
 from __future__ import annotations
@@ -390,6 +394,34 @@ class RenewalInfo:
 
 
 @attrs.frozen
+class Exchange:
+    """
+    One HTTP exchange with the CA, as reported to a :class:`Client`'s
+    ``on_exchange`` callback (once per request sent, ``badNonce`` retries and
+    re-sends included).
+
+    :ivar endpoint: the ACME resource: ``directory``, ``newNonce``,
+        ``newAccount``, ``account``, ``newOrder``, ``order``,
+        ``authorization``, ``challenge``, ``finalize``, ``certificate``,
+        ``revokeCert``, ``keyChange`` or ``renewalInfo``.
+    :ivar method: the HTTP method (``GET``, ``HEAD``, ``POST``).
+    :ivar url: the URL requested.
+    :ivar status: the HTTP status, or ``None`` when no answer came (timeout,
+        connection error).
+    :ivar seconds: how long the exchange took, by the client's reactor.
+    :ivar problem: the ACME problem type (``urn:ietf:params:acme:error:...``)
+        when the answer was a problem document, else ``None``.
+    """
+
+    endpoint: str
+    method: str
+    url: str
+    status: int | None
+    seconds: float
+    problem: str | None = None
+
+
+@attrs.frozen
 class _Reply:
     """One HTTP response, fully read."""
 
@@ -543,6 +575,9 @@ class Client:
     :param poll_max: the ceiling of the doubling polling delay (seconds).
     :param max_nonce_attempts: how many times one request is sent when the CA
         keeps answering ``badNonce``.
+    :param on_exchange: called with an :class:`Exchange` after every HTTP
+        exchange with the CA (e.g. :meth:`txacme.metrics.Metrics.observe_exchange`);
+        its exceptions are logged and ignored.
     """
 
     def __init__(
@@ -561,6 +596,7 @@ class Client:
         max_nonce_attempts: int = DEFAULT_MAX_NONCE_ATTEMPTS,
         user_agent: str = DEFAULT_USER_AGENT,
         directory_url: str | None = None,
+        on_exchange: Callable[[Exchange], object] | None = None,
     ) -> None:
         if not isinstance(key, JWK):
             raise ConfigurationError(f"the account key must be a josepy JWK, not {type(key)}")
@@ -585,6 +621,7 @@ class Client:
         self._user_agent = user_agent
         self._nonces: deque[str] = deque(maxlen=_NONCE_POOL_SIZE)
         self.directory_url = directory_url
+        self._on_exchange = on_exchange
         self.account: messages.RegistrationResource | None = None
 
     def __repr__(self) -> str:
@@ -616,7 +653,8 @@ class Client:
             HTTPS (host names are still verified). ``None``: system trust.
         :param http: a treq-like object to use instead of a real HTTPS client
             (tests); no pool is created then.
-        :param options: further keyword arguments of :class:`Client`.
+        :param options: further keyword arguments of :class:`Client` (such as
+            ``on_exchange``, which also sees the directory request).
         :raises txacme.errors.ConfigurationError: for a bad ``ca_file``.
         """
         pool: web_client.HTTPConnectionPool | None = None
@@ -649,7 +687,7 @@ class Client:
         return Deferred.fromCoroutine(build())
 
     async def _load_directory(self, url: str) -> None:
-        reply = await self._send("GET", url)
+        reply = await self._send("GET", url, endpoint="directory")
         self._raise_for_problem(reply)
         jobj = self._json(reply)
         try:
@@ -739,11 +777,15 @@ class Client:
         method: str,
         url: str,
         *,
+        endpoint: str,
         body: bytes | None = None,
         content_type: str | None = None,
         accept: str | None = None,
     ) -> _Reply:
-        """One HTTP exchange, body read in full, with the request timeout."""
+        """
+        One HTTP exchange, body read in full, with the request timeout;
+        reported to ``on_exchange`` as a request to ``endpoint``.
+        """
         _check_url(url)
         headers = {b"User-Agent": [self._user_agent.encode("ascii", "replace")]}
         if content_type is not None:
@@ -764,10 +806,12 @@ class Client:
             timed_out = True
             d.cancel()
 
+        started = self._reactor.seconds()
         timer = self._reactor.callLater(self._timeout, time_out)
         try:
             response, content = await d
         except Exception as e:
+            self._report(endpoint, method, url, None, started)
             # Cancelling surfaces as CancelledError, ResponseNeverReceived or a
             # connect error depending on the stage: the flag tells it was us.
             if timed_out or isinstance(e, error.TimeoutError):
@@ -793,7 +837,35 @@ class Client:
         log.debug(
             "ACME {method} {url} -> {status}", method=method, url=url, status=reply.code
         )
+        self._report(endpoint, method, url, reply.code, started, _problem_type(reply))
         return reply
+
+    def _report(
+        self,
+        endpoint: str,
+        method: str,
+        url: str,
+        status: int | None,
+        started: float,
+        problem: str | None = None,
+    ) -> None:
+        """Give one exchange to ``on_exchange``; its failures are only logged."""
+        if self._on_exchange is None:
+            return
+        exchange = Exchange(
+            endpoint=endpoint,
+            method=method,
+            url=url,
+            status=status,
+            seconds=max(self._reactor.seconds() - started, 0.0),
+            problem=problem,
+        )
+        try:
+            self._on_exchange(exchange)
+        except Exception:
+            log.failure(
+                "on_exchange callback failed for {method} {url}", method=method, url=url
+            )
 
     def _add_nonce(self, nonce: str) -> None:
         # Unpadded base64url is never 1 more than a multiple of 4 characters long.
@@ -803,7 +875,7 @@ class Client:
     async def _nonce(self) -> str:
         if not self._nonces:
             url = self._url("newNonce")
-            reply = await self._send("HEAD", url)
+            reply = await self._send("HEAD", url, endpoint="newNonce")
             if reply.code >= 400:
                 self._raise_for_problem(reply)
             if not self._nonces:
@@ -826,14 +898,15 @@ class Client:
         url: str,
         payload: Mapping[str, Any] | bytes | None,
         *,
+        endpoint: str,
         key: JWK | None = None,
         use_jwk: bool = False,
         accept: str | None = None,
     ) -> _Reply:
         """
-        A signed POST (``payload=None``: POST-as-GET). Retries on ``badNonce``
-        up to the bound and once when the request never reached the server;
-        raises the problem of any error answer.
+        A signed POST (``payload=None``: POST-as-GET) to the ACME resource
+        ``endpoint``. Retries on ``badNonce`` up to the bound and once when the
+        request never reached the server; raises the problem of any error answer.
         """
         _check_url(url)
         if payload is None:
@@ -850,7 +923,8 @@ class Client:
             body = self._sign(url, data, nonce, key, use_jwk)
             try:
                 reply = await self._send(
-                    "POST", url, body=body, content_type=JOSE_JSON, accept=accept
+                    "POST", url, endpoint=endpoint, body=body, content_type=JOSE_JSON,
+                    accept=accept,
                 )
             except (RequestNotSent, web_client.RequestTransmissionFailed) as e:
                 if resent:
@@ -993,7 +1067,7 @@ class Client:
             payload["contact"] = contact
         if eab is not None:
             payload["externalAccountBinding"] = eab.binding(self._key, url)
-        reply = await self._post(url, payload, use_jwk=True)
+        reply = await self._post(url, payload, endpoint="newAccount", use_jwk=True)
         body, _ = self._decode(messages.Registration, reply)
         self.account = messages.RegistrationResource(
             uri=self._location(reply), body=body, terms_of_service=self.terms_of_service
@@ -1011,7 +1085,9 @@ class Client:
 
     async def _lookup_account(self) -> messages.RegistrationResource:
         url = self._url("newAccount")
-        reply = await self._post(url, {"onlyReturnExisting": True}, use_jwk=True)
+        reply = await self._post(
+            url, {"onlyReturnExisting": True}, endpoint="newAccount", use_jwk=True
+        )
         body, _ = self._decode(messages.Registration, reply)
         self.account = messages.RegistrationResource(
             uri=self._location(reply), body=body, terms_of_service=self.terms_of_service
@@ -1047,7 +1123,7 @@ class Client:
 
     async def _update_account(self, email: str | None) -> messages.RegistrationResource:
         url = self._account_url()
-        reply = await self._post(url, {"contact": _contact(email)})
+        reply = await self._post(url, {"contact": _contact(email)}, endpoint="account")
         body, _ = self._decode(messages.Registration, reply)
         self.account = messages.RegistrationResource(
             uri=url, body=body, terms_of_service=self.terms_of_service
@@ -1060,7 +1136,7 @@ class Client:
 
     async def _deactivate_account(self) -> messages.RegistrationResource:
         url = self._account_url()
-        reply = await self._post(url, {"status": "deactivated"})
+        reply = await self._post(url, {"status": "deactivated"}, endpoint="account")
         body, _ = self._decode(messages.Registration, reply)
         self.account = messages.RegistrationResource(
             uri=url, body=body, terms_of_service=self.terms_of_service
@@ -1089,7 +1165,7 @@ class Client:
         inner = acme_jws.JWS.sign(
             inner_payload, key=new_key, alg=new_alg, nonce=None, url=url, kid=None
         )
-        await self._post(url, inner.json_dumps().encode("utf-8"))
+        await self._post(url, inner.json_dumps().encode("utf-8"), endpoint="keyChange")
         self._key = new_key
         self._alg = new_alg
         log.info("ACME account {account} key changed", account=account_url)
@@ -1140,7 +1216,7 @@ class Client:
                     f"replaces must be an ARI certificate id, not {replaces!r}"
                 )
             payload["replaces"] = replaces
-        reply = await self._post(self._url("newOrder"), payload)
+        reply = await self._post(self._url("newOrder"), payload, endpoint="newOrder")
         body, _ = self._decode(messages.Order, reply)
         order = messages.OrderResource(uri=self._location(reply), body=body)
         log.debug(
@@ -1156,7 +1232,7 @@ class Client:
     async def _fetch_authorization_reply(
         self, url: str
     ) -> tuple[messages.AuthorizationResource, _Reply]:
-        reply = await self._post(url, None)
+        reply = await self._post(url, None, endpoint="authorization")
         body, _ = self._decode(messages.Authorization, reply)
         return messages.AuthorizationResource(uri=url, body=body), reply
 
@@ -1187,7 +1263,7 @@ class Client:
             response, challenges.KeyAuthorizationChallengeResponse
         ):
             payload = response.to_partial_json()
-        reply = await self._post(url, payload)
+        reply = await self._post(url, payload, endpoint="challenge")
         body, _ = self._decode(messages.ChallengeBody, reply)
         return body
 
@@ -1240,7 +1316,7 @@ class Client:
     async def _fetch_order_reply(
         self, order: messages.OrderResource
     ) -> tuple[messages.OrderResource, _Reply]:
-        reply = await self._post(order.uri, None)
+        reply = await self._post(order.uri, None, endpoint="order")
         body, _ = self._decode(messages.Order, reply)
         return order.update(body=body), reply
 
@@ -1292,7 +1368,7 @@ class Client:
         url = order.body.finalize
         if not url:
             raise ProtocolError(f"order {order.uri} has no finalize URL")
-        reply = await self._post(url, {"csr": _b64(der)})
+        reply = await self._post(url, {"csr": _b64(der)}, endpoint="finalize")
         body, _ = self._decode(messages.Order, reply)
         first = (order.update(body=body), reply)
         result = await self._poll_order(
@@ -1324,7 +1400,7 @@ class Client:
         return Deferred.fromCoroutine(self._fetch_chain(url))
 
     async def _fetch_chain(self, url: str) -> CertificateChain:
-        reply = await self._post(url, None, accept=PEM_CHAIN)
+        reply = await self._post(url, None, endpoint="certificate", accept=PEM_CHAIN)
         return CertificateChain.from_pem(url, reply.body, _links(reply.headers, "alternate", url))
 
     async def _fetch_certificate(
@@ -1374,9 +1450,11 @@ class Client:
         }
         url = self._url("revokeCert")
         if key is None:
-            await self._post(url, payload)
+            await self._post(url, payload, endpoint="revokeCert")
         else:
-            await self._post(url, payload, key=_as_jwk(key), use_jwk=True)
+            await self._post(
+                url, payload, endpoint="revokeCert", key=_as_jwk(key), use_jwk=True
+            )
         log.info("ACME certificate {serial} revoked", serial=f"{cert.serial_number:x}")
 
     def renewal_info(self, cert: x509.Certificate) -> Deferred[RenewalInfo]:
@@ -1394,7 +1472,7 @@ class Client:
                 "information (no renewalInfo in its directory)"
             )
         url = self._url("renewalInfo").rstrip("/") + "/" + ari_cert_id(cert)
-        reply = await self._send("GET", url)
+        reply = await self._send("GET", url, endpoint="renewalInfo")
         self._raise_for_problem(reply)
         jobj = self._json(reply)
         try:
@@ -1454,6 +1532,19 @@ def _missing_parts(decoded: object) -> str | None:
     return None
 
 
+def _problem_type(reply: _Reply) -> str | None:
+    """The ``type`` of the problem document ``reply`` carries, if it is one."""
+    content_type = (_header(reply.headers, b"content-type") or "").split(";")[0].strip()
+    if content_type.lower() != PROBLEM_JSON and reply.code < 400:
+        return None
+    try:
+        document: Any = json.loads(reply.body)
+    except ValueError:
+        return None
+    ptype = document.get("type") if isinstance(document, dict) else None
+    return ptype if isinstance(ptype, str) and ptype else None
+
+
 def _problem_from(err: messages.Error, url: str) -> ACMEProblem:
     return ACMEProblem.from_json(err.to_json(), url=url)
 
@@ -1463,6 +1554,7 @@ __all__ = [
     "CertificateChain",
     "DEFAULT_USER_AGENT",
     "EAB",
+    "Exchange",
     "RenewalInfo",
     "TreqLike",
     "ari_cert_id",

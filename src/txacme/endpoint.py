@@ -5,10 +5,11 @@ obtains missing ones, and the typed function behind ``le:``, ``lets:`` and ``acm
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybeDeferred
@@ -25,6 +26,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txacme.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from txacme.client import Exchange
+    from txacme.metrics import Metrics
 
 log = Logger()
 
@@ -365,13 +370,16 @@ def endpoint_from_config(reactor: Any, config: EndpointConfig) -> AutoTLSEndpoin
         else None
     )
 
-    def client_creator() -> Deferred[Any]:
+    def client_creator(
+        on_exchange: Callable[[Exchange], object] | None = None,
+    ) -> Deferred[Client]:
         return Client.from_url(
             reactor,
             config.directory_url,
             key,
             ca_file=config.ca_file,
             timeout=config.timeout,
+            on_exchange=on_exchange,
         )
 
     responders: list[Any] = []
@@ -467,6 +475,10 @@ class AutoTLSEndpoint:
         for ``tls-alpn-01``).
     :param cert_store: an :class:`~txacme.interfaces.ICertificateStore`.
     :param client_creator: returns a ``Deferred`` of a ``txacme.client.Client``.
+        When ``metrics`` is set and it accepts an ``on_exchange`` keyword
+        argument (as :meth:`txacme.client.Client.from_url` does), it is called
+        with the callback that counts the client's requests to the CA
+        (``txacme_acme_requests_total``); pass it on to the client.
     :param email: the ACME account's contact address.
     :param eab: a ``txacme.client.EAB`` for CAs that require external account
         binding.
@@ -511,7 +523,7 @@ class AutoTLSEndpoint:
         reactor: Any,
         sub_endpoint: IStreamServerEndpoint,
         cert_store: Any,
-        client_creator: Callable[[], Any],
+        client_creator: Callable[..., Any],
         *,
         email: str | None = None,
         eab: Any = None,
@@ -566,9 +578,16 @@ class AutoTLSEndpoint:
         self.close_store = close_store
         self.service: Any = None
         self.index: Any = None
+        self._on_exchange: Callable[[Exchange], object] | None = None
 
     def _client_creator(self) -> Deferred[Any]:
-        d: Deferred[Any] = maybeDeferred(self.client_creator)
+        d: Deferred[Any]
+        if self._on_exchange is not None and _accepts_keyword(
+            self.client_creator, "on_exchange"
+        ):
+            d = maybeDeferred(self.client_creator, on_exchange=self._on_exchange)
+        else:
+            d = maybeDeferred(self.client_creator)
         if self.eab is None:
             return d
 
@@ -611,6 +630,13 @@ class AutoTLSEndpoint:
             for stop in stoppers:
                 stop()
 
+        metrics: Metrics | None = None
+        if self.metrics is not None:
+            from txacme.metrics import Metrics
+
+            # Made before the service, whose client reports its requests to it.
+            metrics = Metrics(clock=self.reactor)
+            self._on_exchange = metrics.observe_exchange
         # The service exists before the port listens, so that a handshake
         # arriving at once (on-demand, a cluster's wanted name) can issue; it is
         # started only once the CA can reach the port.
@@ -702,7 +728,7 @@ class AutoTLSEndpoint:
 
             try:
                 self.metrics_port = await serve_metrics(
-                    self.reactor, self.metrics, service, store=self.cert_store
+                    self.reactor, self.metrics, service, metrics=metrics, store=self.cert_store
                 )
             except BaseException:
                 unwind()
@@ -726,6 +752,22 @@ class AutoTLSEndpoint:
         certificate have had a first attempt at issuance.
         """
         return Deferred.fromCoroutine(self._listen(protocolFactory))
+
+
+def _accepts_keyword(func: Callable[..., Any], name: str) -> bool:
+    """Whether ``func`` can be called with the keyword argument ``name``."""
+    try:
+        parameters = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(
+        p.kind is inspect.Parameter.VAR_KEYWORD
+        or (
+            p.name == name
+            and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        )
+        for p in parameters
+    )
 
 
 class _StoreWatch:
