@@ -652,3 +652,135 @@ class StateRecorderTests(TestCase):
         service.stopService()
         detach()
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class StoreURLTests(PebbleCLITestCase):
+    """``--store URL`` keeps the certificates in a real PostgreSQL database."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        from tests.postgres import PostgresUnavailable, shared_postgres
+
+        try:
+            self.postgres = shared_postgres()
+        except PostgresUnavailable as e:
+            raise SkipTest(str(e))
+        self.url = self.postgres.new_database()
+        self.addCleanup(self.postgres.drop_database, self.url)
+        from txacme.pgstore import KeyEncryption
+
+        self.key_file = os.path.abspath(self.mktemp())
+        KeyEncryption.generate_key_file(self.key_file)
+        self.store = ["--store", self.url, "--store-key-file", self.key_file]
+
+    def test_issue_and_status_through_the_database(self) -> None:
+        """
+        ``issue --store`` writes the certificate (its key sealed) to the
+        database, not the directory; ``status --store`` reads it back, from
+        this cert dir and from another one; the processes exit (the store's
+        threads are stopped).
+        """
+        name = "db.cli.example"
+        result = self.issue(name, *self.store)
+        self.assertTrue(result.stdout.startswith(f"{name}: obtained"), result.stdout)
+        self.assertFalse(os.path.exists(os.path.join(self.dir, name + ".pem")))
+        self.assertTrue(os.path.exists(os.path.join(self.dir, "client.key")))
+        self.assertIsNone(StateFile.for_directory(self.dir).get(name).last_error)
+
+        [(stored, key_data, certificates)] = self.postgres.execute(
+            self.url, "SELECT name, key_data, certificates FROM txacme_certificates"
+        )
+        self.assertEqual(stored, name)
+        self.assertNotIn(b"PRIVATE KEY", bytes(key_data))  # sealed with the key file
+        leaf = x509.load_pem_x509_certificate(certificates.encode("ascii"))
+
+        rows = self.status(*self.store)
+        self.assertEqual(list(rows), [name])
+        self.assertEqual(rows[name]["state"], "ok")
+        self.assertEqual(rows[name]["serial"], f"{leaf.serial_number:x}")
+        self.assertIsNotNone(rows[name]["last_success"])
+
+        other = os.path.abspath(self.mktemp())
+        os.makedirs(other)
+        seen = run_cli("status", "--json", "-C", other, *self.store)
+        self.assertEqual(seen.returncode, 0, seen.stderr)
+        document = json.loads(seen.stdout)
+        self.assertEqual(document["store"], self.url)
+        [row] = document["certificates"]
+        self.assertEqual((row["name"], row["serial"]), (name, f"{leaf.serial_number:x}"))
+        self.assertIsNone(row["last_success"])  # the history stays in the first cert dir
+        self.assertEqual(os.listdir(other), [])
+
+        # Without the key file the sealed entry cannot be read: it is left out.
+        blind = run_cli("status", "--json", "-C", other, "--store", self.url)
+        self.assertEqual(blind.returncode, 0, blind.stderr)
+        self.assertEqual(json.loads(blind.stdout)["certificates"], [])
+
+        again = self.issue(name, *self.store)
+        self.assertIn("already has a certificate valid until", again.stdout)
+
+    def test_environment_variables(self) -> None:
+        """``$TXACME_STORE`` and ``$TXACME_STORE_KEY_FILE`` are the defaults."""
+        self.issue("env.cli.example", *self.store)
+        env = {
+            k: v for k, v in os.environ.items() if not k.startswith("TXACME_")
+        }
+        env.update(
+            PYTHONPATH=os.pathsep.join([SRC, *filter(None, [env.get("PYTHONPATH")])]),
+            TXACME_CERT_DIR=self.dir,
+            TXACME_STORE=self.url,
+            TXACME_STORE_KEY_FILE=self.key_file,
+        )
+        env.pop("TERM", None)
+        result = subprocess.run(
+            [sys.executable, "-m", "txacme", "status", "--json"],
+            capture_output=True, text=True, env=env, timeout=120, stdin=subprocess.DEVNULL,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        rows = json.loads(result.stdout)["certificates"]
+        self.assertEqual([row["name"] for row in rows], ["env.cli.example"])
+
+
+class StoreUsageErrorTests(TestCase):
+    """A ``--store`` that cannot be used exits 2 naming it, before any work."""
+
+    def test_bad_store(self) -> None:
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        key_file = os.path.join(directory, "store.key")
+        with open(key_file, "w") as f:
+            f.write("not a key\n")
+        missing = os.path.join(directory, "no-such-dir")
+        cases: list[tuple[list[str], list[str]]] = [
+            (["--store", "bogus://db.example/x"], ["--store", "'bogus://db.example/x'"]),
+            (["--store", "bogus://u:hunter2@db.example/x"], ["bogus://u:***@db.example/x"]),
+            (["--store", missing], ["--store", missing]),
+            (["--store", directory, "--store-key-file", key_file], ["--store", "key_file"]),
+            (["--store-key-file", key_file], ["--store-key-file", "needs --store"]),
+        ]
+        for args, needles in cases:
+            result = run_cli("status", "-C", directory, *args)
+            self.assertEqual(result.returncode, cli.EXIT_USAGE, (args, result.stderr))
+            self.assertEqual(result.stdout, "", args)
+            for needle in needles:
+                self.assertIn(needle, result.stderr, args)
+            self.assertNotIn("hunter2", result.stderr)
+
+    def test_store_directory(self) -> None:
+        """A directory ``--store`` holds the entries; ``-C`` keeps only the state."""
+        cert_dir = os.path.abspath(self.mktemp())
+        store_dir = os.path.abspath(self.mktemp())
+        os.makedirs(cert_dir)
+        os.makedirs(store_dir)
+        with open(os.path.join(store_dir, "elsewhere.example.pem"), "w"):
+            pass
+        result = run_cli("status", "--json", "-C", cert_dir, "--store", "file://" + store_dir)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        document = json.loads(result.stdout)
+        self.assertEqual(document["store"], store_dir)
+        self.assertEqual(
+            [(r["name"], r["state"]) for r in document["certificates"]],
+            [("elsewhere.example", "missing")],
+        )
+        plain = json.loads(run_cli("status", "--json", "-C", cert_dir).stdout)
+        self.assertEqual((plain["store"], plain["certificates"]), (None, []))

@@ -633,3 +633,55 @@ class ValidateTests(TestCase):
         with self.assertRaises(ConfigurationError) as caught:
             validate_pem_objects([], "/srv/certs/example.com.pem")
         self.assertIn("/srv/certs/example.com.pem", str(caught.exception))
+
+
+class StaleTemporaryFileTests(TestCase):
+    """as_dict removes temporary files a killed writer left long ago, and nothing else."""
+
+    def test_old_temporary_files_removed(self) -> None:
+        import time
+
+        directory = FilePath(self.mktemp())
+        directory.makedirs()
+        store = DirectoryStore(directory)
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        key, cert = CA.leaf("example.com")
+        self.successResultOf(store.store("example.com", objects(key, cert, CA.cert)))
+        now = time.time()
+        old_age = store_module.STALE_TEMP_AGE + 60
+
+        def make(name: str, age: float) -> str:
+            path = directory.child(name).path
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.write(fd, b"-----BEGIN PRIVATE KEY-----\npartial")
+            os.close(fd)
+            os.utime(path, (now - age, now - age))
+            return path
+
+        stale = make(".example.com.pem.0123456789abcdef.tmp", old_age)
+        fresh = make(".other.example.pem.fedcba9876543210.tmp", 5)
+        # Old, but not temporary files of ours: never touched.
+        untouched = [
+            make(".example.com.pem.notours.tmp", old_age),
+            make("notes.0123456789abcdef.tmp", old_age),
+            make(".client.key.0123456789abcdef", old_age),
+        ]
+        entry = directory.child("example.com.pem").path
+        os.utime(entry, (now - old_age, now - old_age))
+
+        entries = self.successResultOf(store.as_dict())
+
+        self.assertEqual(list(entries), ["example.com"])
+        self.assertFalse(os.path.exists(stale))
+        self.assertTrue(os.path.exists(fresh))
+        for path in [*untouched, entry]:
+            self.assertTrue(os.path.exists(path), path)
+        removals = [e for e in events if "removed" in e.get("log_format", "")]
+        self.assertEqual([e["file"] for e in removals], [stale])
+        self.assertEqual(removals[0]["log_level"], LogLevel.warn)
+        self.assertNotIn("partial", repr(removals))
+        self.assertEqual(store.remove_stale_temporary_files(), [])
+        os.utime(fresh, (now - old_age, now - old_age))
+        self.assertEqual(store.remove_stale_temporary_files(), [fresh])

@@ -29,6 +29,14 @@ One certificate per name.
     certificate for that name only. ``issue`` first creates the empty entry, so
     a failed attempt still leaves the wish recorded for a running server.
 
+Stores.
+    The certificates live in the directory unless ``--store URL`` names
+    another store, as the endpoints' ``store=`` option does
+    (:func:`txacme.stores.store_from_url`): ``postgresql://...`` for a
+    cluster's database (with ``--store-key-file`` when its private keys are
+    sealed), or another directory. ``--cert-dir`` is still needed: the
+    account key and the state file stay there.
+
 State.
     Each attempt, success, failure and revocation is written to
     ``.txacme-state.json`` in the directory (:mod:`txacme.state`), which the
@@ -337,6 +345,20 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         default=_env_default("TXACME_CERT_DIR"),
         help="the certificate directory (default: $TXACME_CERT_DIR)",
     )
+    group.add_argument(
+        "--store",
+        metavar="URL",
+        default=_env_default("TXACME_STORE"),
+        help="keep the certificates in this store instead of the directory, as the "
+        "endpoints' store= option: postgresql://... or a directory (default: $TXACME_STORE)",
+    )
+    group.add_argument(
+        "--store-key-file",
+        metavar="FILE",
+        default=_env_default("TXACME_STORE_KEY_FILE"),
+        help="the key sealing the private keys in a PostgreSQL --store "
+        "(default: $TXACME_STORE_KEY_FILE)",
+    )
     group.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     group.add_argument(
         "-v",
@@ -612,8 +634,6 @@ class Command:
     """What every command needs: the directory, its store and state, the UI."""
 
     def __init__(self, reactor: Any, args: argparse.Namespace, ui: UI) -> None:
-        from txacme.store import DirectoryStore
-
         self.reactor = reactor
         self.args = args
         self.ui = ui
@@ -623,12 +643,13 @@ class Command:
         if not os.path.isdir(cert_dir):
             raise UsageError(f"--cert-dir {cert_dir!r}: not an existing directory")
         self.cert_dir = cert_dir
-        self.store = DirectoryStore(cert_dir)
         self.state = StateFile.for_directory(cert_dir)
         self.key_path = os.path.join(cert_dir, ACCOUNT_KEY_FILE)
         self.ca = _ca_options(args)
         self._clients: list[Any] = []
         self._stoppers: list[Callable[[], object]] = []
+        # Last: nothing after this may fail, or the store would not be closed.
+        self.store, self.where = _open_store(reactor, args, cert_dir)
 
     # -- the client ----------------------------------------------------------------
 
@@ -662,7 +683,7 @@ class Command:
         return client
 
     async def close(self) -> None:
-        """Stop the listeners and close the clients."""
+        """Stop the listeners, close the clients and the store."""
         from twisted.internet.defer import maybeDeferred
 
         for stop in reversed(self._stoppers):
@@ -677,19 +698,40 @@ class Command:
             except Exception:
                 log.failure("closing the ACME client")
         self._clients.clear()
+        close = getattr(self.store, "close", None)
+        if close is not None:
+            try:
+                await maybeDeferred(close)
+            except Exception:
+                log.failure("closing the certificate store")
 
     # -- entries -------------------------------------------------------------------
 
-    def entries(self) -> dict[str, list[pem.AbstractPEMObject] | errors.ConfigurationError]:
+    async def entries(
+        self,
+    ) -> dict[str, list[pem.AbstractPEMObject] | errors.ConfigurationError]:
         """
-        Every entry of the directory, by name; damaged files give the error
-        instead of being left out (``status`` shows them).
+        Every entry of the store, by name. In a directory, damaged files give
+        the error instead of being left out (``status`` shows them); other
+        stores log and leave out damaged entries.
         """
         from txacme.names import normalize_server_name
-        from txacme.store import DEFAULT_NAME, load_entry
+        from txacme.store import DEFAULT_NAME, DirectoryStore, load_entry
 
         result: dict[str, list[pem.AbstractPEMObject] | errors.ConfigurationError] = {}
-        for filename in sorted(os.listdir(self.cert_dir)):
+        if not isinstance(self.store, DirectoryStore):
+            try:
+                found = await self.store.as_dict()
+            except errors.ConfigurationError as e:
+                raise _Failed(f"cannot read the store {self.where}: {e}")
+            except Exception as e:
+                raise _Failed(f"cannot read the store {self.where}: {_describe(e)}")
+            for name in sorted(found):
+                result[name] = list(found[name])
+            return result
+        directory = self.store.path.path
+        self.store.remove_stale_temporary_files()
+        for filename in sorted(os.listdir(directory)):
             if not filename.endswith(".pem") or filename.startswith("."):
                 continue
             stem = filename[: -len(".pem")]
@@ -700,7 +742,7 @@ class Command:
                     continue
             except errors.InvalidServerName:
                 continue
-            path = os.path.join(self.cert_dir, filename)
+            path = os.path.join(directory, filename)
             if not os.path.isfile(path):
                 continue
             try:
@@ -711,19 +753,20 @@ class Command:
                 result[stem] = e
         return result
 
-    def selected(
+    async def selected(
         self, names: Sequence[str]
     ) -> dict[str, list[pem.AbstractPEMObject] | errors.ConfigurationError]:
         """The entries of ``names`` (all when empty); an unknown name is a usage error."""
-        entries = self.entries()
         wanted = _names(names)
+        entries = await self.entries()
         if not wanted:
             return entries
         unknown = [n for n in wanted if n not in entries]
         if unknown:
-            raise UsageError(
-                f"NAME {unknown[0]!r}: no entry {unknown[0]}.pem in {self.cert_dir}"
-            )
+            from txacme.store import DirectoryStore
+
+            entry = f"{unknown[0]}.pem" if isinstance(self.store, DirectoryStore) else "for it"
+            raise UsageError(f"NAME {unknown[0]!r}: no entry {entry} in {self.where}")
         return {n: entries[n] for n in wanted}
 
     # -- responders ----------------------------------------------------------------
@@ -798,6 +841,32 @@ class Command:
             self._stoppers.append(port.stopListening)
             responders.append(responder)
         return [_ProgressResponder(r, self.ui) for r in responders]
+
+
+def _open_store(reactor: Any, args: argparse.Namespace, cert_dir: str) -> tuple[Any, str]:
+    """The store the options name (default: the directory) and how to name it to the user."""
+    from txacme.store import DirectoryStore
+    from txacme.stores import redact_url, store_from_url
+
+    url = getattr(args, "store", None)
+    key_file = getattr(args, "store_key_file", None)
+    if not url:
+        if key_file:
+            raise UsageError(
+                f"--store-key-file {key_file!r} (or $TXACME_STORE_KEY_FILE) needs --store URL"
+            )
+        return DirectoryStore(cert_dir), cert_dir
+    shown = redact_url(url)
+    try:
+        store = store_from_url(url, reactor=reactor, **({"key_file": key_file} if key_file else {}))
+    except errors.ConfigurationError as e:
+        reason = str(e)
+        if shown in reason:
+            raise UsageError(f"--store: {reason}")
+        raise UsageError(f"--store {shown!r}: {reason}")
+    if isinstance(store, DirectoryStore):
+        return store, store.path.path
+    return store, shown
 
 
 class _Failed(errors.TxACMEError):
@@ -1019,7 +1088,7 @@ async def _fetch_ari(
 async def cmd_status(command: Command) -> int:
     """``txacme status``."""
     args = command.args
-    entries = command.selected(args.names)
+    entries = await command.selected(args.names)
     infos, ari_errors = await _fetch_ari(command, entries)
     records = command.state.read()
     now = _utcnow()
@@ -1034,12 +1103,13 @@ async def cmd_status(command: Command) -> int:
     if args.json:
         document = {
             "cert_dir": os.path.abspath(command.cert_dir),
+            "store": command.where if command.args.store else None,
             "now": _iso(now),
             "certificates": rows,
         }
         command.ui.result(json.dumps(document, indent=2))
     elif not rows:
-        command.ui.result(f"no certificate entries in {command.cert_dir}")
+        command.ui.result(f"no certificate entries in {command.where}")
     else:
         command.ui.result(_table(rows, now))
     if args.check and attention:
@@ -1180,7 +1250,7 @@ async def cmd_issue(command: Command) -> int:
     names = _names(command.args.names)
     command.ca.require()
     responders = await command.responders()
-    entries = command.entries()
+    entries = await command.entries()
     now = _utcnow()
     todo: dict[str, str | None] = {}
     for name in names:
@@ -1195,7 +1265,9 @@ async def cmd_issue(command: Command) -> int:
                 f"use `txacme renew --force {name}` to replace it"
             )
             continue
-        await command.store.mark_wanted(name)
+        mark_wanted = getattr(command.store, "mark_wanted", None)
+        if mark_wanted is not None:
+            await mark_wanted(name)
         todo[name] = None
     if not todo:
         return EXIT_OK
@@ -1208,10 +1280,10 @@ async def cmd_renew(command: Command) -> int:
     from txacme.policy import ari_certificate_id, plan_renewal
 
     args = command.args
-    entries = command.selected(args.names)
+    entries = await command.selected(args.names)
     command.ca.require()
     if not entries:
-        command.ui.hint(f"no certificate entries in {command.cert_dir}")
+        command.ui.hint(f"no certificate entries in {command.where}")
         return EXIT_OK
     for name, entry in entries.items():
         if isinstance(entry, errors.ConfigurationError):
@@ -1283,13 +1355,15 @@ async def cmd_revoke(command: Command) -> int:
     args = command.args
     [name] = _names([args.name])
     code, reason = _reason(args.reason)
-    entries = command.selected([name])
+    entries = await command.selected([name])
     entry = entries[name]
     if isinstance(entry, errors.ConfigurationError):
         raise UsageError(f"NAME {name!r}: {entry}")
     certificate = _first_certificate(entry)
     if certificate is None:
-        raise UsageError(f"NAME {name!r}: {name}.pem holds no certificate to revoke")
+        raise UsageError(
+            f"NAME {name!r}: its entry in {command.where} holds no certificate to revoke"
+        )
     command.ca.require()
     key: Any = None
     if args.certificate_key:

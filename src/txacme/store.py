@@ -18,6 +18,11 @@ same directory):
 * ``client.key`` (the ACME account key), hidden files, temporary files
   (``.<name>.pem.<random>.tmp``) and files whose stem is not a canonical server
   name are ignored.
+* A writer killed in the middle of a write leaves its temporary file behind
+  (mode 0600, holding a private key). :meth:`DirectoryStore.as_dict` removes
+  such files once they are older than :data:`STALE_TEMP_AGE` seconds, logging
+  each one; a younger one may belong to a write still in progress in another
+  process and is left alone.
 
 Writes are atomic: the objects go to a temporary file in the same directory
 (mode 0600), which is flushed, synced and renamed over the old file, then the
@@ -48,8 +53,10 @@ File I/O is blocking; the files are small and it all happens in
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import stat
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -74,7 +81,13 @@ DEFAULT_NAME = "DEFAULT"
 PEM_SUFFIX = ".pem"
 FILE_MODE = 0o600
 
+STALE_TEMP_AGE = 600.0
+"""Seconds after which :meth:`DirectoryStore.as_dict` removes a left-over temporary file."""
+
 _CERTIFICATE_TYPES = (pem.Certificate,)
+
+# The temporary files _write_atomically makes for entries: .<name>.pem.<16 hex digits>.tmp
+_TEMP_FILE = re.compile(r"\..+\.pem\.[0-9a-f]{16}\.tmp")
 
 
 def validate_pem_objects(pem_objects: object, source: str) -> list[pem.AbstractPEMObject]:
@@ -343,7 +356,8 @@ class DirectoryStore:
         Fetch every entry, keyed by server name.
 
         Files that are not entries are ignored; damaged entries are logged and
-        left out.
+        left out. Temporary files left by interrupted writes are removed once
+        they are older than :data:`STALE_TEMP_AGE` seconds.
         """
         try:
             return succeed(self._as_dict())
@@ -352,6 +366,7 @@ class DirectoryStore:
 
     def _as_dict(self) -> dict[str, list[pem.AbstractPEMObject]]:
         result: dict[str, list[pem.AbstractPEMObject]] = {}
+        self.remove_stale_temporary_files()
         for filename in sorted(os.listdir(self.path.path)):
             if not filename.endswith(PEM_SUFFIX) or filename.startswith("."):
                 continue
@@ -383,6 +398,47 @@ class DirectoryStore:
                     "skipping damaged certificate file {file}: {reason}", file=full, reason=str(e)
                 )
         return result
+
+    def remove_stale_temporary_files(self) -> list[str]:
+        """
+        Remove the temporary files (``.<name>.pem.<random>.tmp``) that
+        interrupted writes left more than :data:`STALE_TEMP_AGE` seconds ago,
+        logging each; :meth:`as_dict` calls this.
+
+        :return: the paths removed.
+        """
+        removed = []
+        for filename in sorted(os.listdir(self.path.path)):
+            if _TEMP_FILE.fullmatch(filename) and self._remove_if_stale(filename):
+                removed.append(os.path.join(self.path.path, filename))
+        return removed
+
+    def _remove_if_stale(self, filename: str) -> bool:
+        """Remove the temporary file ``filename`` if a crashed writer left it long ago."""
+        full = os.path.join(self.path.path, filename)
+        try:
+            info = os.lstat(full)
+            if not stat.S_ISREG(info.st_mode):
+                return False
+            age = time.time() - info.st_mtime
+            if age < STALE_TEMP_AGE:
+                return False
+            os.unlink(full)
+        except FileNotFoundError:
+            return False  # renamed into place or removed meanwhile
+        except OSError as e:
+            log.warn(
+                "cannot remove the stale temporary file {file}: {reason}",
+                file=full,
+                reason=e.strerror or str(e),
+            )
+            return False
+        log.warn(
+            "removed {file}, a temporary file an interrupted write left {age:.0f} s ago",
+            file=full,
+            age=age,
+        )
+        return True
 
     def get_default(self) -> Deferred[list[pem.AbstractPEMObject]]:
         """
@@ -441,6 +497,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "DEFAULT_NAME",
+    "STALE_TEMP_AGE",
     "DirectoryStore",
     "load_entry",
     "validate_pem_objects",
