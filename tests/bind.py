@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -39,6 +38,7 @@ import dns.tsig
 import dns.update
 
 from tests.pebble import free_udp_tcp_port
+from tests.processes import read_log, start_logged, stop_process
 
 NAMED = shutil.which("named") or "/usr/sbin/named"
 
@@ -150,15 +150,9 @@ zone "." {{
 """
         )
         try:
-            log = open(self.log_path, "wb")  # noqa: SIM115
-            self._proc = subprocess.Popen(
-                [NAMED, "-g", "-n", "1", "-c", str(conf)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=str(self.workdir),
+            self._proc = start_logged(
+                [NAMED, "-g", "-n", "1", "-c", str(conf)], self.log_path, cwd=str(self.workdir)
             )
-            log.close()
             self._wait_ready()
         except BaseException:
             self.stop()
@@ -192,10 +186,7 @@ zone "." {{
 
     def log_text(self) -> str:
         """What named has logged so far."""
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
+        return read_log(self.log_path)
 
     def query(self, name: str, rdtype: str, timeout: float = 2.0) -> dns.message.Message:
         """Ask this server (synchronously, over UDP) for ``name`` / ``rdtype``."""
@@ -243,13 +234,7 @@ zone "." {{
         """Stop the named this fixture started, wait for it, remove its files."""
         proc, self._proc = self._proc, None
         if proc is not None:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+            stop_process(proc)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> Bind:

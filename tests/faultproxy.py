@@ -46,12 +46,11 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.ssl import Certificate, PrivateCertificate, trustRootFromCertificates
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
-from zope.interface import implementer
 
 from tests.pebble import make_tls_ca
+from txacme.client import _BytesProducer
 
 HOP_BY_HOP = frozenset(
     {
@@ -173,28 +172,6 @@ def _decode_payload(body: bytes) -> Any:
         return json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
     except Exception:
         return None
-
-
-@implementer(IBodyProducer)
-class _Body:
-    """A request body written at once."""
-
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer: Any) -> Deferred[None]:
-        consumer.write(self.body)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
 
 
 def _trust(ca_file: str) -> BrowserLikePolicyForHTTPS:
@@ -376,7 +353,7 @@ class FaultProxy:
                 headers.setRawHeaders(name, values)
         producer = None
         if request.method in (b"POST", b"PUT"):
-            producer = _Body(body)
+            producer = _BytesProducer(body)
         assert self._agent is not None
         d = self._agent.request(
             request.method, (self.upstream_base + seen.path).encode("latin-1"), headers, producer

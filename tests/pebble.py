@@ -13,13 +13,11 @@ starts a private one (with EAB or fault knobs) that the caller stops.
 
 from __future__ import annotations
 
-import atexit
 import datetime
 import ipaddress
 import json
 import os
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -34,6 +32,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.processes import (
+    SharedInstance,
+    free_port,
+    read_log,
+    start_logged,
+    stop_processes,
+)
+
 PEBBLE = shutil.which("pebble") or "/usr/bin/pebble"
 CHALLTESTSRV = shutil.which("pebble-challtestsrv") or "/usr/bin/pebble-challtestsrv"
 
@@ -46,13 +52,6 @@ EAB_KEYS = {
 
 class PebbleUnavailable(RuntimeError):
     """Pebble is not installed or did not start."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port that is free on ``host`` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def free_udp_tcp_port(host: str = "127.0.0.1") -> int:
@@ -190,8 +189,7 @@ class Pebble:
                 self.dns_port = free_udp_tcp_port()
                 self.dns_mgmt_port = free_port()
                 self.dns_mgmt_url = f"http://127.0.0.1:{self.dns_mgmt_port}"
-                dns_log = open(self.workdir / "challtestsrv.log", "wb")  # noqa: SIM115
-                proc = subprocess.Popen(
+                proc = start_logged(
                     [
                         CHALLTESTSRV,
                         "-dns01", f"127.0.0.1:{self.dns_port}",
@@ -202,11 +200,8 @@ class Pebble:
                         "-https01", "",
                         "-tlsalpn01", "",
                     ],
-                    stdout=dns_log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
+                    self.workdir / "challtestsrv.log",
                 )
-                dns_log.close()
                 self._procs.append(proc)
                 _wait_for_port("127.0.0.1", self.dns_mgmt_port, proc, "pebble-challtestsrv")
                 dns_server = f"127.0.0.1:{self.dns_port}"
@@ -231,16 +226,12 @@ class Pebble:
             full_env["PEBBLE_VA_NOSLEEP"] = "1"
             if env:
                 full_env.update(env)
-            log = open(self.log_path, "wb")  # noqa: SIM115
-            proc = subprocess.Popen(
+            proc = start_logged(
                 [PEBBLE, "-config", str(config_path), "-dnsserver", dns_server],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
+                self.log_path,
                 env=full_env,
                 cwd=str(self.workdir),
             )
-            log.close()
             self._procs.append(proc)
             _wait_for_port("127.0.0.1", self.port, proc, "pebble")
             _wait_for_port("127.0.0.1", self.mgmt_port, proc, "pebble management")
@@ -276,10 +267,7 @@ class Pebble:
 
     def log_text(self) -> str:
         """What Pebble has logged so far (to count orders, or to explain a failure)."""
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
+        return read_log(self.log_path)
 
     def set_txt(self, host: str, value: str) -> None:
         """Ask the mock DNS server to answer ``host`` TXT with ``value``."""
@@ -300,15 +288,7 @@ class Pebble:
 
     def stop(self) -> None:
         """Stop exactly the processes this instance started, and wait for them."""
-        for proc in reversed(self._procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in reversed(self._procs):
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        stop_processes(self._procs[::-1])
         self._procs = []
         shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -330,20 +310,9 @@ def start_pebble(
     return Pebble(eab=eab, env=env, config=config, dns_server=dns_server)
 
 
-_shared: Pebble | None = None
+_shared = SharedInstance(Pebble)
 
 
 def shared_pebble() -> Pebble:
     """The Pebble shared by every test of this process, started on first use."""
-    global _shared
-    if _shared is None:
-        _shared = Pebble()
-        atexit.register(_stop_shared)
-    return _shared
-
-
-def _stop_shared() -> None:
-    global _shared
-    if _shared is not None:
-        _shared.stop()
-        _shared = None
+    return _shared.get()

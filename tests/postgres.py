@@ -16,13 +16,11 @@ temporary directory is handed to that user.
 
 from __future__ import annotations
 
-import atexit
 import glob
 import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -30,17 +28,19 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from tests.processes import (
+    SharedInstance,
+    free_port,
+    read_log,
+    start_logged,
+    stop_process,
+)
+
 USER = "txacme"
 
 
 class PostgresUnavailable(RuntimeError):
     """PostgreSQL (or psycopg) is not installed, or the server did not start."""
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def find_bindir() -> Path:
@@ -113,11 +113,8 @@ class Postgres:
                 raise PostgresUnavailable(
                     f"initdb failed ({init.returncode}): {init.stdout.decode(errors='replace')}"
                 )
-            self.port = _free_port()
-            log = open(self.log_path, "wb")  # noqa: SIM115
-            if demote:
-                os.chown(self.log_path, demote["user"], demote["group"])
-            self._proc = subprocess.Popen(
+            self.port = free_port()
+            self._proc = start_logged(
                 [
                     str(bindir / "postgres"),
                     "-D", str(self.data),
@@ -130,13 +127,10 @@ class Postgres:
                     "-c", "max_connections=200",
                     "-c", "shared_buffers=32MB",
                 ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
+                self.log_path,
                 cwd=str(self.workdir),
                 **demote,
             )
-            log.close()
             self._wait_ready()
         except BaseException:
             self.stop()
@@ -194,38 +188,20 @@ class Postgres:
 
     def log_text(self) -> str:
         """What the server has logged so far."""
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
+        return read_log(self.log_path)
 
     def stop(self) -> None:
         """Stop the server this instance started (fast shutdown) and remove its files."""
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGINT)  # "fast" shutdown: disconnect clients, stop
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+            # SIGINT: "fast" shutdown (disconnect clients, stop).
+            stop_process(proc, signal.SIGINT, timeout=15)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-_shared: Postgres | None = None
+_shared = SharedInstance(Postgres)
 
 
 def shared_postgres() -> Postgres:
     """The server shared by every test of this process, started on first use."""
-    global _shared
-    if _shared is None:
-        _shared = Postgres()
-        atexit.register(_stop_shared)
-    return _shared
-
-
-def _stop_shared() -> None:
-    global _shared
-    if _shared is not None:
-        _shared.stop()
-        _shared = None
+    return _shared.get()

@@ -24,7 +24,6 @@ import json
 import os
 import re
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -39,6 +38,8 @@ from twisted.internet import reactor, threads
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
+
+from tests.tlsclient import tls_exchange
 
 NODE_COUNT = 3
 NAME_COUNT = 20
@@ -259,12 +260,7 @@ class Node:
 
 def served_serial(port: int, name: str, cafile: str) -> int:
     """Blocking: the serial number of the certificate served for ``name`` on ``port``."""
-    context = ssl.create_default_context(cafile=cafile)
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-        with context.wrap_socket(raw, server_hostname=name) as tls:
-            der = tls.getpeercert(binary_form=True)
-    assert der is not None
-    return x509.load_der_x509_certificate(der).serial_number
+    return tls_exchange(port, name, cafile).certificate.serial_number
 
 
 def control_get(port: int, path: str) -> tuple[int, str]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import socket
-import ssl
 import tempfile
 import urllib.request
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from twisted.web.server import Site
 from twisted.web.static import Data
 
 from tests.pebble import shared_pebble
+from tests.tlsclient import http_get, tls_exchange
 from txacme.client import Client, Exchange
 from txacme.endpoint import AutoTLSEndpoint, EndpointConfig, endpoint_from_config
 from txacme.keys import generate_private_key, jwk_for
@@ -43,22 +43,11 @@ def site() -> Site:
 
 def fetch(port: int, name: str, cafile: str, alpn: list[str] | None = None) -> dict[str, Any]:
     """Blocking: GET / from 127.0.0.1:port with SNI ``name``, verifying against ``cafile``."""
-    context = ssl.create_default_context(cafile=cafile)
-    if alpn:
-        context.set_alpn_protocols(alpn)
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-        with context.wrap_socket(raw, server_hostname=name) as tls:
-            tls.sendall(f"GET / HTTP/1.0\r\nHost: {name}\r\n\r\n".encode())
-            data = b""
-            while chunk := tls.recv(65536):
-                data += chunk
-            der = tls.getpeercert(binary_form=True)
-            negotiated = tls.selected_alpn_protocol()
-    assert der is not None
+    answer = tls_exchange(port, name, cafile, alpn=alpn, request=http_get(name))
     return {
-        "body": data.split(b"\r\n\r\n", 1)[-1],
-        "cert": x509.load_der_x509_certificate(der),
-        "alpn": negotiated,
+        "body": answer.data.split(b"\r\n\r\n", 1)[-1],
+        "cert": answer.certificate,
+        "alpn": answer.alpn,
     }
 
 

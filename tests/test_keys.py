@@ -13,10 +13,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 from josepy.jwa import ES256, ES384, RS256
 from josepy.jwk import JWKEC, JWKRSA
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
 
+from tests.logcapture import capture_log
 from txacme import keys
 from txacme.errors import ConfigurationError, InvalidServerName, UnsupportedKeyType
 from txacme.keys import (
@@ -47,13 +48,6 @@ def cached_key(key_type: str) -> Any:
     if key_type not in _KEY_CACHE:
         _KEY_CACHE[key_type] = generate_private_key(key_type)
     return _KEY_CACHE[key_type]
-
-
-def capture_log(test: TestCase) -> list[dict[str, Any]]:
-    events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(events.append)
-    test.addCleanup(globalLogPublisher.removeObserver, events.append)
-    return events
 
 
 class GenerateTests(TestCase):

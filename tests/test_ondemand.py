@@ -24,6 +24,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
+from tests.tlsclient import tls_exchange
 from txacme.errors import ConfigurationError
 from txacme.ondemand import (
     NEED_MORE,
@@ -135,14 +136,7 @@ class Hook:
 
 def handshake(port: int, name: str) -> x509.Certificate:
     """Blocking: handshake with SNI ``name`` (no verification); the served certificate."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-        with context.wrap_socket(raw, server_hostname=name) as tls:
-            der = tls.getpeercert(binary_form=True)
-    assert der is not None
-    return x509.load_der_x509_certificate(der)
+    return tls_exchange(port, name).certificate
 
 
 def san(cert: x509.Certificate) -> list[str]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -38,6 +37,7 @@ from twisted.web.static import Data
 
 from tests.faultproxy import RESET, STALL, FaultProxy, Rewrite, Seen, problem, respond
 from tests.pebble import Pebble, shared_pebble, start_pebble
+from tests.tlsclient import http_get, tls_exchange
 from txacme import errors
 from txacme import service as service_module
 from txacme.challenges.http01 import HTTP01Responder, http01_root
@@ -70,22 +70,10 @@ def site() -> Site:
 
 def handshake(port: int, name: str, cafile: str | None = None) -> x509.Certificate:
     """Blocking: a TLS handshake plus GET / with SNI ``name``; the served certificate."""
-    if cafile is None:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    else:
-        context = ssl.create_default_context(cafile=cafile)
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-        with context.wrap_socket(raw, server_hostname=name) as tls:
-            tls.sendall(f"GET / HTTP/1.0\r\nHost: {name}\r\n\r\n".encode())
-            data = b""
-            while chunk := tls.recv(65536):
-                data += chunk
-            der = tls.getpeercert(binary_form=True)
-    assert der is not None
-    assert data.endswith(PAGE), data
-    return x509.load_der_x509_certificate(der)
+    answer = tls_exchange(port, name, cafile, request=http_get(name))
+    assert answer.der is not None
+    assert answer.data.endswith(PAGE), answer.data
+    return answer.certificate
 
 
 def pending_authz(seen: Seen, body: bytes) -> bytes:

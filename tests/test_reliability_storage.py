@@ -10,31 +10,31 @@ import errno
 import os
 import random
 import signal
-import socket
 import ssl
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pem
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.threads import deferToThread
-from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+from twisted.logger import LogEvent, formatEvent
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
 
+from tests.logcapture import captured_logs
+from tests.tlsclient import BARE_GET, tls_exchange
+from txacme import _files as files_module
 from txacme import store as store_module
 from txacme.endpoint import AutoTLSEndpoint
 from txacme.service import AcmeIssuingService, Failed, Obtained, ServiceEvent
@@ -96,28 +96,9 @@ def site() -> Site:
 
 def served_certificate(port: int, name: str) -> bytes:
     """Blocking: handshake + GET with SNI ``name``; the PEM of the certificate served."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-        with context.wrap_socket(raw, server_hostname=name) as tls:
-            tls.sendall(b"GET / HTTP/1.0\r\n\r\n")
-            data = b""
-            while chunk := tls.recv(65536):
-                data += chunk
-            der = tls.getpeercert(binary_form=True)
-    assert der is not None and data.endswith(PAGE)
-    return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
-
-
-@contextmanager
-def captured_logs() -> Iterator[list[LogEvent]]:
-    events: list[LogEvent] = []
-    globalLogPublisher.addObserver(events.append)
-    try:
-        yield events
-    finally:
-        globalLogPublisher.removeObserver(events.append)
+    answer = tls_exchange(port, name, request=BARE_GET)
+    assert answer.der is not None and answer.data.endswith(PAGE)
+    return answer.certificate.public_bytes(serialization.Encoding.PEM)
 
 
 def texts(events: list[LogEvent]) -> list[str]:
@@ -249,7 +230,10 @@ class WriteFailureTests(TestCase):
             self.old_bytes = f.read()
 
     def fail_os_call(self, name: str, code: int) -> None:
-        """Make ``os.<name>`` in txacme.store fail with ``code`` for the store's files."""
+        """
+        Make ``os.<name>`` in txacme.store (and txacme._files, which writes
+        and syncs its files) fail with ``code`` for the store's files.
+        """
         original: Callable[..., Any] = getattr(os, name)
 
         def failing(*args: Any, **kwargs: Any) -> Any:
@@ -260,6 +244,7 @@ class WriteFailureTests(TestCase):
 
         fake_os = _OsProxy(os, {name: failing})
         self.patch(store_module, "os", fake_os)
+        self.patch(files_module, "os", fake_os)
 
     def check_failed_write(self, code: int) -> None:
         failure = self.failureResultOf(self.store.store(NAME, fresh_entry(NAME)), OSError)
@@ -339,6 +324,7 @@ class WriteFailureTests(TestCase):
         self.flushLoggedErrors(OSError)
         # Space again: the next attempt, after the backoff, stores and serves.
         self.patch(store_module, "os", os)
+        self.patch(files_module, "os", os)
         clock.advance(66)
         self.assertEqual(len([e for e in events if isinstance(e, Obtained)]), 1)
         new = self.successResultOf(self.store.get(NAME))

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import base64
 import os
-import socket
 import ssl
 import stat
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -33,14 +31,16 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.threads import deferToThread
-from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+from twisted.logger import LogEvent, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
 
+from tests.logcapture import captured_logs
 from tests.pebble import free_port, start_pebble
+from tests.tlsclient import BARE_GET, tls_exchange
 from txacme.challenges.tlsalpn01 import ACME_TLS_1, ID_PE_ACME_IDENTIFIER, TLSALPN01Registry
 from txacme.client import EAB
 from txacme.dnsproviders import dns01_responder_from_options
@@ -63,16 +63,6 @@ def site() -> Site:
     root = Resource()
     root.putChild(b"", Data(PAGE, "text/plain"))
     return Site(root)
-
-
-@contextmanager
-def captured_logs() -> Iterator[list[LogEvent]]:
-    events: list[LogEvent] = []
-    globalLogPublisher.addObserver(events.append)
-    try:
-        yield events
-    finally:
-        globalLogPublisher.removeObserver(events.append)
 
 
 def render(events: Iterable[LogEvent]) -> str:
@@ -130,16 +120,7 @@ def secret_forms(raw: bytes, given: str) -> dict[str, str]:
 
 
 def fetch(port: int, name: str) -> bytes:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-        with context.wrap_socket(raw, server_hostname=name) as tls:
-            tls.sendall(b"GET / HTTP/1.0\r\n\r\n")
-            data = b""
-            while chunk := tls.recv(65536):
-                data += chunk
-    return data
+    return tls_exchange(port, name, request=BARE_GET).data
 
 
 class SecretsNeverShownTests(TestCase):

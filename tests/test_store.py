@@ -16,11 +16,12 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import Certificate, optionsForClientTLS
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
+from tests.logcapture import capture_log
 from txacme import store as store_module
 from txacme.errors import ConfigurationError, InvalidServerName
 from txacme.interfaces import ICertificateStore
@@ -300,10 +301,7 @@ class DirectoryStoreTests(StoreContractMixin, TestCase):
         return sorted(os.listdir(self.dir.path))
 
     def capture_log(self) -> list[dict[str, Any]]:
-        events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        return events
+        return capture_log(self)
 
     def test_path(self) -> None:
         self.assertEqual(DirectoryStore(self.dir).path, self.dir)
@@ -644,9 +642,7 @@ class StaleTemporaryFileTests(TestCase):
         directory = FilePath(self.mktemp())
         directory.makedirs()
         store = DirectoryStore(directory)
-        events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        events = capture_log(self)
         key, cert = CA.leaf("example.com")
         self.successResultOf(store.store("example.com", objects(key, cert, CA.cert)))
         now = time.time()

@@ -66,7 +66,7 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import attrs
 import pem
@@ -378,6 +378,30 @@ def _check_ttl(ttl: float, what: str = "ttl") -> float:
     return float(ttl)
 
 
+class _LockDefaults(Protocol):
+    lease_ttl: float
+    lock_timeout: float
+
+
+def _lease_ttl(store: _LockDefaults, ttl: float | None) -> float:
+    """``ttl``, or ``store.lease_ttl`` when ``None``, checked by :func:`_check_ttl`."""
+    return _check_ttl(store.lease_ttl if ttl is None else ttl)
+
+
+def _lock_request(store: _LockDefaults, name: str, ttl: float | None) -> tuple[str, float]:
+    """The canonical ``name`` and lease lifetime of a lock request."""
+    return normalize_server_name(name), _lease_ttl(store, ttl)
+
+
+def _acquire_request(
+    store: _LockDefaults, name: str, ttl: float | None, timeout: float | None
+) -> tuple[str, float, float]:
+    """The canonical ``name``, lease lifetime and wait limit of :meth:`acquire` arguments."""
+    name, real_ttl = _lock_request(store, name, ttl)
+    wait = _check_ttl(store.lock_timeout if timeout is None else timeout, "timeout")
+    return name, real_ttl, wait
+
+
 # ---------------------------------------------------------------------------
 # In memory
 # ---------------------------------------------------------------------------
@@ -513,20 +537,17 @@ class MemoryCoordinatingStore(MemoryStore):
     def try_acquire(self, name: str, ttl: float | None = None) -> Deferred[Lease | None]:
         """Take the lock of ``name`` if it is free; ``None`` if it is held."""
         try:
-            name = normalize_server_name(name)
-            ttl = _check_ttl(self.lease_ttl if ttl is None else ttl)
+            name, real_ttl = _lock_request(self, name, ttl)
         except ConfigurationError:
             return fail()
-        return succeed(self._try(name, ttl)[0])
+        return succeed(self._try(name, real_ttl)[0])
 
     def acquire(
         self, name: str, ttl: float | None = None, timeout: float | None = None
     ) -> Deferred[Lease]:
         """Take the lock of ``name``, waiting (at most ``timeout`` s) while it is held."""
         try:
-            name = normalize_server_name(name)
-            real_ttl = _check_ttl(self.lease_ttl if ttl is None else ttl)
-            wait = _check_ttl(self.lock_timeout if timeout is None else timeout, "timeout")
+            name, real_ttl, wait = _acquire_request(self, name, ttl, timeout)
         except ConfigurationError:
             return fail()
         return Deferred.fromCoroutine(
@@ -542,7 +563,7 @@ class MemoryCoordinatingStore(MemoryStore):
     def renew(self, lease: Lease, ttl: float | None = None) -> Deferred[Lease]:
         """Extend ``lease``; :class:`LockLost` if it lapsed or was taken over."""
         try:
-            real_ttl = _check_ttl(self.lease_ttl if ttl is None else ttl)
+            real_ttl = _lease_ttl(self, ttl)
         except ConfigurationError:
             return fail()
         holder = self._live(lease.name)

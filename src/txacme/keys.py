@@ -36,6 +36,7 @@ from josepy.jwk import JWK, JWKEC, JWKRSA
 from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 
+from txacme._files import fsync_directory, write_synced
 from txacme.errors import ConfigurationError, UnsupportedKeyType
 from txacme.names import is_ip_address, normalize_server_names
 
@@ -218,19 +219,6 @@ def _as_path(path: str | os.PathLike[str] | FilePath[str]) -> str:
     raise ConfigurationError(f"not a file path: {path!r}")
 
 
-def _fsync_directory(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _read_existing_key(path: str) -> PrivateKey:
     try:
         mode = os.stat(path).st_mode
@@ -273,14 +261,7 @@ def _write_new_key(path: str, key_type: str) -> PrivateKey | None:
     else:  # pragma: no cover - a hundred stale temporary files
         raise ConfigurationError(f"{path}: cannot create a temporary file in {directory}")
     try:
-        try:
-            os.fchmod(fd, 0o600)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_synced(fd, data, 0o600)
         try:
             # link() refuses to replace an existing file, unlike rename().
             os.link(temp, path)
@@ -298,7 +279,7 @@ def _write_new_key(path: str, key_type: str) -> PrivateKey | None:
             os.unlink(temp)
         except OSError:
             pass
-    _fsync_directory(directory)
+    fsync_directory(directory)
     log.info("created a new {key_type} account key in {path}", key_type=key_type, path=path)
     return key
 

@@ -89,8 +89,11 @@ from txacme.coordination import (
     LockLost,
     LockWaits,
     StoreChange,
+    _acquire_request,
     _check_ttl,
     _checked_record,
+    _lease_ttl,
+    _lock_request,
     acquire_loop,
 )
 from txacme.errors import ConfigurationError, InvalidServerName
@@ -1016,8 +1019,7 @@ class PostgresStore:
     def try_acquire(self, name: str, ttl: float | None = None) -> Deferred[Lease | None]:
         """Take the lock of ``name`` if it is free; ``None`` if a live lease holds it."""
         try:
-            canonical = normalize_server_name(name)
-            real_ttl = _check_ttl(self.lease_ttl if ttl is None else ttl)
+            canonical, real_ttl = _lock_request(self, name, ttl)
         except ConfigurationError:
             return fail()
         return self._try(canonical, real_ttl, os.urandom(16).hex()).addCallback(lambda r: r[0])
@@ -1030,9 +1032,7 @@ class PostgresStore:
         notifications, and at least every two seconds).
         """
         try:
-            canonical = normalize_server_name(name)
-            real_ttl = _check_ttl(self.lease_ttl if ttl is None else ttl)
-            wait = _check_ttl(self.lock_timeout if timeout is None else timeout, "timeout")
+            canonical, real_ttl, wait = _acquire_request(self, name, ttl, timeout)
         except ConfigurationError:
             return fail()
         lease_id = os.urandom(16).hex()
@@ -1051,7 +1051,7 @@ class PostgresStore:
         from psycopg import sql
 
         try:
-            real_ttl = _check_ttl(self.lease_ttl if ttl is None else ttl)
+            real_ttl = _lease_ttl(self, ttl)
         except ConfigurationError:
             return fail()
         query = sql.SQL(

@@ -69,6 +69,7 @@ from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 from zope.interface import implementer
 
+from txacme._files import fsync_directory, write_synced
 from txacme.errors import ConfigurationError, InvalidServerName
 from txacme.interfaces import ICertificateStore
 from txacme.names import normalize_server_name
@@ -174,19 +175,6 @@ def _parse_entry(data: bytes, filename: str) -> list[pem.AbstractPEMObject]:
     return validate_pem_objects(objects, filename)
 
 
-def _fsync_directory(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_entry(path: str | FilePath[str], data: bytes) -> None:
     """
     Replace the file ``path`` with ``data`` atomically (mode 0600).
@@ -211,14 +199,7 @@ def _write_atomically(filename: str, data: bytes) -> None:
     temp = os.path.join(directory, f".{base}.{secrets.token_hex(8)}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     try:
-        try:
-            os.fchmod(fd, FILE_MODE)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_synced(fd, data, FILE_MODE)
         os.rename(temp, filename)
     except BaseException:
         try:
@@ -226,7 +207,7 @@ def _write_atomically(filename: str, data: bytes) -> None:
         except OSError:
             pass
         raise
-    _fsync_directory(directory)
+    fsync_directory(directory)
 
 
 def _serialize(objects: Sequence[pem.AbstractPEMObject]) -> bytes:
@@ -480,7 +461,7 @@ class DirectoryStore:
             except FileExistsError:
                 return succeed(False)
             os.close(fd)
-            _fsync_directory(self.path.path)
+            fsync_directory(self.path.path)
         except Exception:
             return fail()
         return succeed(True)

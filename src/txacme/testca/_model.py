@@ -224,6 +224,18 @@ def cert_id(cert: x509.Certificate) -> str:
     return f"{_jws.b64encode(aki.key_identifier)}.{_jws.b64encode(serial_der)}"
 
 
+def cert_id_of(cert: x509.Certificate | bytes | str) -> str:
+    """
+    The ARI identifier of ``cert``, given as an ``x509.Certificate``, its PEM
+    (the first certificate counts) or the identifier itself.
+    """
+    if isinstance(cert, str):
+        return cert
+    if isinstance(cert, bytes):
+        cert = x509.load_pem_x509_certificate(cert)
+    return cert_id(cert)
+
+
 def identifier_problem(id_type: str, value: str, detail: str) -> Problem:
     return Problem(
         "rejectedIdentifier", f"{value!r}: {detail}", identifier={"type": id_type, "value": value}

@@ -214,13 +214,9 @@ class TestCAProcess:
 
 
 def _cert_id(cert: x509.Certificate | bytes | str) -> str:
-    from txacme.testca._model import cert_id
+    from txacme.testca._model import cert_id_of
 
-    if isinstance(cert, str):
-        return cert
-    if isinstance(cert, bytes):
-        cert = x509.load_pem_x509_certificate(cert)
-    return cert_id(cert)
+    return cert_id_of(cert)
 
 
 def pytest_fixture(

@@ -57,6 +57,7 @@ from txacme.testca._model import (
     RequestRecord,
     Verified,
     cert_id,
+    cert_id_of,
     check_dns_name,
     csr_names,
     identifier_problem,
@@ -579,10 +580,7 @@ class TestCA:
         ``x509.Certificate``, its PEM (the first certificate counts) or its ARI
         identifier; ``KeyError`` if the CA did not issue it.
         """
-        if isinstance(cert, bytes):
-            cert = x509.load_pem_x509_certificate(cert)
-        key = cert if isinstance(cert, str) else cert_id(cert)
-        return self._certs_by_id[key]
+        return self._certs_by_id[cert_id_of(cert)]
 
     def is_revoked(self, cert: x509.Certificate | bytes | str) -> bool:
         """True when the CA revoked ``cert``."""

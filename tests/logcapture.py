@@ -1,0 +1,29 @@
+"""Collect the events sent to Twisted's global log publisher during a test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from twisted.logger import LogEvent, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+
+@contextmanager
+def captured_logs() -> Iterator[list[LogEvent]]:
+    """The events logged inside the ``with`` block."""
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        yield events
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+
+
+def capture_log(test: SynchronousTestCase) -> list[dict[str, Any]]:
+    """The events logged from now until ``test`` cleans up."""
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    test.addCleanup(globalLogPublisher.removeObserver, events.append)
+    return events
