@@ -94,6 +94,18 @@ def der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
 
 
+async def wait_for_client_connections_to_close(limit: float = 5.0) -> None:
+    """Let the reactor finish closing TCP client connections (at most ``limit`` s)."""
+    from twisted.internet import tcp
+
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        selectables = list(reactor.getReaders()) + list(reactor.getWriters())
+        if not any(isinstance(s, tcp.Client) for s in selectables):
+            return
+        await deferLater(reactor, 0.01, lambda: None)
+
+
 class CAFaultTestCase(TestCase):
     """
     A store, a proxy in front of a Pebble, an http-01 responder on the
@@ -104,6 +116,10 @@ class CAFaultTestCase(TestCase):
     timeout = 90
 
     def setUp(self) -> None:
+        # Registered first, so it runs last: requests the client abandoned (a
+        # timeout on a stalled CA) are aborted, and the abort needs a few reactor
+        # turns to finish; trial's check of a clean reactor comes right after.
+        self.addCleanup(lambda: Deferred.fromCoroutine(wait_for_client_connections_to_close()))
         self.clock = Clock()
         self.clock.advance(time.time())
         self.directory = self.mktemp()
