@@ -48,6 +48,7 @@ from txacme.tls import (
     CertificateIndex,
     HandshakeRefused,
     SNIConnectionCreator,
+    StoreWatcher,
     _sni_name,
     tls_server_factory,
 )
@@ -537,6 +538,45 @@ class CertificateIndexTests(unittest.TestCase):
         clock.advance(10)
         self.assertEqual(len(store.calls), 2)
         store.calls[1].callback({})
+
+    def test_load_from_fires_with_entries(self) -> None:
+        """load_from gives back what it read, empty (wanted) entries included."""
+        objects = self.ca.issue(["a.example"])
+        store = MemoryStore({"a.example": objects, "wanted.example": []})
+        entries = self.successResultOf(CertificateIndex().load_from(store))
+        self.assertEqual(set(entries), {"a.example", "wanted.example"})
+        self.assertEqual(entries["wanted.example"], [])
+
+    def test_watch_on_loaded_and_cancel_on_stop(self) -> None:
+        """
+        on_loaded sees each reload's entries; stopping cancels a reload in
+        progress, which then never reaches on_loaded or the index.
+        """
+        clock = Clock()
+        seen: list[set[str]] = []
+
+        class SlowStore:
+            def __init__(self) -> None:
+                self.calls: list[defer.Deferred[Any]] = []
+
+            def as_dict(self) -> defer.Deferred[Any]:
+                d: defer.Deferred[Any] = defer.Deferred()
+                self.calls.append(d)
+                return d
+
+        store = SlowStore()
+        index = CertificateIndex()
+        watcher = StoreWatcher(index, store, 10, clock, on_loaded=lambda e: seen.append(set(e)))
+        watcher.startService()
+        clock.advance(10)
+        store.calls[0].callback({"wanted.example": []})
+        self.assertEqual(seen, [{"wanted.example"}])
+        clock.advance(10)
+        watcher.stopService()
+        self.assertEqual(len(store.calls), 2)
+        self.assertTrue(store.calls[1].called)  # cancelled
+        self.assertEqual(seen, [{"wanted.example"}])
+        self.assertEqual(self.flushLoggedErrors(defer.CancelledError), [])
 
     def test_watch_interval_must_be_positive(self) -> None:
         self.assertRaises(ConfigurationError, CertificateIndex().watch, MemoryStore(), 0)

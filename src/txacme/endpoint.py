@@ -12,7 +12,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import attrs
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import (
     IListeningPort,
@@ -20,7 +20,6 @@ from twisted.internet.interfaces import (
     IReactorCore,
     IStreamServerEndpoint,
 )
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -608,10 +607,15 @@ class AutoTLSEndpoint:
         from txacme.challenges.tlsalpn01 import TLSALPN01Responder
         from txacme.coordination import ClusterNode, provides_coordination
         from txacme.service import AcmeIssuingService
-        from txacme.tls import CertificateIndex, SNIConnectionCreator, tls_server_factory
+        from txacme.tls import (
+            CertificateIndex,
+            SNIConnectionCreator,
+            StoreWatcher,
+            tls_server_factory,
+        )
 
         index = CertificateIndex()
-        await index.load_from(self.cert_store)
+        loaded = await index.load_from(self.cert_store)
         self.index = index
         responders = list(self.responders)
         registry = None
@@ -739,9 +743,15 @@ class AutoTLSEndpoint:
         stoppers.insert(0, service.stopService)
         # A coordinating store notifies changes; others are polled.
         if self.watch_interval is not None and cluster is None:
-            watcher = _StoreWatch(self.reactor, self.cert_store, index, service)
-            watcher.start(self.watch_interval)
-            stoppers.insert(0, watcher.stop)
+            watcher = StoreWatcher(
+                index,
+                self.cert_store,
+                self.watch_interval,
+                self.reactor,
+                on_loaded=_issue_new_empty_entries(set(loaded), service),
+            )
+            watcher.startService()
+            stoppers.insert(0, watcher.stopService)
         await service.when_certs_valid()
         close = getattr(self.cert_store, "close", None) if self.close_store else None
         return AutoTLSPort(port, service, stoppers, after=[close] if close else [])
@@ -770,62 +780,23 @@ def _accepts_keyword(func: Callable[..., Any], name: str) -> bool:
     )
 
 
-class _StoreWatch:
+def _issue_new_empty_entries(
+    known: set[str], service: Any
+) -> Callable[[dict[str, list[Any]]], None]:
     """
-    Re-reads the store on a timer: the TLS index then serves what another
-    process wrote, and an entry that appeared empty is issued at once.
+    The store watcher's ``on_loaded``: an entry that appeared empty since the
+    last read (a new ``<name>.pem``) is issued at once.
     """
 
-    def __init__(self, reactor: Any, store: Any, index: Any, service: Any) -> None:
-        self._store = store
-        self._index = index
-        self._service = service
-        self._known: set[str] | None = None
-        self._loop = LoopingCall(self._poll)
-        self._loop.clock = reactor
-        self._running: Deferred[Any] | None = None
+    def on_loaded(entries: dict[str, list[Any]]) -> None:
+        for name in sorted(entries.keys() - known):
+            if not entries[name]:
+                log.info("new empty entry {name}: issuing", name=name)
+                service.issue_cert(name).addErrback(lambda _: None)
+        known.clear()
+        known.update(entries)
 
-    def start(self, interval: float) -> None:
-        self._loop.start(interval, now=True)
-
-    def stop(self) -> None:
-        if self._loop.running:
-            self._loop.stop()
-        if self._running is not None:
-            self._running.cancel()
-
-    def _poll(self) -> None:
-        if self._running is not None:
-            return
-        d = Deferred.fromCoroutine(self._reload())
-
-        def done(result: object) -> None:
-            self._running = None
-            if isinstance(result, Failure) and not result.check(  # type: ignore[no-untyped-call]
-                CancelledError
-            ):
-                log.failure("re-reading the certificate store", result)
-
-        self._running = d
-        d.addBoth(done)
-
-    async def _reload(self) -> None:
-        entries: dict[str, list[Any]] = await maybeDeferred(self._store.as_dict)
-        default = None
-        get_default = getattr(self._store, "get_default", None)
-        if get_default is not None:
-            try:
-                default = await maybeDeferred(get_default)
-            except KeyError:
-                default = None
-        self._index.replace_all(entries, default)
-        known = set(entries)
-        if self._known is not None:
-            for name in sorted(known - self._known):
-                if not entries[name]:
-                    log.info("new empty entry {name}: issuing", name=name)
-                    self._service.issue_cert(name).addErrback(lambda _: None)
-        self._known = known
+    return on_loaded
 
 
 __all__ = [

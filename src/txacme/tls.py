@@ -89,7 +89,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.interfaces import (
     IOpenSSLServerConnectionCreator,
     IProtocolFactory,
@@ -488,15 +488,16 @@ class CertificateIndex:
             data: c for data, c in self._chain_certificates.items() if id(c) in used
         }
 
-    def load_from(self, store: Any) -> Deferred[None]:
+    def load_from(self, store: Any) -> Deferred[dict[str, list[Any]]]:
         """
         Rebuild the index from every entry of ``store`` (an
         ``ICertificateStore``), plus its ``DEFAULT.pem`` when the store has a
         ``get_default`` method (as :class:`txacme.store.DirectoryStore` does).
 
-        :return: a ``Deferred`` that fires when the index holds the store's
-            certificates; it fails (leaving the index as it was) if the store
-            cannot be read.
+        :return: a ``Deferred`` that fires, when the index holds the store's
+            certificates, with the entries read (``as_dict()``'s result, empty
+            entries included); it fails (leaving the index as it was) if the
+            store cannot be read.
         """
         d: Deferred[Any] = maybeDeferred(store.as_dict)
 
@@ -515,10 +516,13 @@ class CertificateIndex:
             dd.addCallback(lambda default: (entries, default))
             return dd
 
-        def rebuild(result: tuple[dict[str, list[Any]], Sequence[Any] | None]) -> None:
+        def rebuild(
+            result: tuple[dict[str, list[Any]], Sequence[Any] | None],
+        ) -> dict[str, list[Any]]:
             entries, default = result
             self.replace_all(entries, default)
             log.debug("certificate index holds {count} names", count=len(self._entries))
+            return entries
 
         d.addCallback(with_default)
         d.addCallback(rebuild)
@@ -544,7 +548,9 @@ class StoreWatcher(Service):
     Reloads a :class:`CertificateIndex` from a store on a timer.
 
     A reload still running when the next one is due is not doubled; a failed
-    reload is logged and the index keeps what it had.
+    reload is logged and the index keeps what it had. ``on_loaded(entries)`` is
+    called after each reload with the entries read (empty ones included), for
+    callers that act on what appeared; stopping cancels a reload in progress.
     """
 
     def __init__(
@@ -553,6 +559,7 @@ class StoreWatcher(Service):
         store: Any,
         interval: float,
         clock: IReactorTime | None = None,
+        on_loaded: Callable[[dict[str, list[Any]]], object] | None = None,
     ) -> None:
         if not interval > 0:
             raise ConfigurationError(f"store polling interval {interval!r} must be positive")
@@ -560,8 +567,9 @@ class StoreWatcher(Service):
         self.store = store
         self.interval = interval
         self._clock = clock
+        self._on_loaded = on_loaded
         self._loop: LoopingCall | None = None
-        self._running_load: Deferred[None] | None = None
+        self._running_load: Deferred[Any] | None = None
 
     def startService(self) -> None:
         """Start polling."""
@@ -578,18 +586,24 @@ class StoreWatcher(Service):
         loop, self._loop = self._loop, None
         if loop is not None and loop.running:
             loop.stop()
+        if self._running_load is not None:
+            self._running_load.cancel()
         return None
 
     def poll(self) -> None:
         """Reload the index now, unless a reload is already running."""
         if self._running_load is not None:
             return
-        d = self.index.load_from(self.store)
+        d: Deferred[Any] = self.index.load_from(self.store)
+        if self._on_loaded is not None:
+            d.addCallback(self._on_loaded)
         self._running_load = d
 
         def done(result: object) -> None:
             self._running_load = None
-            if isinstance(result, Failure):
+            if isinstance(result, Failure) and not result.check(  # type: ignore[no-untyped-call]
+                CancelledError
+            ):
                 log.failure("reloading certificates from {store!r}", result, store=self.store)
 
         d.addBoth(done)
