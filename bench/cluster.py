@@ -27,7 +27,6 @@ Run: ``PYTHONPATH=src python bench/cluster.py [--quick]`` (needs PostgreSQL).
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import os
 import shutil
@@ -37,10 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+import pem
 from OpenSSL import SSL
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, ensureDeferred
@@ -51,6 +47,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.handshake import Certificates, rss_mb  # noqa: E402
 from txacme.challenges.tlsalpn01 import TLSALPN01Responder  # noqa: E402
 from txacme.coordination import ClusterNode  # noqa: E402
 from txacme.ondemand import (  # noqa: E402
@@ -67,52 +64,13 @@ ALPN = [b"http/1.1"]
 ADDRESS = IPv4Address("TCP", "127.0.0.1", 443)
 
 
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def make_certificates(count: int) -> dict[str, tuple[bytes, str]]:
     """``count`` names -> (key PEM, certificate + chain PEM), signed by one CA."""
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench cluster CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(1)
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=90))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca_pem = ca.public_bytes(serialization.Encoding.PEM).decode()
+    certs = Certificates(count)
     result = {}
-    for i in range(count):
-        host = f"host{i}.cluster.bench"
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(i + 2)
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=60))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
-            .sign(ca_key, hashes.SHA256())
-        )
-        key_pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        result[host] = (key_pem, cert.public_bytes(serialization.Encoding.PEM).decode() + ca_pem)
+    for host in certs.names:
+        key, *chain = pem.parse(certs.pem_bytes[host])
+        result[host] = (key.as_bytes(), "".join(c.as_text() for c in chain))
     return result
 
 
