@@ -3,7 +3,7 @@ A cluster node on PostgresStore against a single server on DirectoryStore: TLS
 handshakes per second, and start-up time with 10,000 certificates.
 
 Handshakes. Both servers are built the way they run: a
-:class:`~txacme.tls.CertificateIndex` loaded from the store and an
+:class:`~txacme.serving.tls.CertificateIndex` loaded from the store and an
 ``SNIConnectionCreator``. The single server wraps the application in
 ``TLSMemoryBIOFactory``; the cluster node in ``HelloHookFactory`` with the hooks of
 ``ClusterNode`` (challenge look-ups) and ``OnDemandIssuer`` (an allow-list
@@ -49,16 +49,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.handshake import Certificates, rss_mb  # noqa: E402
 from txacme.challenges.tlsalpn01 import TLSALPN01Responder  # noqa: E402
-from txacme.coordination import ClusterNode  # noqa: E402
-from txacme.ondemand import (  # noqa: E402
+from txacme.issuing.ondemand import (  # noqa: E402
     HelloHookFactory,
     OnDemandIssuer,
     OnDemandPolicy,
     combine_hooks,
 )
-from txacme.pgstore import KeyEncryption, PostgresStore  # noqa: E402
-from txacme.store import DirectoryStore  # noqa: E402
-from txacme.tls import CertificateIndex, SNIConnectionCreator  # noqa: E402
+from txacme.serving.tls import CertificateIndex, SNIConnectionCreator  # noqa: E402
+from txacme.stores.coordination import ClusterNode  # noqa: E402
+from txacme.stores.directory import DirectoryStore  # noqa: E402
+from txacme.stores.postgres import KeyEncryption, PostgresStore  # noqa: E402
 
 ALPN = [b"http/1.1"]
 ADDRESS = IPv4Address("TCP", "127.0.0.1", 443)
@@ -189,7 +189,7 @@ def application() -> Factory:
 
 
 async def run(reactor: Any, args: argparse.Namespace) -> None:
-    from tests.postgres import Postgres
+    from tests.harness.postgres import Postgres
 
     count = args.certificates
     started = time.perf_counter()

@@ -9,7 +9,7 @@ http-01 validation (Pebble's validator fetches the token from an
     python bench/issue.py -n 20 --key-type rsa2048
     python bench/issue.py --pebble-env PEBBLE_WFE_NONCEREJECT=50
 
-Run from the repository root (it imports ``tests.pebble``; ``src`` is added to
+Run from the repository root (it imports ``tests.harness.pebble``; ``src`` is added to
 the path when txacme is not installed). The fixture sets PEBBLE_VA_NOSLEEP=1.
 Targets: median under 0.1 s sequentially, 100 concurrent in under 5 s.
 """
@@ -33,11 +33,11 @@ for path in (ROOT, os.path.join(ROOT, "src")):
 from twisted.internet import defer, task  # noqa: E402
 from twisted.web.server import Site  # noqa: E402
 
-from tests.pebble import start_pebble  # noqa: E402
+from tests.harness.pebble import start_pebble  # noqa: E402
 from txacme.challenges.http01 import HTTP01Responder, http01_root  # noqa: E402
-from txacme.client import Client  # noqa: E402
-from txacme.issuance import obtain_certificate  # noqa: E402
+from txacme.issuing.order import obtain_certificate  # noqa: E402
 from txacme.keys import generate_private_key, jwk_for  # noqa: E402
+from txacme.protocol.client import Client  # noqa: E402
 
 
 async def timed(issue: Callable[[], defer.Deferred[Any]]) -> float:

@@ -45,11 +45,11 @@ from twisted.web.resource import Resource  # noqa: E402
 from twisted.web.server import Site  # noqa: E402
 from twisted.web.static import Data  # noqa: E402
 
-from tests.pebble import start_pebble  # noqa: E402
-from txacme.client import Client  # noqa: E402
-from txacme.endpoint import AutoTLSEndpoint  # noqa: E402
+from tests.harness.pebble import start_pebble  # noqa: E402
 from txacme.keys import generate_private_key, jwk_for  # noqa: E402
-from txacme.store import DirectoryStore  # noqa: E402
+from txacme.protocol.client import Client  # noqa: E402
+from txacme.serving.endpoint import AutoTLSEndpoint  # noqa: E402
+from txacme.stores.directory import DirectoryStore  # noqa: E402
 
 PAGE = b"txacme load benchmark\n"
 

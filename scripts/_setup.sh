@@ -23,6 +23,9 @@ install_virtualenv() {
     "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
     # A real (non-editable) install, as users get from a wheel: it is what puts the le:/lets:/acme:
     # endpoint plugin into Twisted's plugin package, and the tests exercise that.
+    # setuptools builds in ./build: a module moved or removed since the last install would otherwise
+    # be installed again from there.
+    rm -rf build
     "$VENV/bin/python" -m pip install -q ".[$1]"
     "$VENV/bin/python" -m pip install -q --no-deps --force-reinstall .
     PATH="$PWD/$VENV/bin:$PATH"

@@ -65,7 +65,7 @@ class LocalCA:
 
 
 def start_pebble_ca() -> LocalCA:
-    from tests.pebble import start_pebble
+    from tests.harness.pebble import start_pebble
 
     pebble = start_pebble()
     return LocalCA(
@@ -87,7 +87,7 @@ def start_txacme_ca() -> LocalCA:
 
 def start_ca(choice: str) -> LocalCA:
     """Pebble when installed (or asked for), else txacme's own test CA."""
-    from tests.pebble import PebbleUnavailable
+    from tests.harness.pebble import PebbleUnavailable
 
     if choice in ("auto", "pebble"):
         try:

@@ -25,10 +25,10 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, TestCase
 
 import txacme
-from tests.pebble import EAB_KEYS, PebbleUnavailable, shared_pebble, start_pebble
-from txacme import cli
+from tests.harness.pebble import EAB_KEYS, PebbleUnavailable, shared_pebble, start_pebble
+from txacme.cli import commands as cli
 from txacme.errors import ACMETimeout, IssuanceFailed, RateLimited, ServerInternal
-from txacme.state import STATE_FILENAME, StateFile
+from txacme.reporting.state import STATE_FILENAME, StateFile
 
 SRC = os.path.dirname(os.path.dirname(txacme.__file__))
 
@@ -352,7 +352,7 @@ class ARITests(TestCase):
     timeout = 300
 
     def setUp(self) -> None:
-        from tests.pebble import free_port
+        from tests.harness.pebble import free_port
         from txacme.testca import TestCAProcess
 
         self.http_port = free_port()
@@ -575,7 +575,7 @@ class ExitCodeTests(TestCase):
 class StateFileTests(TestCase):
     def test_round_trip_and_damage(self) -> None:
         """Records survive a round trip; a damaged file reads as empty."""
-        from txacme.state import ErrorRecord
+        from txacme.reporting.state import ErrorRecord
 
         directory = self.mktemp()
         os.makedirs(directory)
@@ -604,8 +604,8 @@ class StateRecorderTests(TestCase):
 
     def test_records_events(self) -> None:
         from txacme.errors import IssuanceFailed, RateLimited
-        from txacme.service import AcmeIssuingService
-        from txacme.state import StateRecorder
+        from txacme.issuing.service import AcmeIssuingService
+        from txacme.reporting.state import StateRecorder
         from txacme.testing import FakeClient, FakeIssuer, MemoryStore
 
         directory = self.mktemp()
@@ -659,7 +659,7 @@ class StoreURLTests(PebbleCLITestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        from tests.postgres import PostgresUnavailable, shared_postgres
+        from tests.harness.postgres import PostgresUnavailable, shared_postgres
 
         try:
             self.postgres = shared_postgres()
@@ -667,7 +667,7 @@ class StoreURLTests(PebbleCLITestCase):
             raise SkipTest(str(e))
         self.url = self.postgres.new_database()
         self.addCleanup(self.postgres.drop_database, self.url)
-        from txacme.pgstore import KeyEncryption
+        from txacme.stores.postgres import KeyEncryption
 
         self.key_file = os.path.abspath(self.mktemp())
         KeyEncryption.generate_key_file(self.key_file)

@@ -1,5 +1,5 @@
 """
-Unit tests for txacme.client and txacme.issuance, without any network.
+Unit tests for txacme.protocol.client and txacme.issuing.order, without any network.
 
 The client talks to :class:`FakeCA`, a small in-memory ACME server (a
 ``twisted.web`` resource behind ``treq.testing.StubTreq``) that verifies every
@@ -38,7 +38,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from txacme import errors
-from txacme.client import (
+from txacme.issuing.order import IssuedCertificate, challenge_response, obtain_certificate
+from txacme.protocol.client import (
     EAB,
     CertificateChain,
     Client,
@@ -48,7 +49,6 @@ from txacme.client import (
     jws_algorithm_for,
     parse_retry_after,
 )
-from txacme.issuance import IssuedCertificate, challenge_response, obtain_certificate
 
 BASE = "https://ca.test"
 PROBLEM = "urn:ietf:params:acme:error:"

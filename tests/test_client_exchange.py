@@ -1,6 +1,6 @@
 """
-The client's exchange hook (``on_exchange``): one :class:`txacme.client.Exchange`
-per HTTP exchange with the CA, as :class:`txacme.metrics.Metrics` counts them.
+The client's exchange hook (``on_exchange``): one :class:`txacme.protocol.client.Exchange`
+per HTTP exchange with the CA, as :class:`txacme.reporting.metrics.Metrics` counts them.
 
 Uses the fake CA of :mod:`tests.test_client` (behind ``StubTreq``) and a
 :class:`twisted.internet.task.Clock`.
@@ -18,12 +18,12 @@ from twisted.trial import unittest
 from twisted.web.server import NOT_DONE_YET
 
 from tests.test_client import PROBLEM, ClientTestMixin, FakeCA, Responder, ec_key
-from txacme import client as client_module
 from txacme import errors
-from txacme.client import Client, Exchange
-from txacme.endpoint import AutoTLSEndpoint, _accepts_keyword
-from txacme.issuance import obtain_certificate
-from txacme.metrics import Metrics
+from txacme.issuing.order import obtain_certificate
+from txacme.protocol import client as client_module
+from txacme.protocol.client import Client, Exchange
+from txacme.reporting.metrics import Metrics
+from txacme.serving.endpoint import AutoTLSEndpoint, _accepts_keyword
 
 
 def summary(exchanges: list[Exchange]) -> list[tuple[str, str, int | None]]:

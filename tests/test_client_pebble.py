@@ -1,5 +1,5 @@
 """
-txacme.client end to end against Pebble over loopback (real HTTPS, real
+txacme.protocol.client end to end against Pebble over loopback (real HTTPS, real
 http-01 validation). Helpers here are shared with test_issuance_pebble.
 """
 
@@ -26,12 +26,12 @@ from twisted.web.server import Site
 
 from txacme import errors
 from txacme.challenges.http01 import HTTP01Responder, http01_root
-from txacme.client import EAB, Client, ari_cert_id
-from txacme.issuance import IssuedCertificate, obtain_certificate
+from txacme.issuing.order import IssuedCertificate, obtain_certificate
 from txacme.keys import generate_private_key, jwk_for
+from txacme.protocol.client import EAB, Client, ari_cert_id
 
 try:
-    from tests.pebble import PebbleUnavailable, shared_pebble, start_pebble
+    from tests.harness.pebble import PebbleUnavailable, shared_pebble, start_pebble
 except ImportError:  # pragma: no cover - the fixture lands separately
     shared_pebble = start_pebble = None  # type: ignore[assignment]
     PebbleUnavailable = RuntimeError  # type: ignore[assignment,misc]

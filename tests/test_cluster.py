@@ -2,8 +2,8 @@
 Three txacme processes, one PostgreSQL store, one Pebble: the cluster end to end.
 
 Each node is a real subprocess (this file run as a program, see :func:`node_main`)
-with its own :class:`~txacme.service.AcmeIssuingService`, responders, TLS listener and
-:class:`~txacme.coordination.ClusterNode`. Only node 0 listens where Pebble's validator
+with its own :class:`~txacme.issuing.service.AcmeIssuingService`, responders, TLS listener and
+:class:`~txacme.stores.coordination.ClusterNode`. Only node 0 listens where Pebble's validator
 connects (``http_port`` / ``tls_port``); nodes 1 and 2 listen on ports of their own, so
 every challenge they start is answered by node 0 from the challenge records in the
 database. Node 1 answers only ``http-01``, node 2 only ``tls-alpn-01``, node 0 both.
@@ -39,7 +39,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
 
-from tests.tlsclient import tls_exchange
+from tests.harness.tlsclient import tls_exchange
 
 NODE_COUNT = 3
 NAME_COUNT = 20
@@ -80,13 +80,13 @@ async def _run_node(node_reactor: Any, args: argparse.Namespace) -> None:
 
     from txacme.challenges.http01 import HTTP01Responder, http01_root
     from txacme.challenges.tlsalpn01 import TLSALPN01Responder
-    from txacme.client import Client
-    from txacme.coordination import ClusterNode
+    from txacme.issuing.ondemand import HelloHookFactory
+    from txacme.issuing.service import AcmeIssuingService
     from txacme.keys import generate_private_key, jwk_for
-    from txacme.ondemand import HelloHookFactory
-    from txacme.pgstore import PostgresStore
-    from txacme.service import AcmeIssuingService
-    from txacme.tls import CertificateIndex, SNIConnectionCreator
+    from txacme.protocol.client import Client
+    from txacme.serving.tls import CertificateIndex, SNIConnectionCreator
+    from txacme.stores.coordination import ClusterNode
+    from txacme.stores.postgres import PostgresStore
 
     store = PostgresStore(args.db, node_id=args.node_id, lease_ttl=args.lease_ttl)
     await store.start()
@@ -304,8 +304,8 @@ class ClusterTests(TestCase):
     timeout = 180
 
     def setUp(self) -> None:
-        from tests.pebble import PebbleUnavailable, shared_pebble
-        from tests.postgres import PostgresUnavailable, shared_postgres
+        from tests.harness.pebble import PebbleUnavailable, shared_pebble
+        from tests.harness.postgres import PostgresUnavailable, shared_postgres
 
         try:
             self.postgres = shared_postgres()
@@ -343,7 +343,7 @@ class ClusterTests(TestCase):
         return node
 
     def store(self) -> Any:
-        from txacme.pgstore import PostgresStore
+        from txacme.stores.postgres import PostgresStore
 
         store = PostgresStore(self.db, node_id="test")
         self.addCleanup(store.close)

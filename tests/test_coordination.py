@@ -1,5 +1,5 @@
 """
-Unit tests of txacme.coordination: leases and fencing, issuing under a lock (also
+Unit tests of txacme.stores.coordination: leases and fencing, issuing under a lock (also
 through AcmeIssuingService with two "processes" sharing a store), shared
 challenges and following a store's changes. Everything runs on a
 ``twisted.internet.task.Clock`` against MemoryCoordinatingStore.
@@ -19,7 +19,12 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from txacme.challenges.http01 import HTTP01Responder
 from txacme.challenges.tlsalpn01 import TLSALPN01Responder
-from txacme.coordination import (
+from txacme.errors import ConfigurationError
+from txacme.interfaces import ICertificateStore
+from txacme.issuing.ondemand import ClientHello
+from txacme.issuing.service import AcmeIssuingService, Obtained
+from txacme.serving.tls import CertificateIndex
+from txacme.stores.coordination import (
     ChallengeRecord,
     ClusterNode,
     ICoordinatingStore,
@@ -33,12 +38,7 @@ from txacme.coordination import (
     identifier_for_sni,
     run_locked,
 )
-from txacme.errors import ConfigurationError
-from txacme.interfaces import ICertificateStore
-from txacme.ondemand import ClientHello
-from txacme.service import AcmeIssuingService, Obtained
 from txacme.testing import FakeClient, FakeIssuer, make_pem_objects
-from txacme.tls import CertificateIndex
 
 T0 = 1_800_000_000.0
 
@@ -374,7 +374,7 @@ class ServiceClusterTests(SynchronousTestCase):
 
     def test_lock_timeout_is_a_failure_of_the_name_only(self) -> None:
         """A lock that stays busy fails the attempt (LockTimeout), keeping the client."""
-        from txacme.service import Failed
+        from txacme.issuing.service import Failed
 
         store = MemoryCoordinatingStore(node_id="c", shared_with=self.store_a, lock_timeout=5)
         lease = self.successResultOf(self.store_b.try_acquire("w.example", ttl=1000))

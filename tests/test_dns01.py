@@ -31,14 +31,14 @@ from txacme.challenges.dns01 import (
     txt_value,
     validation_name,
 )
-from txacme.dnsproviders import (
+from txacme.challenges.dnsproviders import (
     DNSError,
     DNSUpdateError,
     IDNSProvider,
     Nameserver,
     parse_nameserver,
 )
-from txacme.dnsproviders.rfc2136 import RFC2136Provider, TSIGKey, read_tsig_key_file
+from txacme.challenges.dnsproviders.rfc2136 import RFC2136Provider, TSIGKey, read_tsig_key_file
 from txacme.errors import ACMETimeout, ConfigurationError
 from txacme.interfaces import IResponder
 
@@ -597,7 +597,7 @@ class OptionsTests(TestCase):
 
     def test_endpoint_entry_point(self) -> None:
         """The endpoint parser's import path builds the same responder."""
-        from txacme import dnsproviders
+        from txacme.challenges import dnsproviders
 
         responder = dnsproviders.dns01_responder_from_options(self.options(), clock=Clock())
         self.assertIsInstance(responder, DNS01Responder)

@@ -23,7 +23,7 @@ import txacme
 #: as they are fixed.
 KNOWN_GAPS = frozenset(
     {
-        "txacme.stores.POSTGRES_SCHEMES",
+        "txacme.stores.url.POSTGRES_SCHEMES",
     }
 )
 
@@ -43,8 +43,12 @@ def public_modules() -> list[str]:
 def attribute_docs(module: ModuleType) -> set[str]:
     """
     Module-level names documented by a ``#:`` comment or a string after them,
-    in ``module`` or (for a package re-exporting them) its private submodules.
+    in ``module``, (for a package re-exporting them) its private submodules, or
+    (for a module re-exporting them from their home) the txacme modules it
+    imports them from.
     """
+    import ast
+
     from sphinx.pycode import ModuleAnalyzer
 
     sources = [module.__name__]
@@ -53,6 +57,16 @@ def attribute_docs(module: ModuleType) -> set[str]:
             info.name
             for info in pkgutil.iter_modules(module.__path__, module.__name__ + ".")
             if info.name.rsplit(".", 1)[-1].startswith("_")
+        ]
+    if module.__file__:
+        with open(module.__file__, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        sources += [
+            node.module
+            for node in tree.body
+            if isinstance(node, ast.ImportFrom)
+            and node.module is not None
+            and node.module.startswith("txacme.")
         ]
     names: set[str] = set()
     for source in sources:
@@ -188,7 +202,7 @@ class CommandLinePageTests(TestCase):
 
     def test_exit_codes_are_documented(self) -> None:
         """docs/cli.rst lists each exit status with its constant's number."""
-        from txacme import cli
+        from txacme.cli import commands as cli
 
         with open(os.path.join(DOCS, "cli.rst"), encoding="utf-8") as f:
             page = f.read()
@@ -273,7 +287,7 @@ class RESTStoreExampleTests(TestCase):
         """The service issues the wanted name and stores it with a PUT."""
         from twisted.internet.task import Clock
 
-        from txacme.service import AcmeIssuingService
+        from txacme.issuing.service import AcmeIssuingService
         from txacme.testing import FakeClient, FakeIssuer
 
         clock = Clock()
@@ -314,10 +328,10 @@ class WebrootExampleTests(TestCase):
         from twisted.web.server import Site
         from twisted.web.static import File
 
-        from tests.pebble import PebbleUnavailable, shared_pebble
-        from txacme.client import Client
-        from txacme.issuance import obtain_certificate
+        from tests.harness.pebble import PebbleUnavailable, shared_pebble
+        from txacme.issuing.order import obtain_certificate
         from txacme.keys import generate_private_key, jwk_for
+        from txacme.protocol.client import Client
 
         try:
             pebble = shared_pebble()

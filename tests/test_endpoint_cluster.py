@@ -19,8 +19,8 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from tests.pebble import start_pebble
-from tests.postgres import shared_postgres
+from tests.harness.pebble import start_pebble
+from tests.harness.postgres import shared_postgres
 from tests.test_cluster import pebble_order_count
 from tests.test_endpoint_pebble import PAGE, dns_names, fetch, site
 

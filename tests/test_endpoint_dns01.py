@@ -16,8 +16,8 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import serverFromString
 from twisted.trial.unittest import TestCase
 
-from tests.bind import start_bind
-from tests.pebble import start_pebble
+from tests.harness.bind import start_bind
+from tests.harness.pebble import start_pebble
 from tests.test_endpoint_pebble import PAGE, dns_names, fetch, site
 
 

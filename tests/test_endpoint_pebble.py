@@ -25,12 +25,12 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
 
-from tests.pebble import shared_pebble
-from tests.tlsclient import http_get, tls_exchange
-from txacme.client import Client, Exchange
-from txacme.endpoint import AutoTLSEndpoint, EndpointConfig, endpoint_from_config
+from tests.harness.pebble import shared_pebble
+from tests.harness.tlsclient import http_get, tls_exchange
 from txacme.keys import generate_private_key, jwk_for
-from txacme.store import DirectoryStore
+from txacme.protocol.client import Client, Exchange
+from txacme.serving.endpoint import AutoTLSEndpoint, EndpointConfig, endpoint_from_config
+from txacme.stores.directory import DirectoryStore
 
 PAGE = b"hello over automatic TLS\n"
 
@@ -228,7 +228,7 @@ class AutoTLSEndpointPebbleTests(TestCase):
         takes ``on_exchange``); with ``state_file`` the outcome is recorded for
         ``txacme status``.
         """
-        from txacme.state import StateFile
+        from txacme.reporting.state import StateFile
 
         (self.certs / "metered.example.test.pem").write_bytes(b"")
         state_path = str(self.certs / ".txacme-state.json")

@@ -1,5 +1,5 @@
 """
-txacme.issuance end to end against Pebble: real http-01 validation over loopback.
+txacme.issuing.order end to end against Pebble: real http-01 validation over loopback.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from tests.test_client_pebble import (
     verify_chain,
 )
 from txacme import errors
-from txacme.issuance import IssuedCertificate, obtain_certificate
+from txacme.issuing.order import IssuedCertificate, obtain_certificate
 from txacme.keys import generate_private_key, jwk_for, key_type_of
 
 
@@ -166,7 +166,7 @@ class IssuanceTests(PebbleCase):
     async def test_tls_alpn_01(self) -> None:
         """tls-alpn-01 through the TLS layer, for a DNS name and an IP address."""
         from txacme.challenges.tlsalpn01 import TLSALPN01Responder
-        from txacme.tls import CertificateIndex, SNIConnectionCreator, tls_server_factory
+        from txacme.serving.tls import CertificateIndex, SNIConnectionCreator, tls_server_factory
 
         responder = TLSALPN01Responder()
         creator = SNIConnectionCreator(CertificateIndex(), challenges=responder.registry)

@@ -17,7 +17,7 @@ from twisted.logger import LogLevel
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
 
-from tests.logcapture import capture_log
+from tests.harness.logcapture import capture_log
 from txacme import keys
 from txacme.errors import ConfigurationError, InvalidServerName, UnsupportedKeyType
 from txacme.keys import (

@@ -26,7 +26,7 @@ from txacme.challenges.dns01 import (
     dns01_responder_from_options,
     txt_value,
 )
-from txacme.dnsproviders import DNSUpdateError, IDNSProvider, Nameserver
+from txacme.challenges.dnsproviders import DNSUpdateError, IDNSProvider, Nameserver
 from txacme.errors import ConfigurationError
 
 try:
@@ -35,7 +35,7 @@ try:
 except ImportError:  # pragma: no cover - lexicon is an optional extra
     raise SkipTest("dns-lexicon is not installed (pip install txacme[lexicon])")
 
-from txacme.dnsproviders.lexicon import LexiconProvider, load_lexicon_provider_class
+from txacme.challenges.dnsproviders.lexicon import LexiconProvider, load_lexicon_provider_class
 
 TOKEN = "s3cr3t-t0ken-value"
 
@@ -203,7 +203,7 @@ class DDNSAgainstBindTests(TestCase):
     async def test_add_remove_and_issue_check(self) -> None:
         if os.geteuid() != 0:
             raise SkipTest("lexicon's ddns provider needs a server on port 53 (run as root)")
-        from tests.bind import BindUnavailable, start_bind
+        from tests.harness.bind import BindUnavailable, start_bind
 
         address = "127.0.0.1"
         if not _port_free(address, 53):

@@ -1,5 +1,5 @@
 """
-txacme.metrics: the issuing service's events as Prometheus metrics, scraped
+txacme.reporting.metrics: the issuing service's events as Prometheus metrics, scraped
 over HTTP after real issuance against Pebble, and fed by a fake issuer through
 the real service.
 """
@@ -21,13 +21,13 @@ from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.server import Site
 
-from tests.pebble import PebbleUnavailable, shared_pebble
+from tests.harness.pebble import PebbleUnavailable, shared_pebble
 from txacme.challenges.http01 import HTTP01Responder, http01_root
-from txacme.client import Client
 from txacme.errors import ConfigurationError, IssuanceFailed, RateLimited
+from txacme.issuing.service import AcmeIssuingService, Failed, ServiceEvent
 from txacme.keys import generate_private_key, jwk_for
-from txacme.service import AcmeIssuingService, Failed, ServiceEvent
-from txacme.store import DirectoryStore
+from txacme.protocol.client import Client
+from txacme.stores.directory import DirectoryStore
 from txacme.testing import FakeClient, FakeIssuer, MemoryStore, make_pem_objects
 
 try:
@@ -35,7 +35,7 @@ try:
 except ImportError:  # pragma: no cover - the metrics extra is not installed
     text_string_to_metric_families = None
 
-from txacme.metrics import Metrics, serve_metrics
+from txacme.reporting.metrics import Metrics, serve_metrics
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

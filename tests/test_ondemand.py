@@ -24,9 +24,9 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
-from tests.tlsclient import tls_exchange
+from tests.harness.tlsclient import tls_exchange
 from txacme.errors import ConfigurationError
-from txacme.ondemand import (
+from txacme.issuing.ondemand import (
     NEED_MORE,
     ClientHello,
     HelloHookFactory,
@@ -36,8 +36,8 @@ from txacme.ondemand import (
     combine_hooks,
     parse_client_hello,
 )
+from txacme.serving.tls import CertificateIndex, SNIConnectionCreator
 from txacme.testing import make_pem_objects
-from txacme.tls import CertificateIndex, SNIConnectionCreator
 
 
 def client_hello(
@@ -324,7 +324,7 @@ class PolicyTests(TestCase):
     @inlineCallbacks
     def test_ask_unreachable_refuses(self) -> Any:
         """An ask URL nobody answers on is a refusal, not an error."""
-        from tests.pebble import free_port
+        from tests.harness.pebble import free_port
 
         policy = OnDemandPolicy(ask=f"http://127.0.0.1:{free_port()}/ask")
         self.assertFalse((yield policy.decide("x.example")))
@@ -442,7 +442,7 @@ class OnDemandPebbleTests(TestCase):
     timeout = 120
 
     def setUp(self) -> None:
-        from tests.pebble import PebbleUnavailable, shared_pebble
+        from tests.harness.pebble import PebbleUnavailable, shared_pebble
 
         try:
             self.pebble = shared_pebble()
@@ -456,9 +456,9 @@ class OnDemandPebbleTests(TestCase):
     @inlineCallbacks
     def start_server(self, rate: int = 10) -> Any:
         from txacme.challenges.tlsalpn01 import TLSALPN01Responder
-        from txacme.client import Client
+        from txacme.issuing.service import AcmeIssuingService
         from txacme.keys import generate_private_key, jwk_for
-        from txacme.service import AcmeIssuingService
+        from txacme.protocol.client import Client
         from txacme.testing import MemoryStore
 
         key = jwk_for(generate_private_key())

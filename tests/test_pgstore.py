@@ -20,10 +20,10 @@ from twisted.internet.defer import DeferredList, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
 
-from tests.postgres import Postgres, PostgresUnavailable, shared_postgres
-from txacme.coordination import ChallengeRecord, ICoordinatingStore, LockLost, StoreChange
+from tests.harness.postgres import Postgres, PostgresUnavailable, shared_postgres
 from txacme.errors import ConfigurationError, InvalidServerName
 from txacme.interfaces import ICertificateStore
+from txacme.stores.coordination import ChallengeRecord, ICoordinatingStore, LockLost, StoreChange
 from txacme.testing import make_pem_objects
 
 _database: str | None = None
@@ -58,7 +58,7 @@ class PostgresTestCase(TestCase):
         self.schema = "s_" + uuid.uuid4().hex[:12]
 
     def make_store(self, **kwargs: Any) -> Any:
-        from txacme.pgstore import PostgresStore
+        from txacme.stores.postgres import PostgresStore
 
         kwargs.setdefault("schema", self.schema)
         store = PostgresStore(kwargs.pop("url", self.url), **kwargs)
@@ -81,7 +81,7 @@ class SchemaTests(PostgresTestCase):
     @inlineCallbacks
     def test_created_on_start(self) -> Any:
         """start() creates the schema and tables and records the version."""
-        from txacme.pgstore import SCHEMA_VERSION
+        from txacme.stores.postgres import SCHEMA_VERSION
 
         store = self.make_store()
         self.assertTrue(ICertificateStore.providedBy(store))
@@ -119,7 +119,7 @@ class SchemaTests(PostgresTestCase):
     @inlineCallbacks
     def test_later_migration_applied_once(self) -> Any:
         """A new migration is applied to an existing database, once."""
-        from txacme import pgstore
+        from txacme.stores import postgres as pgstore
 
         yield self.make_store().start()
         self.patch(
@@ -134,7 +134,7 @@ class SchemaTests(PostgresTestCase):
     @inlineCallbacks
     def test_unreachable_server(self) -> Any:
         """A server that is not there fails start() (and every operation) cleanly."""
-        from tests.pebble import free_port
+        from tests.harness.pebble import free_port
 
         store = self.make_store(url=f"postgresql://txacme@127.0.0.1:{free_port()}/x",
                                 connect_timeout=2)
@@ -238,7 +238,7 @@ class EntryTests(PostgresTestCase):
 
 class SealedKeyTests(PostgresTestCase):
     def key_file(self, key: bytes | None = None) -> str:
-        from txacme.pgstore import KeyEncryption
+        from txacme.stores.postgres import KeyEncryption
 
         path = self.mktemp()
         if key is None:
@@ -251,7 +251,7 @@ class SealedKeyTests(PostgresTestCase):
     @inlineCallbacks
     def test_sealed_at_rest(self) -> Any:
         """With a key, private keys are not stored in the clear, and read back."""
-        from txacme.pgstore import KeyEncryption
+        from txacme.stores.postgres import KeyEncryption
 
         path = self.key_file()
         self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
@@ -271,7 +271,7 @@ class SealedKeyTests(PostgresTestCase):
     @inlineCallbacks
     def test_wrong_or_missing_key(self) -> Any:
         """Without the key, or with another, sealed entries cannot be read."""
-        from txacme.pgstore import KeyEncryption
+        from txacme.stores.postgres import KeyEncryption
 
         sealer = self.make_store(key_encryption=KeyEncryption([os.urandom(32)]))
         yield sealer.store("a.example", entry("a.example"))
@@ -284,7 +284,7 @@ class SealedKeyTests(PostgresTestCase):
     @inlineCallbacks
     def test_rotation_and_binding(self) -> Any:
         """An old key still unseals; a sealed key copied to another name does not."""
-        from txacme.pgstore import KeyEncryption
+        from txacme.stores.postgres import KeyEncryption
 
         old, new = os.urandom(32), os.urandom(32)
         yield self.make_store(key_encryption=KeyEncryption([old])).store(
@@ -303,7 +303,7 @@ class SealedKeyTests(PostgresTestCase):
 
     def test_key_files(self) -> None:
         """Key files hold 32 raw bytes, hex or base64; anything else is refused."""
-        from txacme.pgstore import KeyEncryption
+        from txacme.stores.postgres import KeyEncryption
 
         key = os.urandom(32)
         for content in (key, key.hex().encode(), base64.b64encode(key) + b"\n"):
@@ -452,8 +452,8 @@ class ChallengeAndNotifyTests(PostgresTestCase):
 class StoreFromURLTests(PostgresTestCase):
     def test_postgres_options(self) -> None:
         """Options given as strings (as endpoint strings do) are converted."""
-        from txacme.pgstore import PostgresStore
-        from txacme.stores import store_from_url
+        from txacme.stores.postgres import PostgresStore
+        from txacme.stores.url import store_from_url
 
         store = store_from_url(self.url, schema=self.schema, lease_ttl="12.5",
                                lock_timeout="30", pool_size="2", listen="no", node_id="n")
@@ -464,8 +464,8 @@ class StoreFromURLTests(PostgresTestCase):
 
     def test_key_file(self) -> None:
         """key_file= (and old_key_files=) turn sealing on."""
-        from txacme.pgstore import KeyEncryption
-        from txacme.stores import store_from_url
+        from txacme.stores.postgres import KeyEncryption
+        from txacme.stores.url import store_from_url
 
         paths = []
         for _ in range(2):
@@ -479,7 +479,7 @@ class StoreFromURLTests(PostgresTestCase):
 
     def test_errors_hide_password(self) -> None:
         """Errors name the bad option, never the password."""
-        from txacme.stores import store_from_url
+        from txacme.stores.url import store_from_url
 
         url = "postgresql://u:hunter2@127.0.0.1:1/db"
         for kwargs in ({"colour": "blue"}, {"pool_size": "many"}, {"listen": "maybe"}):
@@ -491,8 +491,8 @@ class StoreFromURLTests(PostgresTestCase):
 
     def test_other_stores(self) -> None:
         """Paths and file: URLs are directories; memory: is in memory."""
-        from txacme.store import DirectoryStore
-        from txacme.stores import store_from_url
+        from txacme.stores.directory import DirectoryStore
+        from txacme.stores.url import store_from_url
         from txacme.testing import MemoryStore
 
         directory = self.mktemp()

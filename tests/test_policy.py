@@ -1,4 +1,4 @@
-"""Tests for txacme.policy: renewal times, ARI, emergencies and backoff."""
+"""Tests for txacme.issuing.policy: renewal times, ARI, emergencies and backoff."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import attrs
 from twisted.trial.unittest import TestCase
 
 from txacme.errors import ConfigurationError
-from txacme.policy import (
+from txacme.issuing.policy import (
     MAX_BACKOFF,
     RenewalSettings,
     ari_certificate_id,

@@ -1,6 +1,6 @@
 """
 Reliability when the CA misbehaves: Pebble, with the fault-injecting proxy of
-:mod:`tests.faultproxy` between the client and Pebble for the faults Pebble
+:mod:`tests.harness.faultproxy` between the client and Pebble for the faults Pebble
 cannot produce itself.
 
 The issuing service runs on a :class:`~twisted.internet.task.Clock` set to the
@@ -35,17 +35,17 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
 
-from tests.faultproxy import RESET, STALL, FaultProxy, Rewrite, Seen, problem, respond
-from tests.pebble import Pebble, shared_pebble, start_pebble
-from tests.tlsclient import http_get, tls_exchange
+from tests.harness.faultproxy import RESET, STALL, FaultProxy, Rewrite, Seen, problem, respond
+from tests.harness.pebble import Pebble, shared_pebble, start_pebble
+from tests.harness.tlsclient import http_get, tls_exchange
 from txacme import errors
-from txacme import service as service_module
 from txacme.challenges.http01 import HTTP01Responder, http01_root
-from txacme.client import Client
-from txacme.endpoint import AutoTLSEndpoint
+from txacme.issuing import service as service_module
+from txacme.issuing.service import AcmeIssuingService, Failed, Obtained, Obtaining, ServiceEvent
 from txacme.keys import generate_private_key, jwk_for
-from txacme.service import AcmeIssuingService, Failed, Obtained, Obtaining, ServiceEvent
-from txacme.store import DirectoryStore
+from txacme.protocol.client import Client
+from txacme.serving.endpoint import AutoTLSEndpoint
+from txacme.stores.directory import DirectoryStore
 from txacme.testing import FakeClient, FakeIssuer, MemoryStore, make_pem_objects
 
 NEW_ORDER = r"^/order-plz$"

@@ -32,15 +32,15 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
 
-from tests.logcapture import captured_logs
-from tests.tlsclient import BARE_GET, tls_exchange
+from tests.harness.logcapture import captured_logs
+from tests.harness.tlsclient import BARE_GET, tls_exchange
 from txacme import _files as files_module
-from txacme import store as store_module
-from txacme.endpoint import AutoTLSEndpoint
-from txacme.service import AcmeIssuingService, Failed, Obtained, ServiceEvent
-from txacme.store import DirectoryStore, load_entry
+from txacme.issuing.service import AcmeIssuingService, Failed, Obtained, ServiceEvent
+from txacme.serving.endpoint import AutoTLSEndpoint
+from txacme.serving.tls import CertificateIndex
+from txacme.stores import directory as store_module
+from txacme.stores.directory import DirectoryStore, load_entry
 from txacme.testing import FakeClient, FakeIssuer, make_pem_objects
-from txacme.tls import CertificateIndex
 
 PAGE = b"served\n"
 NAME = "victim.example"
@@ -50,7 +50,7 @@ NAME = "victim.example"
 WRITER = r"""
 import os, sys
 import pem
-from txacme.store import DirectoryStore
+from txacme.stores.directory import DirectoryStore
 
 directory, name, *sources = sys.argv[1:]
 entries = []
@@ -231,7 +231,7 @@ class WriteFailureTests(TestCase):
 
     def fail_os_call(self, name: str, code: int) -> None:
         """
-        Make ``os.<name>`` in txacme.store (and txacme._files, which writes
+        Make ``os.<name>`` in txacme.stores.directory (and txacme._files, which writes
         and syncs its files) fail with ``code`` for the store's files.
         """
         original: Callable[..., Any] = getattr(os, name)

@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SkipTest, TestCase
 
-from tests.bind import Bind, BindUnavailable, start_bind
+from tests.harness.bind import Bind, BindUnavailable, start_bind
 from txacme.challenges.dns01 import (
     DNS01Responder,
     DNSPropagationTimeout,
@@ -22,8 +22,8 @@ from txacme.challenges.dns01 import (
     dns01_responder_from_options,
     txt_value,
 )
-from txacme.dnsproviders import DNSError, DNSUpdateError, IDNSProvider, Nameserver
-from txacme.dnsproviders.rfc2136 import RFC2136Provider, TSIGKey
+from txacme.challenges.dnsproviders import DNSError, DNSUpdateError, IDNSProvider, Nameserver
+from txacme.challenges.dnsproviders.rfc2136 import RFC2136Provider, TSIGKey
 
 
 class Response:
@@ -268,11 +268,11 @@ class EndToEndTests(BindTestCase):
 
     async def issue(self, names: list[str], responder: DNS01Responder) -> Any:
         try:
-            from txacme.client import Client
-            from txacme.issuance import obtain_certificate
+            from txacme.issuing.order import obtain_certificate
+            from txacme.protocol.client import Client
         except ImportError as e:  # pragma: no cover - while the client is being written
-            raise SkipTest(f"txacme.issuance is not available yet: {e}")
-        from tests.pebble import PebbleUnavailable, start_pebble
+            raise SkipTest(f"txacme.issuing.order is not available yet: {e}")
+        from tests.harness.pebble import PebbleUnavailable, start_pebble
         from txacme.keys import generate_private_key, jwk_for
 
         try:

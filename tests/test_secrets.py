@@ -38,17 +38,17 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
 
-from tests.logcapture import captured_logs
-from tests.pebble import free_port, start_pebble
-from tests.tlsclient import BARE_GET, tls_exchange
+from tests.harness.logcapture import captured_logs
+from tests.harness.pebble import free_port, start_pebble
+from tests.harness.tlsclient import BARE_GET, tls_exchange
+from txacme.challenges.dnsproviders import dns01_responder_from_options
 from txacme.challenges.tlsalpn01 import ACME_TLS_1, ID_PE_ACME_IDENTIFIER, TLSALPN01Registry
-from txacme.client import EAB
-from txacme.dnsproviders import dns01_responder_from_options
-from txacme.endpoint import parse_endpoint_string_parts
 from txacme.keys import generate_private_key, load_or_create_client_key, private_key_pem
-from txacme.store import DirectoryStore
+from txacme.protocol.client import EAB
+from txacme.serving.endpoint import parse_endpoint_string_parts
+from txacme.serving.tls import CertificateIndex, SNIConnectionCreator
+from txacme.stores.directory import DirectoryStore
 from txacme.testing import make_pem_objects
-from txacme.tls import CertificateIndex, SNIConnectionCreator
 
 PAGE = b"secret page\n"
 TSIG_SECRET = base64.b64encode(b"tsig secret bytes for the tests!").decode()

@@ -1,4 +1,4 @@
-"""Tests for txacme.service.AcmeIssuingService with a fake clock, issuer and client."""
+"""Tests for txacme.issuing.service.AcmeIssuingService with a fake clock, issuer and client."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from txacme import errors
-from txacme.policy import ari_certificate_id
-from txacme.service import (
+from txacme.issuing.policy import ari_certificate_id
+from txacme.issuing.service import (
     AcmeIssuingService,
     Emergency,
     Failed,
@@ -841,7 +841,8 @@ class LogTests(ServiceTestCase):
         self.issuer.calls[0].fail(errors.IssuanceFailed("nope", rate_limited(120)))
         self.clock.advance(120)
         self.issuer.calls[1].succeed()
-        ours = [e for e in logged if "event" in e and e.get("log_namespace") == "txacme.service"]
+        namespace = "txacme.issuing.service"
+        ours = [e for e in logged if "event" in e and e.get("log_namespace") == namespace]
         kinds = [e["event"] for e in ours]
         self.assertEqual(
             kinds,

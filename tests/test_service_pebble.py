@@ -16,12 +16,12 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.server import Site
 
-from tests.pebble import PebbleUnavailable, shared_pebble
+from tests.harness.pebble import PebbleUnavailable, shared_pebble
 from txacme.challenges.http01 import HTTP01Responder, http01_root
-from txacme.client import Client
+from txacme.issuing.service import AcmeIssuingService, Failed, Obtained, ServiceEvent
 from txacme.keys import generate_private_key, jwk_for
-from txacme.service import AcmeIssuingService, Failed, Obtained, ServiceEvent
-from txacme.store import DirectoryStore
+from txacme.protocol.client import Client
+from txacme.stores.directory import DirectoryStore
 
 
 def verify_chain(pem_objects: list[Any], roots: list[bytes], names: list[str]) -> x509.Certificate:

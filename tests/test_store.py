@@ -1,4 +1,4 @@
-"""Tests for txacme.store.DirectoryStore and txacme.testing.MemoryStore."""
+"""Tests for txacme.stores.directory.DirectoryStore and txacme.testing.MemoryStore."""
 
 from __future__ import annotations
 
@@ -21,13 +21,13 @@ from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
-from tests.logcapture import capture_log
-from txacme import store as store_module
+from tests.harness.logcapture import capture_log
 from txacme.errors import ConfigurationError, InvalidServerName
 from txacme.interfaces import ICertificateStore
 from txacme.keys import PrivateKey, generate_private_key, private_key_pem
 from txacme.names import is_ip_address
-from txacme.store import DEFAULT_NAME, DirectoryStore, load_entry, validate_pem_objects
+from txacme.stores import directory as store_module
+from txacme.stores.directory import DEFAULT_NAME, DirectoryStore, load_entry, validate_pem_objects
 from txacme.testing import MemoryStore
 
 reactor: Any = _reactor

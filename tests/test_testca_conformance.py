@@ -2,7 +2,7 @@
 Conformance of :class:`txacme.testca.TestCA`, proved by ACME clients we did not
 write: the ``acme`` package's synchronous ``ClientV2`` (run in a thread while the
 reactor serves the CA) and lego (a Go client, run as a subprocess) - and by our
-own :mod:`txacme.client` / :mod:`txacme.issuance`.
+own :mod:`txacme.protocol.client` / :mod:`txacme.issuing.order`.
 """
 
 from __future__ import annotations
@@ -359,11 +359,11 @@ def _free_port() -> int:
 
 
 class TxacmeClientTests(unittest.TestCase):
-    """:mod:`txacme.client` and :mod:`txacme.issuance` against the TestCA."""
+    """:mod:`txacme.protocol.client` and :mod:`txacme.issuing.order` against the TestCA."""
 
     async def _client(self, ca: TestCA) -> Any:
-        from txacme.client import Client
         from txacme.keys import generate_private_key, jwk_for
+        from txacme.protocol.client import Client
 
         client = await Client.from_url(
             R, ca.directory_url, jwk_for(generate_private_key()), ca_file=ca.https_ca_file
@@ -386,8 +386,8 @@ class TxacmeClientTests(unittest.TestCase):
 
     async def test_obtain_ari_renew_revoke(self) -> None:
         """Obtain (preferring the alternate chain), follow ARI, renew with replaces, revoke."""
-        from txacme.client import ari_cert_id
-        from txacme.issuance import obtain_certificate
+        from txacme.issuing.order import obtain_certificate
+        from txacme.protocol.client import ari_cert_id
 
         responder, port = self._http01()
         ca = await TestCA.start_for_test(
@@ -438,8 +438,8 @@ class TxacmeClientTests(unittest.TestCase):
         from twisted.internet.protocol import Factory, Protocol
 
         from txacme.challenges import TLSALPN01Responder
-        from txacme.issuance import obtain_certificate
-        from txacme.tls import CertificateIndex, SNIConnectionCreator, tls_server_factory
+        from txacme.issuing.order import obtain_certificate
+        from txacme.serving.tls import CertificateIndex, SNIConnectionCreator, tls_server_factory
 
         responder = TLSALPN01Responder()
         creator = SNIConnectionCreator(CertificateIndex(), challenges=responder.registry)
@@ -460,7 +460,7 @@ class TxacmeClientTests(unittest.TestCase):
     async def test_faults(self) -> None:
         """badNonce is retried by our client; rateLimited surfaces with its Retry-After."""
         from txacme.errors import RateLimited
-        from txacme.issuance import obtain_certificate
+        from txacme.issuing.order import obtain_certificate
 
         responder, port = self._http01()
         ca = await TestCA.start_for_test(self, R, http01_port=port, retry_after=0)

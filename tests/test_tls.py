@@ -1,5 +1,5 @@
 """
-Tests for txacme.tls: real TLS handshakes over loopback between a Twisted
+Tests for txacme.serving.tls: real TLS handshakes over loopback between a Twisted
 server using SNIConnectionCreator and pyOpenSSL clients (plus ``openssl
 s_client`` for an independent client).
 """
@@ -42,9 +42,7 @@ from txacme.challenges.tlsalpn01 import (
 )
 from txacme.errors import ConfigurationError, InvalidServerName
 from txacme.keys import generate_private_key, private_key_pem
-from txacme.store import DirectoryStore
-from txacme.testing import MemoryStore
-from txacme.tls import (
+from txacme.serving.tls import (
     CertificateIndex,
     HandshakeRefused,
     SNIConnectionCreator,
@@ -52,6 +50,8 @@ from txacme.tls import (
     _sni_name,
     tls_server_factory,
 )
+from txacme.stores.directory import DirectoryStore
+from txacme.testing import MemoryStore
 
 TLS12 = SSL.TLS1_2_VERSION
 TLS13 = SSL.TLS1_3_VERSION

@@ -16,8 +16,8 @@ from tests.test_client_pebble import PebbleCase, close_all, inline, verify_chain
 from tests.test_tls import AppFactory, TLSServerMixin, shared_ca
 from txacme import errors
 from txacme.challenges.tlsalpn01 import TLSALPN01Responder
-from txacme.issuance import IssuedCertificate, obtain_certificate
-from txacme.tls import CertificateIndex, SNIConnectionCreator, tls_server_factory
+from txacme.issuing.order import IssuedCertificate, obtain_certificate
+from txacme.serving.tls import CertificateIndex, SNIConnectionCreator, tls_server_factory
 
 
 class TLSALPN01PebbleTests(TLSServerMixin, PebbleCase):

@@ -22,7 +22,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 import txacme
-from tests.pebble import shared_pebble
+from tests.harness.pebble import shared_pebble
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 CURL = shutil.which("curl") or "/usr/bin/curl"

@@ -22,7 +22,7 @@ from zope.interface import implementer
 
 from txacme.interfaces import ICertificateStore
 from txacme.names import normalize_server_name
-from txacme.store import validate_pem_objects
+from txacme.stores.directory import validate_pem_objects
 
 
 class StoreUnavailable(Exception):

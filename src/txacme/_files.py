@@ -1,5 +1,5 @@
 """
-Durable file writing shared by :mod:`txacme.keys` and :mod:`txacme.store`.
+Durable file writing shared by :mod:`txacme.keys` and :mod:`txacme.stores.directory`.
 
 Private: the callers choose the temporary file's name and how it is moved into
 place; these helpers only make the bytes and the directory entry durable.

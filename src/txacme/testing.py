@@ -2,7 +2,7 @@
 Fakes for testing code that uses txacme.
 
 :class:`MemoryStore` is an :class:`~txacme.interfaces.ICertificateStore` kept in
-memory, with the same rules as :class:`~txacme.store.DirectoryStore`: names are
+memory, with the same rules as :class:`~txacme.stores.directory.DirectoryStore`: names are
 normalized (an invalid name fails the ``Deferred`` with
 :class:`~txacme.errors.InvalidServerName`), an empty list means "wanted", a
 missing name is a ``KeyError``, and :meth:`MemoryStore.store` accepts only one
@@ -20,7 +20,7 @@ from zope.interface import implementer
 
 from txacme.interfaces import ICertificateStore
 from txacme.names import normalize_server_name
-from txacme.store import validate_pem_objects
+from txacme.stores.directory import validate_pem_objects
 
 
 @implementer(ICertificateStore)
@@ -165,7 +165,7 @@ def make_pem_objects(
 
 @_attrs.frozen
 class FakeIssued:
-    """What :class:`FakeIssuer` gives, shaped like ``txacme.issuance.IssuedCertificate``."""
+    """What :class:`FakeIssuer` gives, shaped like ``txacme.issuing.order.IssuedCertificate``."""
 
     certificate: _x509.Certificate
     pem_objects: list[pem.AbstractPEMObject]
@@ -211,7 +211,7 @@ class FakeIssueCall:
 
 class FakeIssuer:
     """
-    A stand-in for ``txacme.issuance.obtain_certificate`` that records its calls.
+    A stand-in for ``txacme.issuing.order.obtain_certificate`` that records its calls.
 
     Each call returns a ``Deferred`` that the test fires through :attr:`calls`
     (``issuer.calls[0].succeed()``), or that fires at once when :attr:`auto`
@@ -266,7 +266,7 @@ class FakeRenewalInfo:
 
 class FakeClient:
     """
-    A stand-in for ``txacme.client.Client`` with what the issuing service uses.
+    A stand-in for ``txacme.protocol.client.Client`` with what the issuing service uses.
 
     :ivar started: the ``email`` of every :meth:`start` call.
     :ivar renewal_infos: what :meth:`renewal_info` answers, by serial number:

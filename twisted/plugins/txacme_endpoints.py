@@ -1,7 +1,7 @@
 """txacme's endpoint-string parsers: ``le:``, ``lets:`` and ``acme:``."""
 
-from txacme.parsers import ACMEServerParser
-from txacme.urls import LETSENCRYPT_DIRECTORY, LETSENCRYPT_STAGING_DIRECTORY
+from txacme.config.plugin import ACMEServerParser
+from txacme.protocol.urls import LETSENCRYPT_DIRECTORY, LETSENCRYPT_STAGING_DIRECTORY
 
 le = ACMEServerParser("le", LETSENCRYPT_DIRECTORY)
 lets = ACMEServerParser("lets", LETSENCRYPT_STAGING_DIRECTORY)

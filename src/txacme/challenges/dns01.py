@@ -7,7 +7,7 @@ to use for hosts the CA cannot reach. To answer it, a TXT record
 (:func:`txt_value`) at every authoritative name server of the zone.
 
 :class:`DNS01Responder` does everything that does not depend on the DNS
-service, and an :class:`~txacme.dnsproviders.IDNSProvider` writes the records:
+service, and an :class:`~txacme.challenges.dnsproviders.IDNSProvider` writes the records:
 
 1. **CNAME delegation.** ``_acme-challenge.<name>`` is looked up first; when it
    is a CNAME (to a zone the provider may change, e.g. one kept only for ACME),
@@ -57,7 +57,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from txacme.dnsproviders import (
+from txacme.challenges.dnsproviders import (
     DNSError,
     IDNSProvider,
     Nameserver,
@@ -481,7 +481,7 @@ class DNS01Responder:
     """
     Answers ``dns-01`` challenges by publishing TXT records through ``provider``.
 
-    :param provider: the :class:`~txacme.dnsproviders.IDNSProvider` that writes records.
+    :param provider: the :class:`~txacme.challenges.dnsproviders.IDNSProvider` that writes records.
     :param lookup: the DNS queries (default: :class:`DNSPythonLookup` with the
         system's resolvers).
     :param zone: the zone to write the records in, instead of discovering it;
@@ -748,7 +748,7 @@ def _number(
 
 
 def _rfc2136_provider(options: Mapping[str, str], ttl: int) -> IDNSProvider:
-    from txacme.dnsproviders.rfc2136 import (
+    from txacme.challenges.dnsproviders.rfc2136 import (
         RFC2136Provider,
         TSIGKey,
         read_tsig_key_file,
@@ -785,7 +785,7 @@ def _rfc2136_provider(options: Mapping[str, str], ttl: int) -> IDNSProvider:
 
 
 def _lexicon_provider(options: Mapping[str, str], ttl: int) -> IDNSProvider:
-    from txacme.dnsproviders.lexicon import LexiconProvider
+    from txacme.challenges.dnsproviders.lexicon import LexiconProvider
 
     name = options.get("dns_lexicon_provider")
     if not name:

@@ -17,7 +17,7 @@ This module has three parts:
   Registration happens once, on first import, and never replaces a class that
   is already registered for the type.
 * :class:`TLSALPN01Registry`: the challenges being answered, by the name a
-  validator sends as SNI. :class:`txacme.tls.SNIConnectionCreator` consults it
+  validator sends as SNI. :class:`txacme.serving.tls.SNIConnectionCreator` consults it
   during handshakes; it builds the challenge certificates.
 * :class:`TLSALPN01Responder`: the :class:`~txacme.interfaces.IResponder` that
   adds and removes registry entries.
@@ -383,7 +383,7 @@ class TLSALPN01Responder:
     """
     Answers ``tls-alpn-01`` challenges through the TLS layer.
 
-    Give the same :attr:`registry` to :class:`txacme.tls.SNIConnectionCreator`
+    Give the same :attr:`registry` to :class:`txacme.serving.tls.SNIConnectionCreator`
     (``SNIConnectionCreator(index, challenges=responder.registry)``) on the
     listener that the CA reaches on port 443.
 

@@ -32,14 +32,14 @@ One certificate per name.
 Stores.
     The certificates live in the directory unless ``--store URL`` names
     another store, as the endpoints' ``store=`` option does
-    (:func:`txacme.stores.store_from_url`): ``postgresql://...`` for a
+    (:func:`txacme.stores.url.store_from_url`): ``postgresql://...`` for a
     cluster's database (with ``--store-key-file`` when its private keys are
     sealed), or another directory. ``--cert-dir`` is still needed: the
     account key and the state file stay there.
 
 State.
     Each attempt, success, failure and revocation is written to
-    ``.txacme-state.json`` in the directory (:mod:`txacme.state`), which the
+    ``.txacme-state.json`` in the directory (:mod:`txacme.reporting.state`), which the
     endpoint also keeps up to date; ``status`` reads it for the last error and
     for the renewal time the running server planned.
 
@@ -78,7 +78,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txacme import __version__, errors
-from txacme.state import NameRecord, RevocationRecord, StateFile, error_record
+from txacme.reporting.state import NameRecord, RevocationRecord, StateFile, error_record
 
 log = Logger()
 
@@ -564,7 +564,7 @@ class CAOptions:
 
 
 def _ca_options(args: argparse.Namespace) -> CAOptions:
-    from txacme.urls import LETSENCRYPT_DIRECTORY, LETSENCRYPT_STAGING_DIRECTORY
+    from txacme.protocol.urls import LETSENCRYPT_DIRECTORY, LETSENCRYPT_STAGING_DIRECTORY
 
     url: str | None = None
     if args.le:
@@ -587,7 +587,7 @@ def _ca_options(args: argparse.Namespace) -> CAOptions:
     if bool(args.eab_kid) != bool(args.eab_hmac_file):
         raise UsageError("external account binding needs both --eab-kid and --eab-hmac-file")
     if args.eab_kid:
-        from txacme.client import EAB
+        from txacme.protocol.client import EAB
 
         try:
             with open(args.eab_hmac_file, encoding="ascii") as f:
@@ -663,7 +663,7 @@ class Command:
 
     async def client(self, key: Any) -> Any:
         """A client for the chosen CA (closed when the command ends)."""
-        from txacme.client import Client
+        from txacme.protocol.client import Client
 
         url = self.ca.require()
         self.ui.step("CA", f"fetching {url}")
@@ -716,7 +716,7 @@ class Command:
         stores log and leave out damaged entries.
         """
         from txacme.names import normalize_server_name
-        from txacme.store import DEFAULT_NAME, DirectoryStore, load_entry
+        from txacme.stores.directory import DEFAULT_NAME, DirectoryStore, load_entry
 
         result: dict[str, list[pem.AbstractPEMObject] | errors.ConfigurationError] = {}
         if not isinstance(self.store, DirectoryStore):
@@ -763,7 +763,7 @@ class Command:
             return entries
         unknown = [n for n in wanted if n not in entries]
         if unknown:
-            from txacme.store import DirectoryStore
+            from txacme.stores.directory import DirectoryStore
 
             entry = f"{unknown[0]}.pem" if isinstance(self.store, DirectoryStore) else "for it"
             raise UsageError(f"NAME {unknown[0]!r}: no entry {entry} in {self.where}")
@@ -790,7 +790,7 @@ class Command:
             raise UsageError(f"--concurrency {args.concurrency}: must be at least 1")
         responders: list[Any] = []
         if args.dns:
-            from txacme.dnsproviders import dns01_responder_from_options
+            from txacme.challenges.dnsproviders import dns01_responder_from_options
 
             options = {"dns": args.dns}
             for item in args.dns_option:
@@ -817,7 +817,11 @@ class Command:
             from twisted.internet.protocol import Factory, Protocol
 
             from txacme.challenges.tlsalpn01 import TLSALPN01Responder
-            from txacme.tls import CertificateIndex, SNIConnectionCreator, tls_server_factory
+            from txacme.serving.tls import (
+                CertificateIndex,
+                SNIConnectionCreator,
+                tls_server_factory,
+            )
 
             alpn = TLSALPN01Responder()
             creator = SNIConnectionCreator(CertificateIndex(), challenges=alpn.registry)
@@ -845,8 +849,8 @@ class Command:
 
 def _open_store(reactor: Any, args: argparse.Namespace, cert_dir: str) -> tuple[Any, str]:
     """The store the options name (default: the directory) and how to name it to the user."""
-    from txacme.store import DirectoryStore
-    from txacme.stores import redact_url, store_from_url
+    from txacme.stores.directory import DirectoryStore
+    from txacme.stores.url import redact_url, store_from_url
 
     url = getattr(args, "store", None)
     key_file = getattr(args, "store_key_file", None)
@@ -987,7 +991,7 @@ def _status_of(
     ari_error: str | None,
     now: datetime,
 ) -> dict[str, Any]:
-    from txacme.policy import certificate_names, plan_renewal
+    from txacme.issuing.policy import certificate_names, plan_renewal
 
     row: dict[str, Any] = {"name": name}
     if isinstance(entry, errors.ConfigurationError):
@@ -1186,7 +1190,7 @@ async def _start_client(command: Command, *, create_account: bool = True) -> Any
 async def _obtain(
     command: Command, client: Any, responders: list[Any], name: str, replaces: str | None
 ) -> int:
-    from txacme.issuance import obtain_certificate
+    from txacme.issuing.order import obtain_certificate
 
     args = command.args
     now = _utcnow()
@@ -1277,7 +1281,7 @@ async def cmd_issue(command: Command) -> int:
 
 async def cmd_renew(command: Command) -> int:
     """``txacme renew [NAME...] [--force]``."""
-    from txacme.policy import ari_certificate_id, plan_renewal
+    from txacme.issuing.policy import ari_certificate_id, plan_renewal
 
     args = command.args
     entries = await command.selected(args.names)
@@ -1502,7 +1506,7 @@ async def _account_create(command: Command) -> int:
 
 async def _account_rollover(command: Command, client: Any) -> int:
     from txacme.keys import generate_private_key, jwk_for, private_key_pem
-    from txacme.store import write_entry
+    from txacme.stores.directory import write_entry
 
     new_path = command.key_path + ".new"
     if os.path.exists(new_path):

@@ -3,7 +3,7 @@ An asynchronous ACME (RFC 8555) client built on treq.
 
 Every method that talks to the CA returns a ``Deferred``. The client speaks the
 protocol and nothing else: it knows nothing of stores, responders or schedules
-(see :mod:`txacme.issuance` for one order end to end).
+(see :mod:`txacme.issuing.order` for one order end to end).
 
 * Message types come from the ``acme`` package (:mod:`acme.messages`,
   :mod:`acme.challenges`, :mod:`acme.jws`); JWS signing is josepy's. Requests
@@ -39,7 +39,7 @@ authorizations :class:`acme.messages.AuthorizationResource`, challenges
 
 Every HTTP exchange with the CA (retries included) is reported to the
 ``on_exchange`` callback, if given, as an :class:`Exchange`; that is what
-:meth:`txacme.metrics.Metrics.observe_exchange` counts.
+:meth:`txacme.reporting.metrics.Metrics.observe_exchange` counts.
 """
 
 from __future__ import annotations
@@ -92,13 +92,13 @@ from txacme.errors import (
     ServerInternal,
     UnsupportedKeyType,
 )
-from txacme.names import is_ip_address
-from txacme.policy import (
+from txacme.issuing.policy import (
     ARI_DEFAULT_REFRESH,
     ARI_MAX_REFRESH,
     ARI_MIN_REFRESH,
     ari_cert_id,
 )
+from txacme.names import is_ip_address
 
 log = Logger()
 
@@ -576,7 +576,7 @@ class Client:
     :param max_nonce_attempts: how many times one request is sent when the CA
         keeps answering ``badNonce``.
     :param on_exchange: called with an :class:`Exchange` after every HTTP
-        exchange with the CA (e.g. :meth:`txacme.metrics.Metrics.observe_exchange`);
+        exchange with the CA (e.g. :meth:`txacme.reporting.metrics.Metrics.observe_exchange`);
         its exceptions are logged and ignored.
     """
 

@@ -8,9 +8,9 @@ provider, by :class:`txacme.challenges.dns01.DNS01Responder`.
 
 Built in:
 
-* :class:`txacme.dnsproviders.rfc2136.RFC2136Provider`: RFC 2136 dynamic
+* :class:`txacme.challenges.dnsproviders.rfc2136.RFC2136Provider`: RFC 2136 dynamic
   update signed with TSIG (BIND, Knot, PowerDNS, Windows DNS...).
-* :class:`txacme.dnsproviders.lexicon.LexiconProvider`: the hosted DNS services
+* :class:`txacme.challenges.dnsproviders.lexicon.LexiconProvider`: the hosted DNS services
   of `dns-lexicon` (``pip install txacme[lexicon]``).
 
 This module also holds the small types that the providers and the responder

@@ -1,7 +1,7 @@
 """
 A fault-injecting HTTPS reverse proxy to put between txacme's client and Pebble.
 
-It terminates TLS with its own throw-away CA (:func:`tests.pebble.make_tls_ca`;
+It terminates TLS with its own throw-away CA (:func:`tests.harness.pebble.make_tls_ca`;
 clients trust :attr:`FaultProxy.ca_file`) and forwards every request to the
 upstream CA over HTTPS. The ``Host`` header is passed through unchanged, so
 Pebble builds every URL it returns (directory, ``Location``, ``Link``) on the
@@ -49,8 +49,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
-from tests.pebble import make_tls_ca
-from txacme.client import _BytesProducer
+from tests.harness.pebble import make_tls_ca
+from txacme.protocol.client import _BytesProducer
 
 HOP_BY_HOP = frozenset(
     {

@@ -27,8 +27,8 @@ from zope.interface import implementer
 from txacme.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from txacme.client import Exchange
-    from txacme.metrics import Metrics
+    from txacme.protocol.client import Exchange
+    from txacme.reporting.metrics import Metrics
 
 log = Logger()
 
@@ -343,21 +343,21 @@ def endpoint_from_config(reactor: Any, config: EndpointConfig) -> AutoTLSEndpoin
     The certificate directory must exist; ``client.key`` (the ACME account key)
     is created in it, mode 0600, when absent.
     """
-    from txacme.client import EAB, Client
     from txacme.keys import load_or_create_client_key
-    from txacme.state import STATE_FILENAME
-    from txacme.store import DirectoryStore
+    from txacme.protocol.client import EAB, Client
+    from txacme.reporting.state import STATE_FILENAME
+    from txacme.stores.directory import DirectoryStore
 
     store: Any
     if config.store:
-        from txacme.stores import store_from_url
+        from txacme.stores.url import store_from_url
 
         store = store_from_url(config.store, reactor=reactor, **config.store_options)
     else:
         store = DirectoryStore(config.cert_dir)
     on_demand = None
     if config.on_demand or config.on_demand_ask:
-        from txacme.ondemand import OnDemandPolicy
+        from txacme.issuing.ondemand import OnDemandPolicy
 
         on_demand = OnDemandPolicy(
             allow=config.on_demand, ask=config.on_demand_ask, ca_file=config.ca_file
@@ -383,7 +383,7 @@ def endpoint_from_config(reactor: Any, config: EndpointConfig) -> AutoTLSEndpoin
 
     responders: list[Any] = []
     if "dns-01" in config.challenges:
-        from txacme.dnsproviders import dns01_responder_from_options
+        from txacme.challenges.dnsproviders import dns01_responder_from_options
 
         responders.append(dns01_responder_from_options(config.dns_options))
     sub_endpoint = _server_endpoint(reactor, config.sub_endpoint, f"{config.prefix}: sub-endpoint")
@@ -465,7 +465,7 @@ class AutoTLSEndpoint:
     Wraps any stream server endpoint (``tcp:443``, ``unix:...``, systemd
     sockets...). On :meth:`listen` it loads every certificate of ``cert_store``
     into memory, listens on ``sub_endpoint`` with TLS chosen by SNI, starts an
-    :class:`~txacme.service.AcmeIssuingService` that answers ``tls-alpn-01`` on
+    :class:`~txacme.issuing.service.AcmeIssuingService` that answers ``tls-alpn-01`` on
     that same port, and fires once the names that had no certificate have had
     their first attempt.
 
@@ -473,13 +473,13 @@ class AutoTLSEndpoint:
     :param sub_endpoint: the endpoint to listen on (the CA reaches it on port 443
         for ``tls-alpn-01``).
     :param cert_store: an :class:`~txacme.interfaces.ICertificateStore`.
-    :param client_creator: returns a ``Deferred`` of a ``txacme.client.Client``.
+    :param client_creator: returns a ``Deferred`` of a ``txacme.protocol.client.Client``.
         When ``metrics`` is set and it accepts an ``on_exchange`` keyword
-        argument (as :meth:`txacme.client.Client.from_url` does), it is called
+        argument (as :meth:`txacme.protocol.client.Client.from_url` does), it is called
         with the callback that counts the client's requests to the CA
         (``txacme_acme_requests_total``); pass it on to the client.
     :param email: the ACME account's contact address.
-    :param eab: a ``txacme.client.EAB`` for CAs that require external account
+    :param eab: a ``txacme.protocol.client.EAB`` for CAs that require external account
         binding.
     :param key_type: the type of certificate keys (``ec256``, ``rsa2048``...).
     :param profile: the ACME profile to request, if any.
@@ -495,14 +495,14 @@ class AutoTLSEndpoint:
     :param panic: ``panic(failure, server_name)`` when renewal fails close to
         expiry (the default logs at CRITICAL).
     :param service_options: further keyword arguments of
-        :class:`~txacme.service.AcmeIssuingService`.
+        :class:`~txacme.issuing.service.AcmeIssuingService`.
     :param subscribers: callbacks given every event of the service
-        (:meth:`~txacme.service.AcmeIssuingService.subscribe`), from the first.
+        (:meth:`~txacme.issuing.service.AcmeIssuingService.subscribe`), from the first.
     :param state_file: where to keep the per-name report read by ``txacme
-        status`` (:mod:`txacme.state`), or ``None``.
+        status`` (:mod:`txacme.reporting.state`), or ``None``.
     :param metrics: an endpoint description on which to serve Prometheus
-        metrics (:func:`txacme.metrics.serve_metrics`), or ``None``.
-    :param on_demand: a :class:`txacme.ondemand.OnDemandPolicy`: a handshake for
+        metrics (:func:`txacme.reporting.metrics.serve_metrics`), or ``None``.
+    :param on_demand: a :class:`txacme.issuing.ondemand.OnDemandPolicy`: a handshake for
         an unknown name it allows is held while the name is issued.
     :param on_demand_rate: at most this many on-demand issuances a minute.
     :param hello_timeout: seconds a handshake is held for on-demand issuance
@@ -511,8 +511,8 @@ class AutoTLSEndpoint:
         store the endpoint made, such as one from ``store=``).
 
     With a store that provides
-    :class:`~txacme.coordination.ICoordinatingStore` (such as
-    :class:`~txacme.pgstore.PostgresStore`) the endpoint is one node of a
+    :class:`~txacme.stores.coordination.ICoordinatingStore` (such as
+    :class:`~txacme.stores.postgres.PostgresStore`) the endpoint is one node of a
     cluster: names are ordered under the store's lock, challenges started by
     any node are answered here, and changes are notified instead of polled.
     """
@@ -605,14 +605,14 @@ class AutoTLSEndpoint:
     async def _listen(self, factory: IProtocolFactory) -> AutoTLSPort:
         from txacme.challenges.http01 import HTTP01Responder, http01_root
         from txacme.challenges.tlsalpn01 import TLSALPN01Responder
-        from txacme.coordination import ClusterNode, provides_coordination
-        from txacme.service import AcmeIssuingService
-        from txacme.tls import (
+        from txacme.issuing.service import AcmeIssuingService
+        from txacme.serving.tls import (
             CertificateIndex,
             SNIConnectionCreator,
             StoreWatcher,
             tls_server_factory,
         )
+        from txacme.stores.coordination import ClusterNode, provides_coordination
 
         index = CertificateIndex()
         loaded = await index.load_from(self.cert_store)
@@ -636,7 +636,7 @@ class AutoTLSEndpoint:
 
         metrics: Metrics | None = None
         if self.metrics is not None:
-            from txacme.metrics import Metrics
+            from txacme.reporting.metrics import Metrics
 
             # Made before the service, whose client reports its requests to it.
             metrics = Metrics(clock=self.reactor)
@@ -677,7 +677,7 @@ class AutoTLSEndpoint:
         for subscriber in self.subscribers:
             service.subscribe(subscriber)
         if self.state_file is not None:
-            from txacme.state import StateFile, StateRecorder
+            from txacme.reporting.state import StateFile, StateRecorder
 
             recorder = StateRecorder(StateFile(self.state_file), self.reactor)
             stoppers.append(recorder.attach(service))
@@ -688,7 +688,7 @@ class AutoTLSEndpoint:
             stoppers.append(cluster.stop)
             hooks.append(cluster.hello_hook)
         if self.on_demand is not None:
-            from txacme.ondemand import OnDemandIssuer
+            from txacme.issuing.ondemand import OnDemandIssuer
 
             on_demand = OnDemandIssuer(
                 self.on_demand,
@@ -701,7 +701,7 @@ class AutoTLSEndpoint:
             hooks.append(on_demand.hello_hook)
         tls_factory: Any
         if hooks:
-            from txacme.ondemand import HelloHookFactory, combine_hooks
+            from txacme.issuing.ondemand import HelloHookFactory, combine_hooks
 
             tls_factory = HelloHookFactory(
                 creator,
@@ -728,7 +728,7 @@ class AutoTLSEndpoint:
             unwind()
             raise
         if self.metrics is not None:
-            from txacme.metrics import serve_metrics
+            from txacme.reporting.metrics import serve_metrics
 
             try:
                 self.metrics_port = await serve_metrics(

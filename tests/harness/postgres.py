@@ -28,7 +28,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from tests.processes import (
+from tests.harness.processes import (
     SharedInstance,
     free_port,
     read_log,

@@ -5,7 +5,7 @@ Hosted DNS services through dns-lexicon (``pip install txacme[lexicon]``).
 a hundred DNS services (Cloudflare, Route 53, Gandi, OVH, DigitalOcean,
 Hetzner, PowerDNS's HTTP API, ...) behind one small interface: create, list,
 update and delete a record. :class:`LexiconProvider` adapts that interface to
-:class:`~txacme.dnsproviders.IDNSProvider`:
+:class:`~txacme.challenges.dnsproviders.IDNSProvider`:
 
 * each call runs in a thread (lexicon is synchronous: ``requests``, boto...),
   with a fresh lexicon provider object, so calls never share state;
@@ -19,7 +19,7 @@ update and delete a record. :class:`LexiconProvider` adapts that interface to
   in the rest, which keeps secrets out of endpoint strings;
 * removing deletes only the record with that name and value.
 
-Errors become :class:`~txacme.dnsproviders.DNSUpdateError`; option values and
+Errors become :class:`~txacme.challenges.dnsproviders.DNSUpdateError`; option values and
 ``LEXICON_*`` environment values are blanked out of their messages.
 """
 
@@ -34,7 +34,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from txacme.dnsproviders import (
+from txacme.challenges.dnsproviders import (
     DNSUpdateError,
     IDNSProvider,
     RunInThread,
@@ -78,7 +78,7 @@ def load_lexicon_provider_class(name: str) -> type[Any]:
 @implementer(IDNSProvider)
 class LexiconProvider:
     """
-    An :class:`~txacme.dnsproviders.IDNSProvider` backed by a dns-lexicon provider.
+    An :class:`~txacme.challenges.dnsproviders.IDNSProvider` backed by a dns-lexicon provider.
 
     :param provider_name: lexicon's name for the DNS service (``"cloudflare"``,
         ``"route53"``, ``"ddns"``...).

@@ -1,7 +1,7 @@
 """
 One ACME order, from the names to a stored-ready certificate.
 
-:func:`obtain_certificate` joins a :class:`txacme.client.Client` and the
+:func:`obtain_certificate` joins a :class:`txacme.protocol.client.Client` and the
 challenge responders: it places the order, answers every pending authorization
 at once (each with the first responder, in the order given, whose challenge
 type the CA offers), always stops the responders again, finalizes with a CSR
@@ -29,7 +29,6 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from txacme.client import CertificateChain, Client
 from txacme.errors import (
     ConfigurationError,
     IssuanceFailed,
@@ -39,6 +38,7 @@ from txacme.errors import (
 )
 from txacme.keys import KEY_TYPES, PrivateKey, generate_private_key, make_csr, private_key_pem
 from txacme.names import normalize_server_names
+from txacme.protocol.client import CertificateChain, Client
 
 log = Logger()
 
@@ -216,7 +216,7 @@ def obtain_certificate(
 ) -> Deferred[IssuedCertificate]:
     """
     Obtain one certificate for ``names`` over ``client`` (whose account must be
-    ready, e.g. after :meth:`~txacme.client.Client.start`).
+    ready, e.g. after :meth:`~txacme.protocol.client.Client.start`).
 
     :param names: DNS names, ``*.`` wildcards or IP addresses; the first DNS
         name becomes the subject common name.

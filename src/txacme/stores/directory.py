@@ -470,7 +470,7 @@ class DirectoryStore:
 def __getattr__(name: str) -> Any:
     # PostgresStore needs the optional psycopg; import it only when asked for.
     if name == "PostgresStore":
-        from txacme.pgstore import PostgresStore
+        from txacme.stores.postgres import PostgresStore
 
         return PostgresStore
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,7 +3,7 @@
 several processes or hosts serving the same names.
 
 It implements :class:`~txacme.interfaces.ICertificateStore` and
-:class:`~txacme.coordination.ICoordinatingStore`. Install the extra:
+:class:`~txacme.stores.coordination.ICoordinatingStore`. Install the extra:
 ``pip install 'txacme[postgres]'`` (psycopg 3.2 or later).
 
 Decisions
@@ -37,8 +37,8 @@ LISTEN/NOTIFY for changes.
 
 The hot path is memory.
     The store is read at start-up and when a change is notified; TLS
-    handshakes are served from :class:`txacme.tls.CertificateIndex`, which
-    :class:`txacme.coordination.ClusterNode` keeps current.
+    handshakes are served from :class:`txacme.serving.tls.CertificateIndex`, which
+    :class:`txacme.stores.coordination.ClusterNode` keeps current.
 
 Keys at rest.
     Plain PEM by default. With ``key_encryption`` (a :class:`KeyEncryption`)
@@ -79,7 +79,10 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from txacme.coordination import (
+from txacme.errors import ConfigurationError, InvalidServerName
+from txacme.interfaces import ICertificateStore
+from txacme.names import normalize_server_name
+from txacme.stores.coordination import (
     DEFAULT_CHALLENGE_TTL,
     DEFAULT_LEASE_TTL,
     DEFAULT_LOCK_TIMEOUT,
@@ -96,10 +99,7 @@ from txacme.coordination import (
     _lock_request,
     acquire_loop,
 )
-from txacme.errors import ConfigurationError, InvalidServerName
-from txacme.interfaces import ICertificateStore
-from txacme.names import normalize_server_name
-from txacme.store import validate_pem_objects
+from txacme.stores.directory import validate_pem_objects
 
 if TYPE_CHECKING:
     import psycopg

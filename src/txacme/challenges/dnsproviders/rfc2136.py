@@ -28,7 +28,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from txacme.dnsproviders import (
+from txacme.challenges.dnsproviders import (
     DNSUpdateError,
     IDNSProvider,
     Nameserver,
@@ -226,7 +226,7 @@ class RFC2136Provider:
     Adds and removes TXT records by RFC 2136 dynamic update.
 
     :param server: the server to send updates to (normally the zone's primary),
-        as a :class:`~txacme.dnsproviders.Nameserver` or ``"address[:port]"``.
+        as a :class:`~txacme.challenges.dnsproviders.Nameserver` or ``"address[:port]"``.
     :param key: the TSIG key; ``None`` sends unsigned updates, which only a
         server that authorizes updates by IP address accepts.
     :param ttl: the TTL of the records added.

@@ -492,7 +492,7 @@ class CertificateIndex:
         """
         Rebuild the index from every entry of ``store`` (an
         ``ICertificateStore``), plus its ``DEFAULT.pem`` when the store has a
-        ``get_default`` method (as :class:`txacme.store.DirectoryStore` does).
+        ``get_default`` method (as :class:`txacme.stores.directory.DirectoryStore` does).
 
         :return: a ``Deferred`` that fires, when the index holds the store's
             certificates, with the entries read (``as_dict()``'s result, empty

@@ -98,7 +98,7 @@ _JITTER: Final = 0.1
 
 class RenewalInfoLike(Protocol):
     """
-    The part of an ARI answer (:class:`txacme.client.RenewalInfo`) that
+    The part of an ARI answer (:class:`txacme.protocol.client.RenewalInfo`) that
     scheduling reads: the suggested window, as timezone-aware datetimes.
     """
 

@@ -37,8 +37,8 @@ import dns.rdatatype
 import dns.tsig
 import dns.update
 
-from tests.pebble import free_udp_tcp_port
-from tests.processes import read_log, start_logged, stop_process
+from tests.harness.pebble import free_udp_tcp_port
+from tests.harness.processes import read_log, start_logged, stop_process
 
 NAMED = shutil.which("named") or "/usr/sbin/named"
 

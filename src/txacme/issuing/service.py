@@ -3,9 +3,9 @@ The issuing service: keeps every certificate of a store obtained and renewed.
 
 :class:`AcmeIssuingService` is a Twisted ``Service``. When started it checks the
 store at once and then every ``check_interval`` (12 hours by default). For each
-store entry it computes a :class:`~txacme.policy.RenewalPlan` and sets a timer
+store entry it computes a :class:`~txacme.issuing.policy.RenewalPlan` and sets a timer
 for the due time; due names are issued through
-:func:`txacme.issuance.obtain_certificate`, at most ``max_concurrent`` at a
+:func:`txacme.issuing.order.obtain_certificate`, at most ``max_concurrent`` at a
 time, and the result is written to the store and handed to ``on_stored``.
 
 Decisions
@@ -27,7 +27,7 @@ Timers.
 
 ARI.
     When ``client.supports_ari`` is true, renewal information is fetched for a
-    certificate when first seen and again when :func:`~txacme.policy.next_ari_check`
+    certificate when first seen and again when :func:`~txacme.issuing.policy.next_ari_check`
     says. If fetching fails the lifetime rule is used (the failure is logged)
     and ARI is tried again six hours later. An ``alreadyReplaced`` problem makes
     the next attempt for that certificate omit ``replaces``. ARI is not asked
@@ -36,7 +36,7 @@ ARI.
 Failures.
     A failed attempt for a name is logged (event ``failed`` with the ACME
     problem type and detail) and the name backs off
-    (:func:`~txacme.policy.backoff_delay`: about 1 min, 10 min, 100 min, then
+    (:func:`~txacme.issuing.policy.backoff_delay`: about 1 min, 10 min, 100 min, then
     daily); a problem with ``retry_after`` (e.g. ``rateLimited``) is never
     retried before that delay, and while a ``rateLimited`` delay runs,
     :meth:`~AcmeIssuingService.issue_cert` fails at once with that problem. A
@@ -115,8 +115,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from txacme import errors
-from txacme.names import normalize_server_name
-from txacme.policy import (
+from txacme.issuing.policy import (
     RenewalPlan,
     RenewalSettings,
     ari_certificate_id,
@@ -124,6 +123,7 @@ from txacme.policy import (
     next_ari_check,
     plan_renewal,
 )
+from txacme.names import normalize_server_name
 
 __all__ = [
     "AcmeIssuingService",
@@ -326,7 +326,7 @@ _CLIENT_BROKEN_PROBLEMS = (errors.AccountDoesNotExist, errors.BadNonce, errors.U
 def _client_looks_broken(error: BaseException) -> bool:
     if isinstance(error, errors.IssuanceFailed):
         return False
-    from txacme.coordination import LockLost, LockTimeout
+    from txacme.stores.coordination import LockLost, LockTimeout
 
     if isinstance(error, (LockLost, LockTimeout)):  # another process's work, not the client's
         return False
@@ -342,7 +342,7 @@ class AcmeIssuingService(Service):
     :param cert_store: an :class:`~txacme.interfaces.ICertificateStore`; every
         entry is kept valid, an empty entry is issued at start-up.
     :param client_creator: a callable returning a ``Deferred`` (or a value) of
-        a ``txacme.client.Client``; called when a client is first needed and
+        a ``txacme.protocol.client.Client``; called when a client is first needed and
         again after failures that suggest a broken client. Give this or
         ``client``.
     :param clock: the reactor's time (default: the global reactor).
@@ -370,7 +370,7 @@ class AcmeIssuingService(Service):
         waited for if it returns a ``Deferred``) after each certificate is
         stored, e.g. to update a TLS index at once.
     :param issue: the issuance function (default
-        :func:`txacme.issuance.obtain_certificate`).
+        :func:`txacme.issuing.order.obtain_certificate`).
     :param rng: randomness for backoff jitter (default: a new ``random.Random``).
     """
 
@@ -913,11 +913,11 @@ class AcmeIssuingService(Service):
     ) -> Any:
         """
         Order and store. With a store shared by several processes
-        (``txacme.coordination.ICoordinatingStore``), under the name's lock:
+        (``txacme.stores.coordination.ICoordinatingStore``), under the name's lock:
         the entry is read again first and not ordered when another process
-        has just renewed it (see :func:`txacme.coordination.coordinated_issue`).
+        has just renewed it (see :func:`txacme.stores.coordination.coordinated_issue`).
         """
-        from txacme.coordination import coordinated_issue, provides_coordination
+        from txacme.stores.coordination import coordinated_issue, provides_coordination
 
         if provides_coordination(self._cert_store):
             return await coordinated_issue(
@@ -945,7 +945,7 @@ class AcmeIssuingService(Service):
     async def _order(self, plan: RenewalPlan, identifiers: tuple[str, ...]) -> Any:
         issue = self._issue_fn
         if issue is None:
-            from txacme.issuance import obtain_certificate
+            from txacme.issuing.order import obtain_certificate
 
             issue = obtain_certificate
         for again in (True, False):

@@ -1,13 +1,13 @@
 """
 Certificate stores named by URL, for endpoint strings and the command line.
 
-=====================================================  ==========================================
-URL                                                    store
-=====================================================  ==========================================
-``/srv/certs``, ``file:///srv/certs``                  :class:`~txacme.store.DirectoryStore`
-``postgresql://user@host:5432/db`` (or ``postgres:``)  :class:`~txacme.pgstore.PostgresStore`
-``memory:``                                            :class:`~txacme.testing.MemoryStore`
-=====================================================  ==========================================
+======================================================  ==============================
+URL                                                     store
+======================================================  ==============================
+``/srv/certs``, ``file:///srv/certs``                   :class:`.DirectoryStore`
+``postgresql://user@host:5432/db`` (or ``postgres:``)   :class:`.PostgresStore`
+``memory:``                                             :class:`.MemoryStore`
+======================================================  ==============================
 
 Options (keyword arguments of :func:`store_from_url`; strings are accepted, as
 an endpoint string gives them) apply to the PostgreSQL store:
@@ -113,7 +113,7 @@ def store_from_url(url: str, *, reactor: Any = None, **options: Any) -> Any:
         return MemoryStore()
     if scheme == "file" or (not scheme and url) or (len(scheme) == 1 and os.name == "nt"):
         _no_options(url, options)
-        from txacme.store import DirectoryStore
+        from txacme.stores.directory import DirectoryStore
 
         if scheme == "file":
             if parts.netloc not in ("", "localhost"):
@@ -136,7 +136,7 @@ def _no_options(url: str, options: dict[str, Any]) -> None:
 
 
 def _postgres(url: str, reactor: Any, options: dict[str, Any]) -> Any:
-    from txacme.pgstore import KeyEncryption, PostgresStore
+    from txacme.stores.postgres import KeyEncryption, PostgresStore
 
     kwargs: dict[str, Any] = {}
     key_file = options.pop("key_file", None)

@@ -34,8 +34,8 @@ class ACMEServerParser:
     def parseStreamServer(  # noqa: N802
         self, reactor: IReactorCore, *args: object, **kwargs: object
     ) -> IStreamServerEndpoint:
-        """Build an :class:`txacme.endpoint.AutoTLSEndpoint` from the parsed string."""
-        from txacme.endpoint import endpoint_from_string_parts
+        """Build an :class:`txacme.serving.endpoint.AutoTLSEndpoint` from the parsed string."""
+        from txacme.serving.endpoint import endpoint_from_string_parts
 
         return endpoint_from_string_parts(
             reactor,

@@ -15,7 +15,7 @@ serve the same names, they share one store, and three things must hold:
 stores stay simple): per-name locks with leases, challenge records and change
 notification. :class:`MemoryCoordinatingStore` implements it in memory (for
 tests; several "nodes" may share one), and
-:class:`txacme.pgstore.PostgresStore` on PostgreSQL.
+:class:`txacme.stores.postgres.PostgresStore` on PostgreSQL.
 
 The rest of this module joins a process to such a store:
 
@@ -83,7 +83,7 @@ from zope.interface import Attribute, Interface, implementer
 from txacme.errors import ConfigurationError, InvalidServerName, TxACMEError
 from txacme.interfaces import ICertificateStore, IResponder
 from txacme.names import normalize_server_name
-from txacme.store import validate_pem_objects
+from txacme.stores.directory import validate_pem_objects
 from txacme.testing import MemoryStore
 
 log = Logger()
@@ -760,7 +760,7 @@ def _release(store: Any, lease: Lease) -> Deferred[None]:
 class StoredCertificate:
     """
     A certificate found in the store (written by another process) instead of
-    being ordered; shaped like ``txacme.issuance.IssuedCertificate``.
+    being ordered; shaped like ``txacme.issuing.order.IssuedCertificate``.
     """
 
     pem_objects: list[pem.AbstractPEMObject]
@@ -954,11 +954,11 @@ class ClusterNode:
     Joins this process to the other processes sharing ``store``.
 
     * Certificates: every ``"certificate"`` change is read from the store into
-      ``index`` (a :class:`~txacme.tls.CertificateIndex`), one read per change
+      ``index`` (a :class:`~txacme.serving.tls.CertificateIndex`), one read per change
       and name; a ``"resync"`` reloads the whole index. An entry that appears
       empty (a name marked wanted) is handed to ``on_wanted(name)``.
     * ``tls-alpn-01``: :meth:`hello_hook` (give it to
-      :class:`txacme.ondemand.HelloHookFactory`) sees a validator's ClientHello
+      :class:`txacme.issuing.ondemand.HelloHookFactory`) sees a validator's ClientHello
       (only ``acme-tls/1`` offered) for a name with no challenge in
       ``tls_alpn`` (a :class:`~txacme.challenges.tlsalpn01.TLSALPN01Registry`)
       and holds it while the store is asked; a record found is added to the

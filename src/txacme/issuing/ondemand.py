@@ -344,7 +344,7 @@ class HelloHookFactory(TLSMemoryBIOFactory):
     while ``hook(client_hello)`` works (at most ``timeout`` seconds).
 
     :param creator: the server connection creator (e.g.
-        :class:`txacme.tls.SNIConnectionCreator`).
+        :class:`txacme.serving.tls.SNIConnectionCreator`).
     :param wrapped_factory: the application's factory.
     :param hook: a :data:`HelloHook` (see :func:`combine_hooks`).
     :param timeout: the longest a handshake is held, in seconds.
@@ -533,7 +533,7 @@ class OnDemandPolicy:
 
         trust_root = None
         if self._ca_file is not None:
-            from txacme.client import load_trust_root
+            from txacme.protocol.client import load_trust_root
 
             trust_root = load_trust_root(self._ca_file)
         policy = BrowserLikePolicyForHTTPS(trustRoot=trust_root)  # type: ignore[no-untyped-call]
@@ -603,7 +603,7 @@ class OnDemandIssuer:
     :param issue: ``issue(name) -> Deferred`` of an issued certificate (with
         ``pem_objects``), e.g. ``AcmeIssuingService.issue_cert``, which also
         stores it (so it is renewed like any other name).
-    :param index: the :class:`~txacme.tls.CertificateIndex` the TLS layer
+    :param index: the :class:`~txacme.serving.tls.CertificateIndex` the TLS layer
         serves from; the new certificate is put there.
     :param rate: issuances allowed per ``per`` seconds (this process).
     :param max_pending: issuances running at once.

@@ -1,7 +1,7 @@
 """
 Prometheus metrics for the issuing service (``pip install txacme[metrics]``).
 
-:class:`Metrics` subscribes to an :class:`~txacme.service.AcmeIssuingService`
+:class:`Metrics` subscribes to an :class:`~txacme.issuing.service.AcmeIssuingService`
 (:meth:`Metrics.attach`) and turns its events into metrics;
 :meth:`Metrics.resource` serves them in the Prometheus text format from any
 ``twisted.web`` site, and :func:`serve_metrics` listens on an endpoint
@@ -223,7 +223,7 @@ class Metrics:
     def attach(self, service: Any) -> Callable[[], None]:
         """
         Follow the events of ``service`` (an
-        :class:`~txacme.service.AcmeIssuingService`); attach before starting it
+        :class:`~txacme.issuing.service.AcmeIssuingService`); attach before starting it
         to see its first plans.
 
         :return: a function that stops following.
@@ -233,7 +233,7 @@ class Metrics:
 
     def observe(self, event: object) -> None:
         """Update the metrics for one service event (the subscriber callback)."""
-        from txacme.service import Emergency, Failed, Obtained, Obtaining, RenewalScheduled
+        from txacme.issuing.service import Emergency, Failed, Obtained, Obtaining, RenewalScheduled
 
         name = getattr(event, "name", None)
         if isinstance(name, str):

@@ -26,7 +26,7 @@ Atomic, locked writes.
     A write merges the changes into what is on disk now (another process, e.g.
     the CLI beside a running server, may have written meanwhile) under an
     exclusive ``flock`` of the directory, then replaces the file atomically
-    (:func:`txacme.store.write_entry`). Readers never see a partial file.
+    (:func:`txacme.stores.directory.write_entry`). Readers never see a partial file.
 
 Batched.
     :class:`StateRecorder` collects the changes of a burst of events (a start-up
@@ -341,7 +341,7 @@ class StateFile:
 
         :raises OSError: when the file cannot be written.
         """
-        from txacme.store import write_entry
+        from txacme.stores.directory import write_entry
 
         if not changes:
             return
@@ -440,7 +440,7 @@ class StateRecorder:
 
     def attach(self, service: Any) -> Callable[[], None]:
         """
-        Subscribe to ``service`` (an :class:`~txacme.service.AcmeIssuingService`).
+        Subscribe to ``service`` (an :class:`~txacme.issuing.service.AcmeIssuingService`).
 
         :return: a function that unsubscribes and writes what is pending.
         """
@@ -457,7 +457,7 @@ class StateRecorder:
 
     def __call__(self, event: object) -> None:
         """Record one service event (the subscriber callback)."""
-        from txacme.service import Emergency, Failed, Obtained, Obtaining, RenewalScheduled
+        from txacme.issuing.service import Emergency, Failed, Obtained, Obtaining, RenewalScheduled
 
         name = getattr(event, "name", None)
         if not isinstance(name, str):
