@@ -1,0 +1,23 @@
+"""The seed's import path for the endpoint: :class:`AutoTLSEndpoint` and the endpoint-string
+functions.
+
+The code lives in :mod:`txacme.serving.endpoint` and :mod:`txacme.config.endpoint`.
+"""
+
+from txacme.serving.endpoint import (
+    AutoTLSEndpoint,
+    AutoTLSPort,
+    EndpointConfig,
+    endpoint_from_config,
+    endpoint_from_string_parts,
+    parse_endpoint_string_parts,
+)
+
+__all__ = [
+    "AutoTLSEndpoint",
+    "AutoTLSPort",
+    "EndpointConfig",
+    "endpoint_from_config",
+    "endpoint_from_string_parts",
+    "parse_endpoint_string_parts",
+]
