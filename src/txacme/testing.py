@@ -108,8 +108,8 @@ def _general_name(name: str) -> _x509.GeneralName:
 
 def make_certificate(
     names: _Sequence[str],
-    not_before: _datetime,
-    not_after: _datetime,
+    not_before: _datetime | None = None,
+    not_after: _datetime | None = None,
     *,
     key: _ec.EllipticCurvePrivateKey | None = None,
     serial: int | None = None,
@@ -117,7 +117,8 @@ def make_certificate(
 ) -> _x509.Certificate:
     """
     A self-signed certificate for ``names`` (DNS names or IP addresses) valid
-    from ``not_before`` to ``not_after``, for tests of renewal scheduling.
+    from ``not_before`` (default: an hour ago) to ``not_after`` (default: 90
+    days after ``not_before``), for tests of renewal scheduling and serving.
 
     :param key: the certificate's key (default: a new P-256 key).
     :param serial: the serial number (default: random).
@@ -126,6 +127,10 @@ def make_certificate(
     """
     if key is None:
         key = _ec.generate_private_key(_ec.SECP256R1())
+    if not_before is None:
+        not_before = _datetime.now(_timezone.utc) - _timedelta(hours=1)
+    if not_after is None:
+        not_after = not_before + _timedelta(days=90)
     subject = _x509.Name([_x509.NameAttribute(_NameOID.COMMON_NAME, names[0][:64])])
     builder = (
         _x509.CertificateBuilder()
@@ -147,7 +152,10 @@ def make_certificate(
 
 
 def make_pem_objects(
-    names: _Sequence[str], not_before: _datetime, not_after: _datetime, **kwargs: Any
+    names: _Sequence[str],
+    not_before: _datetime | None = None,
+    not_after: _datetime | None = None,
+    **kwargs: Any,
 ) -> list[pem.AbstractPEMObject]:
     """
     A store entry (private key, then certificate) from :func:`make_certificate`;

@@ -1,0 +1,136 @@
+"""
+Small X.509 and PEM helpers shared across the library: what a store entry must
+hold, the names a certificate covers, the first certificate of an entry.
+
+Core: imports only :mod:`txacme.errors`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from typing import Any
+
+import pem
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+
+from txacme.errors import ConfigurationError
+
+__all__ = [
+    "IGNORED_KEY_TYPES",
+    "certificate_names",
+    "covers",
+    "first_certificate",
+    "public_key_der",
+    "validate_pem_objects",
+]
+
+IGNORED_KEY_TYPES: tuple[type[pem.AbstractPEMObject], ...] = (
+    pem.OpenSSHPrivateKey,
+    pem.SSHCOMPrivateKey,
+    pem.OpenPGPPrivateKey,
+)
+"""PEM private-key kinds that are not TLS keys (SSH, OpenPGP): never part of an entry."""
+
+_DER = serialization.Encoding.DER
+_SPKI = serialization.PublicFormat.SubjectPublicKeyInfo
+
+
+def public_key_der(key: Any) -> bytes:
+    """
+    The DER SubjectPublicKeyInfo of a certificate or a private key, for telling
+    whether the two belong together.
+    """
+    data: bytes = key.public_key().public_bytes(_DER, _SPKI)
+    return data
+
+
+def validate_pem_objects(pem_objects: object, source: str) -> list[pem.AbstractPEMObject]:
+    """
+    Check that ``pem_objects`` is one usable entry: exactly one private key, at
+    least one certificate, the key matching the first certificate, nothing else.
+
+    :param source: what the objects are (a name or a file), used in errors.
+    :return: the objects as a list, in the order given.
+    :raises txacme.errors.ConfigurationError: naming ``source``.
+    """
+    if isinstance(pem_objects, (str, bytes, pem.AbstractPEMObject)) or not isinstance(
+        pem_objects, Iterable
+    ):
+        raise ConfigurationError(f"{source}: expected a list of PEM objects")
+    objects: list[pem.AbstractPEMObject] = list(pem_objects)
+    keys: list[pem.AbstractPEMObject] = []
+    certificates: list[pem.AbstractPEMObject] = []
+    for obj in objects:
+        if type(obj) is pem.Certificate:
+            certificates.append(obj)
+        elif isinstance(obj, pem.PrivateKey) and not isinstance(obj, IGNORED_KEY_TYPES):
+            keys.append(obj)
+        else:
+            raise ConfigurationError(
+                f"{source}: unexpected {type(obj).__name__} object; "
+                "only a private key and certificates are allowed"
+            )
+    if len(keys) != 1:
+        raise ConfigurationError(f"{source}: expected exactly one private key, found {len(keys)}")
+    if not certificates:
+        raise ConfigurationError(f"{source}: no certificate")
+    try:
+        key = serialization.load_pem_private_key(keys[0].as_bytes(), password=None)
+    except (TypeError, ValueError, UnsupportedAlgorithm):
+        raise ConfigurationError(f"{source}: the private key is unreadable or encrypted")
+    parsed = []
+    for index, cert in enumerate(certificates):
+        try:
+            parsed.append(x509.load_pem_x509_certificate(cert.as_bytes()))
+        except ValueError:
+            raise ConfigurationError(f"{source}: certificate #{index + 1} is unreadable")
+    if public_key_der(key) != public_key_der(parsed[0]):
+        raise ConfigurationError(f"{source}: the private key does not match the first certificate")
+    return objects
+
+
+def first_certificate(pem_objects: Iterable[pem.AbstractPEMObject]) -> x509.Certificate | None:
+    """
+    The first certificate among ``pem_objects``, parsed, or ``None`` when there is none.
+
+    :raises ValueError: when that certificate does not parse.
+    """
+    for obj in pem_objects:
+        if isinstance(obj, pem.Certificate):
+            return x509.load_pem_x509_certificate(obj.as_bytes())
+    return None
+
+
+def certificate_names(certificate: x509.Certificate) -> list[str]:
+    """
+    The names in a certificate's subject alternative names, in order: DNS names
+    lower-cased, then IP addresses in their compressed form. Empty when the
+    certificate has no such extension.
+    """
+    try:
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    names = [n.lower() for n in san.get_values_for_type(x509.DNSName)]
+    names += [ip.compressed for ip in san.get_values_for_type(x509.IPAddress)]
+    return names
+
+
+def covers(certificate: x509.Certificate, name: str) -> bool:
+    """
+    Whether the certificate is valid for ``name``: an exact DNS name or IP
+    address, or a wildcard one label up (``*.example.com`` covers
+    ``www.example.com``, not ``example.com`` nor ``a.b.example.com``).
+    """
+    present = set(certificate_names(certificate))
+    try:
+        return ipaddress.ip_address(name).compressed in present
+    except ValueError:
+        pass
+    if name in present:
+        return True
+    _, dot, parent = name.partition(".")
+    return bool(dot and parent) and not name.startswith("*.") and "*." + parent in present

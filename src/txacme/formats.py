@@ -1,0 +1,70 @@
+"""
+Text forms shared across the library: base64url, ACME tokens and ISO 8601 times.
+
+Core: imports nothing of txacme.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from datetime import datetime, timezone
+
+__all__ = ["b64url", "b64url_decode", "format_time", "is_token", "parse_time"]
+
+_B64URL = re.compile(r"[A-Za-z0-9_-]+\Z")
+
+
+def b64url(data: bytes) -> str:
+    """``data`` as unpadded base64url (RFC 4648 section 5), the form ACME and JOSE use."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(text: str) -> bytes:
+    """
+    Decode base64url with or without padding.
+
+    :raises ValueError: when ``text`` is empty or holds anything but base64url
+        characters.
+    """
+    bare = text.strip().rstrip("=")
+    if not _B64URL.match(bare):
+        raise ValueError("not base64url")
+    return base64.urlsafe_b64decode(bare + "=" * (-len(bare) % 4))
+
+
+def is_token(value: object) -> bool:
+    """
+    Whether ``value`` is a usable ACME challenge token: a non-empty string of
+    base64url characters only (RFC 8555 section 8.3), so it is safe in a URL path
+    or a file name.
+    """
+    return isinstance(value, str) and _B64URL.match(value) is not None
+
+
+def format_time(moment: datetime | None) -> str | None:
+    """
+    ``moment`` in UTC as ISO 8601 with a ``Z`` (``2026-01-02T03:04:05Z``), or
+    ``None``. A naive time is taken to be UTC.
+    """
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def parse_time(value: object) -> datetime | None:
+    """
+    The aware time written by :func:`format_time` (or any ISO 8601 text), or
+    ``None`` for anything unreadable. A time without a zone is taken as UTC.
+    """
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment
