@@ -93,3 +93,40 @@ class FormatTests(TestCase):
         self.assertIsNone(format_time(None))
         self.assertIsNone(parse_time("yesterday"))
         self.assertIsNone(parse_time(3))
+
+
+class OptionTests(TestCase):
+    def test_parse_number(self) -> None:
+        """Numbers parse from text or as given; bounds and kinds are enforced, naming the option."""
+        from txacme.formats import parse_number
+
+        self.assertEqual(parse_number("ttl", "2.5"), 2.5)
+        self.assertEqual(parse_number("ttl", 3), 3.0)
+        self.assertEqual(parse_number("size", "4", integer=True), 4)
+        self.assertIsInstance(parse_number("size", "4", integer=True), int)
+        self.assertEqual(parse_number("n", "0", minimum=None), 0)
+        for value, kwargs, fragment in [
+            ("x", {}, "is not a number"),
+            ("1.5", {"integer": True}, "is not an integer"),
+            ("0", {}, "must be above 0"),
+            ("nan", {}, "finite"),
+            ("inf", {}, "finite"),
+            ("11", {"maximum": 10}, "at most 10"),
+            (True, {}, "is not a number"),
+        ]:
+            with self.assertRaises(ConfigurationError) as caught:
+                parse_number("opt", value, what="store option ", **kwargs)
+            self.assertIn("store option opt=", str(caught.exception))
+            self.assertIn(fragment, str(caught.exception))
+
+    def test_parse_flag(self) -> None:
+        """Yes/no words in any case, booleans as given, anything else refused."""
+        from txacme.formats import parse_flag
+
+        for text in ("yes", "TRUE", "on", "1", True):
+            self.assertIs(parse_flag("listen", text), True)
+        for text in ("no", "False", "off", "0", False):
+            self.assertIs(parse_flag("listen", text), False)
+        with self.assertRaises(ConfigurationError) as caught:
+            parse_flag("listen", "maybe")
+        self.assertIn("listen='maybe'", str(caught.exception))

@@ -1,7 +1,8 @@
 """
-Text forms shared across the library: base64url, ACME tokens and ISO 8601 times.
+Text forms shared across the library: base64url, ACME tokens, ISO 8601 times and the
+numbers and flags of options.
 
-Core: imports nothing of txacme.
+Core: imports only :mod:`txacme.errors`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,17 @@ import base64
 import re
 from datetime import datetime, timezone
 
-__all__ = ["b64url", "b64url_decode", "format_time", "is_token", "parse_time"]
+from txacme.errors import ConfigurationError
+
+__all__ = [
+    "b64url",
+    "b64url_decode",
+    "format_time",
+    "is_token",
+    "parse_flag",
+    "parse_number",
+    "parse_time",
+]
 
 _B64URL = re.compile(r"[A-Za-z0-9_-]+\Z")
 
@@ -68,3 +79,56 @@ def parse_time(value: object) -> datetime | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment
+
+
+def parse_number(
+    name: str,
+    value: object,
+    *,
+    integer: bool = False,
+    minimum: float | None = 0.0,
+    maximum: float | None = None,
+    what: str = "",
+) -> float:
+    """
+    The number an option names: an ``int`` or ``float`` as given, or its text
+    parsed.
+
+    :param name: the option's name, for the error.
+    :param integer: whole numbers only (the result is then an ``int``).
+    :param minimum: the result must be above this (``None``: no bound).
+    :param maximum: the result must be at most this (``None``: no bound).
+    :param what: a prefix for the error (``"store option "``).
+    :raises txacme.errors.ConfigurationError: ``name=value`` and what is wrong.
+    """
+    shown = f"{what}{name}={value!r}"
+    if isinstance(value, bool):
+        raise ConfigurationError(f"{shown} is not a number")
+    try:
+        number: float = int(str(value)) if integer else float(str(value))
+    except ValueError:
+        raise ConfigurationError(f"{shown} is not a{'n integer' if integer else ' number'}")
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ConfigurationError(f"{shown} is not a finite number")
+    if minimum is not None and not number > minimum:
+        raise ConfigurationError(f"{shown} must be above {minimum:g}")
+    if maximum is not None and number > maximum:
+        raise ConfigurationError(f"{shown} must be at most {maximum:g}")
+    return number
+
+
+def parse_flag(name: str, value: object, *, what: str = "") -> bool:
+    """
+    A yes/no option: ``True``/``False`` as given, or ``yes``, ``true``, ``on``,
+    ``1`` and ``no``, ``false``, ``off``, ``0`` in any case.
+
+    :raises txacme.errors.ConfigurationError: ``name=value`` for anything else.
+    """
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "yes", "true", "on"):
+        return True
+    if text in ("0", "no", "false", "off"):
+        return False
+    raise ConfigurationError(f"{what}{name}={value!r} must be yes or no")

@@ -1,8 +1,22 @@
-"""The extension points of txacme: certificate stores and challenge responders."""
+"""
+The extension points of txacme: certificate stores and challenge responders.
+
+The zope interfaces say what every store and responder does; the
+:class:`typing.Protocol` classes below them name the optional capabilities a
+store may add, so callers test for them by type rather than by ``getattr``.
+
+Core: imports nothing of txacme.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    import pem
+    from twisted.internet.defer import Deferred
 
 
 class ICertificateStore(Interface):
@@ -69,4 +83,30 @@ class IResponder(Interface):
         """
 
 
-__all__ = ["ICertificateStore", "IResponder"]
+
+
+@runtime_checkable
+class ClosableStore(Protocol):
+    """
+    A store holding resources (connections, threads) that its owner releases by
+    calling :meth:`close` when it is done with it.
+    """
+
+    def close(self) -> Deferred[None] | None:
+        """Release the store's resources; it is not used afterwards."""
+
+
+@runtime_checkable
+class DefaultCertificateStore(Protocol):
+    """
+    A store that also keeps a default certificate, served to clients that send
+    no server name or one the store has no certificate for.
+    """
+
+    def get_default(self) -> Deferred[list[pem.AbstractPEMObject]]:
+        """
+        The default entry's PEM objects; fails with ``KeyError`` when there is none.
+        """
+
+
+__all__ = ["ClosableStore", "DefaultCertificateStore", "ICertificateStore", "IResponder"]
