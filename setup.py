@@ -44,7 +44,15 @@ setup(
             "psycopg[binary]>=3.2",
         ],
         "test": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3"],
-        "dev": ["mypy>=1.10", "mypy-zope>=1.0.5", "ruff>=0.5", "sphinx>=7", "towncrier>=23"],
+        "dev": [
+            "mypy>=1.10",
+            "mypy-zope>=1.0.5",
+            "ruff>=0.5",
+            "sphinx>=7",
+            "towncrier>=23",
+            # The layer contracts in .importlinter (sibling layers need 2.1).
+            "import-linter>=2.1",
+        ],
     },
     entry_points={"console_scripts": ["txacme = txacme.cli:main"]},
     classifiers=[

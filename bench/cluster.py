@@ -3,7 +3,7 @@ A cluster node on PostgresStore against a single server on DirectoryStore: TLS
 handshakes per second, and start-up time with 10,000 certificates.
 
 Handshakes. Both servers are built the way they run: a
-:class:`~txacme.serving.tls.CertificateIndex` loaded from the store and an
+:class:`~txacme.serving.index.CertificateIndex` loaded from the store and an
 ``SNIConnectionCreator``. The single server wraps the application in
 ``TLSMemoryBIOFactory``; the cluster node in ``HelloHookFactory`` with the hooks of
 ``ClusterNode`` (challenge look-ups) and ``OnDemandIssuer`` (an allow-list
@@ -49,14 +49,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.handshake import Certificates, rss_mb  # noqa: E402
 from txacme.challenges.tlsalpn01 import TLSALPN01Responder  # noqa: E402
-from txacme.issuing.ondemand import (  # noqa: E402
-    HelloHookFactory,
-    OnDemandIssuer,
-    OnDemandPolicy,
-    combine_hooks,
-)
-from txacme.serving.tls import CertificateIndex, SNIConnectionCreator  # noqa: E402
-from txacme.stores.coordination import ClusterNode  # noqa: E402
+from txacme.issuing.ondemand import OnDemandIssuer, OnDemandPolicy  # noqa: E402
+from txacme.serving.cluster import ClusterNode  # noqa: E402
+from txacme.serving.hello import HelloHookFactory, combine_hooks  # noqa: E402
+from txacme.serving.index import CertificateIndex  # noqa: E402
+from txacme.serving.tls import SNIConnectionCreator  # noqa: E402
 from txacme.stores.directory import DirectoryStore  # noqa: E402
 from txacme.stores.postgres import KeyEncryption, PostgresStore  # noqa: E402
 

@@ -51,7 +51,8 @@ from OpenSSL import SSL, crypto
 from twisted.internet.protocol import Factory
 from twisted.internet.ssl import CertificateOptions, TLSVersion
 
-from txacme.serving.tls import CertificateIndex, SNIConnectionCreator
+from txacme.serving.index import CertificateIndex
+from txacme.serving.tls import SNIConnectionCreator
 from txacme.stores.directory import DirectoryStore
 
 CLIENT_ALPN = [b"h2", b"http/1.1"]

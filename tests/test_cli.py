@@ -552,24 +552,24 @@ class UITests(TestCase):
 class ExitCodeTests(TestCase):
     def test_classification(self) -> None:
         """Temporary trouble exits 4, the CA's refusals 1, bad input 2."""
-        self.assertEqual(cli._exit_code(ACMETimeout("slow")), cli.EXIT_TEMPORARY)
+        self.assertEqual(cli.exit_code(ACMETimeout("slow")), cli.EXIT_TEMPORARY)
         self.assertEqual(
-            cli._exit_code(RateLimited("urn:ietf:params:acme:error:rateLimited")),
+            cli.exit_code(RateLimited("urn:ietf:params:acme:error:rateLimited")),
             cli.EXIT_TEMPORARY,
         )
-        self.assertEqual(cli._exit_code(ServerInternal()), cli.EXIT_TEMPORARY)
-        self.assertEqual(cli._exit_code(ConnectionRefusedError()), cli.EXIT_FAILURE)
-        self.assertEqual(cli._exit_code(IssuanceFailed("invalid")), cli.EXIT_FAILURE)
-        self.assertEqual(cli._exit_code(cli.UsageError("bad")), cli.EXIT_USAGE)
-        self.assertEqual(cli._combine([0, 4, 0]), cli.EXIT_TEMPORARY)
-        self.assertEqual(cli._combine([4, 1]), cli.EXIT_FAILURE)
-        self.assertEqual(cli._combine([0, 0]), cli.EXIT_OK)
+        self.assertEqual(cli.exit_code(ServerInternal()), cli.EXIT_TEMPORARY)
+        self.assertEqual(cli.exit_code(ConnectionRefusedError()), cli.EXIT_FAILURE)
+        self.assertEqual(cli.exit_code(IssuanceFailed("invalid")), cli.EXIT_FAILURE)
+        self.assertEqual(cli.exit_code(cli.UsageError("bad")), cli.EXIT_USAGE)
+        self.assertEqual(cli.combine([0, 4, 0]), cli.EXIT_TEMPORARY)
+        self.assertEqual(cli.combine([4, 1]), cli.EXIT_FAILURE)
+        self.assertEqual(cli.combine([0, 0]), cli.EXIT_OK)
 
     def test_reasons(self) -> None:
-        self.assertEqual(cli._reason("keyCompromise"), (1, "keyCompromise"))
-        self.assertEqual(cli._reason("key-compromise"), (1, "keyCompromise"))
-        self.assertEqual(cli._reason("4"), (4, "superseded"))
-        self.assertRaises(cli.UsageError, cli._reason, "7")
+        self.assertEqual(cli.revocation_reason("keyCompromise"), (1, "keyCompromise"))
+        self.assertEqual(cli.revocation_reason("key-compromise"), (1, "keyCompromise"))
+        self.assertEqual(cli.revocation_reason("4"), (4, "superseded"))
+        self.assertRaises(cli.UsageError, cli.revocation_reason, "7")
 
 
 class StateFileTests(TestCase):

@@ -39,16 +39,11 @@ from twisted.web.server import NOT_DONE_YET
 
 from txacme import errors
 from txacme.issuing.order import IssuedCertificate, challenge_response, obtain_certificate
-from txacme.protocol.client import (
-    EAB,
-    CertificateChain,
-    Client,
-    RenewalInfo,
-    ari_cert_id,
-    identifier_for,
-    jws_algorithm_for,
-    parse_retry_after,
-)
+from txacme.keys import jws_algorithm
+from txacme.protocol.ari import ari_cert_id
+from txacme.protocol.client import Client
+from txacme.protocol.resources import EAB, CertificateChain, RenewalInfo, identifier_for
+from txacme.protocol.transport import parse_retry_after
 
 BASE = "https://ca.test"
 PROBLEM = "urn:ietf:params:acme:error:"
@@ -804,15 +799,15 @@ class TransportTests(ClientTestMixin, unittest.TestCase):
             algs = {s.protected["alg"] for s in ca.posts()}
             self.assertEqual(algs, {alg.name})
 
-    def test_jws_algorithm_for(self) -> None:
-        self.assertEqual(jws_algorithm_for(JWKEC(key=ec_key())), ES256)
-        self.assertEqual(jws_algorithm_for(JWKEC(key=ec_key(ec.SECP384R1()))), ES384)
-        self.assertEqual(jws_algorithm_for(JWKRSA(key=RSA_KEY)), RS256)
-        self.assertEqual(jws_algorithm_for(JWKEC(key=ec_key(ec.SECP521R1()))).name, "ES512")
+    def test_jws_algorithm(self) -> None:
+        self.assertEqual(jws_algorithm(JWKEC(key=ec_key())), ES256)
+        self.assertEqual(jws_algorithm(JWKEC(key=ec_key(ec.SECP384R1()))), ES384)
+        self.assertEqual(jws_algorithm(JWKRSA(key=RSA_KEY)), RS256)
+        self.assertEqual(jws_algorithm(JWKEC(key=ec_key(ec.SECP521R1()))).name, "ES512")
         with self.assertRaises(errors.UnsupportedKeyType):
-            jws_algorithm_for(JWKOct(key=b"secret"))
+            jws_algorithm(JWKOct(key=b"secret"))
         with self.assertRaises(errors.UnsupportedKeyType):
-            jws_algorithm_for(JWKEC(key=ec_key().public_key()))
+            jws_algorithm(JWKEC(key=ec_key().public_key()))
 
     def test_jwk_then_kid(self) -> None:
         """newAccount is signed with jwk; everything after it with kid."""
@@ -1127,6 +1122,28 @@ class AccountTests(ClientTestMixin, unittest.TestCase):
         self.assertEqual(protected, {"alg": "HS256", "kid": "kid-1", "url": BASE + "/new-acct"})
         self.assertEqual(json.loads(unb64(binding["payload"])),
                          client.key.public_key().to_partial_json())
+
+    def test_eab_given_to_the_client(self) -> None:
+        """The client's own EAB serves start() and new_account() when they are given none."""
+        mac = secrets.token_bytes(32)
+        ca, client = self.make(meta={"externalAccountRequired": True}, eab=EAB("kid-2", mac))
+        ca.eab_keys["kid-2"] = mac
+        self.assertEqual(client.eab, EAB("kid-2", mac))
+        self.ok(client.start())
+        binding = ca.posts("/new-acct")[-1].payload["externalAccountBinding"]
+        self.assertEqual(json.loads(unb64(binding["protected"]))["kid"], "kid-2")
+        ca, client = self.make(meta={"externalAccountRequired": True}, eab=EAB("kid-2", mac))
+        ca.eab_keys["kid-3"] = mac
+        self.ok(client.new_account(eab=EAB("kid-3", mac)))
+        binding = ca.posts("/new-acct")[-1].payload["externalAccountBinding"]
+        self.assertEqual(json.loads(unb64(binding["protected"]))["kid"], "kid-3")
+
+    def test_eab_must_be_an_eab(self) -> None:
+        clock = task.Clock()
+        directory = messages.Directory.from_json(FakeCA(clock).directory())
+        with self.assertRaises(errors.ConfigurationError):
+            Client(clock, directory, JWKEC(key=ec_key()), http=StubTreq(FakeCA(clock)),
+                   eab="kid:key")  # type: ignore[arg-type]
 
     def test_eab_wrong_key_rejected(self) -> None:
         ca, client = self.make(meta={"externalAccountRequired": True})

@@ -28,7 +28,9 @@ from txacme import errors
 from txacme.challenges.http01 import HTTP01Responder, http01_root
 from txacme.issuing.order import IssuedCertificate, obtain_certificate
 from txacme.keys import generate_private_key, jwk_for
-from txacme.protocol.client import EAB, Client, ari_cert_id
+from txacme.protocol.ari import ari_cert_id
+from txacme.protocol.client import Client
+from txacme.protocol.resources import EAB
 
 try:
     from tests.harness.pebble import PebbleUnavailable, shared_pebble, start_pebble

@@ -3,7 +3,7 @@ Three txacme processes, one PostgreSQL store, one Pebble: the cluster end to end
 
 Each node is a real subprocess (this file run as a program, see :func:`node_main`)
 with its own :class:`~txacme.issuing.service.AcmeIssuingService`, responders, TLS listener and
-:class:`~txacme.stores.coordination.ClusterNode`. Only node 0 listens where Pebble's validator
+:class:`~txacme.serving.cluster.ClusterNode`. Only node 0 listens where Pebble's validator
 connects (``http_port`` / ``tls_port``); nodes 1 and 2 listen on ports of their own, so
 every challenge they start is answered by node 0 from the challenge records in the
 database. Node 1 answers only ``http-01``, node 2 only ``tls-alpn-01``, node 0 both.
@@ -80,15 +80,18 @@ async def _run_node(node_reactor: Any, args: argparse.Namespace) -> None:
 
     from txacme.challenges.http01 import HTTP01Responder, http01_root
     from txacme.challenges.tlsalpn01 import TLSALPN01Responder
-    from txacme.issuing.ondemand import HelloHookFactory
     from txacme.issuing.service import AcmeIssuingService
     from txacme.keys import generate_private_key, jwk_for
     from txacme.protocol.client import Client
-    from txacme.serving.tls import CertificateIndex, SNIConnectionCreator
-    from txacme.stores.coordination import ClusterNode
+    from txacme.serving.cluster import ClusterNode
+    from txacme.serving.hello import HelloHookFactory
+    from txacme.serving.index import CertificateIndex
+    from txacme.serving.tls import SNIConnectionCreator
     from txacme.stores.postgres import PostgresStore
 
-    store = PostgresStore(args.db, node_id=args.node_id, lease_ttl=args.lease_ttl)
+    store = PostgresStore(
+        args.db, node_id=args.node_id, lease_ttl=args.lease_ttl, reactor=node_reactor
+    )
     await store.start()
     index = CertificateIndex()
     await index.load_from(store)
@@ -115,7 +118,12 @@ async def _run_node(node_reactor: Any, args: argparse.Namespace) -> None:
         holder[0].issue_cert(name).addErrback(lambda _: None)
 
     node = ClusterNode(
-        store, index, tls_alpn=tls_responder.registry, http01=http_responder, on_wanted=wanted
+        store,
+        index,
+        tls_alpn=tls_responder.registry,
+        http01=http_responder,
+        on_wanted=wanted,
+        clock=node_reactor,
     )
     service = AcmeIssuingService(
         store,
@@ -136,7 +144,7 @@ async def _run_node(node_reactor: Any, args: argparse.Namespace) -> None:
     )
     tls_port = node_reactor.listenTCP(
         args.tls_port,
-        HelloHookFactory(creator, Site(root), node.hello_hook),
+        HelloHookFactory(creator, Site(root), node.hello_hook, clock=node_reactor),
         interface="127.0.0.1",
         backlog=128,
     )
@@ -345,7 +353,7 @@ class ClusterTests(TestCase):
     def store(self) -> Any:
         from txacme.stores.postgres import PostgresStore
 
-        store = PostgresStore(self.db, node_id="test")
+        store = PostgresStore(self.db, node_id="test", reactor=reactor)
         self.addCleanup(store.close)
         return store
 

@@ -21,23 +21,21 @@ from txacme.challenges.http01 import HTTP01Responder
 from txacme.challenges.tlsalpn01 import TLSALPN01Responder
 from txacme.errors import ConfigurationError
 from txacme.interfaces import ICertificateStore
-from txacme.issuing.ondemand import ClientHello
-from txacme.issuing.service import AcmeIssuingService, Obtained
-from txacme.serving.tls import CertificateIndex
+from txacme.issuing.events import Obtained
+from txacme.issuing.locked import StoredCertificate, coordinated_issue
+from txacme.issuing.service import AcmeIssuingService
+from txacme.serving.cluster import ClusterNode, SharedResponder, identifier_for_sni
+from txacme.serving.hello import ClientHello
+from txacme.serving.index import CertificateIndex
 from txacme.stores.coordination import (
     ChallengeRecord,
-    ClusterNode,
     ICoordinatingStore,
     LockLost,
     LockTimeout,
-    MemoryCoordinatingStore,
-    SharedResponder,
     StoreChange,
-    StoredCertificate,
-    coordinated_issue,
-    identifier_for_sni,
     run_locked,
 )
+from txacme.stores.memory import MemoryCoordinatingStore
 from txacme.testing import FakeClient, FakeIssuer, make_pem_objects
 
 T0 = 1_800_000_000.0
@@ -374,7 +372,7 @@ class ServiceClusterTests(SynchronousTestCase):
 
     def test_lock_timeout_is_a_failure_of_the_name_only(self) -> None:
         """A lock that stays busy fails the attempt (LockTimeout), keeping the client."""
-        from txacme.issuing.service import Failed
+        from txacme.issuing.events import Failed
 
         store = MemoryCoordinatingStore(node_id="c", shared_with=self.store_a, lock_timeout=5)
         lease = self.successResultOf(self.store_b.try_acquire("w.example", ttl=1000))

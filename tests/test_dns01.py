@@ -27,7 +27,6 @@ from txacme.challenges.dns01 import (
     DNS01Responder,
     DNSPropagationTimeout,
     DNSPythonLookup,
-    dns01_responder_from_options,
     txt_value,
     validation_name,
 )
@@ -39,6 +38,7 @@ from txacme.challenges.dnsproviders import (
     parse_nameserver,
 )
 from txacme.challenges.dnsproviders.rfc2136 import RFC2136Provider, TSIGKey, read_tsig_key_file
+from txacme.config.dns import dns01_responder_from_options
 from txacme.errors import ACMETimeout, ConfigurationError
 from txacme.interfaces import IResponder
 
@@ -443,7 +443,7 @@ class ResponderTests(TestCase):
     def test_bad_timeout(self) -> None:
         self.assertRaises(
             ConfigurationError, DNS01Responder, self.provider, lookup=self.dns,
-            propagation_timeout=0,
+            propagation_timeout=0, clock=self.clock,
         )
 
 
@@ -565,7 +565,9 @@ class OptionsTests(TestCase):
         return {k: v for k, v in base.items() if v != "-"}
 
     def assertOptionError(self, options: dict[str, str], *needles: str) -> ConfigurationError:
-        error = self.assertRaises(ConfigurationError, dns01_responder_from_options, options)
+        error = self.assertRaises(
+            ConfigurationError, dns01_responder_from_options, options, clock=Clock()
+        )
         for needle in needles:
             self.assertIn(needle, str(error))
         return error
@@ -597,9 +599,9 @@ class OptionsTests(TestCase):
 
     def test_endpoint_entry_point(self) -> None:
         """The endpoint parser's import path builds the same responder."""
-        from txacme.challenges import dnsproviders
+        from txacme.config import dns
 
-        responder = dnsproviders.dns01_responder_from_options(self.options(), clock=Clock())
+        responder = dns.dns01_responder_from_options(self.options(), clock=Clock())
         self.assertIsInstance(responder, DNS01Responder)
 
     def test_errors_name_the_option(self) -> None:
@@ -624,7 +626,8 @@ class OptionsTests(TestCase):
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
         responder = dns01_responder_from_options(
-            self.options(tsig_secret_file="-", tsig_secret=SECRET, tsig_key_name="k")
+            self.options(tsig_secret_file="-", tsig_secret=SECRET, tsig_key_name="k"),
+            clock=Clock(),
         )
         self.assertTrue(any("prefer tsig_secret_file" in e.get("log_format", "") for e in events))
         self.assertNotIn(SECRET, repr(responder))

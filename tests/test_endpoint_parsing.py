@@ -11,10 +11,10 @@ from twisted.internet import endpoints, interfaces
 from twisted.plugin import getPlugins
 from twisted.trial.unittest import SynchronousTestCase
 
+from txacme.config.endpoint import EndpointConfig, parse_endpoint_string_parts
 from txacme.config.plugin import ACMEServerParser
 from txacme.errors import ConfigurationError
 from txacme.protocol.urls import LETSENCRYPT_DIRECTORY, LETSENCRYPT_STAGING_DIRECTORY
-from txacme.serving.endpoint import EndpointConfig, parse_endpoint_string_parts
 
 
 def parse(description: str) -> EndpointConfig:

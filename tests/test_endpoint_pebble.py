@@ -27,9 +27,10 @@ from twisted.web.static import Data
 
 from tests.harness.pebble import shared_pebble
 from tests.harness.tlsclient import http_get, tls_exchange
+from txacme.config.endpoint import EndpointConfig, endpoint_from_config
 from txacme.keys import generate_private_key, jwk_for
 from txacme.protocol.client import Client, Exchange
-from txacme.serving.endpoint import AutoTLSEndpoint, EndpointConfig, endpoint_from_config
+from txacme.serving.endpoint import AutoTLSEndpoint
 from txacme.stores.directory import DirectoryStore
 
 PAGE = b"hello over automatic TLS\n"

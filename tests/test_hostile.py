@@ -42,11 +42,14 @@ from twisted.web.test.requesthelper import DummyRequest
 from tests.test_client import BASE, FakeCA, Reply, Responder, drive, ec_key
 from txacme import errors
 from txacme.challenges.http01 import HTTP01Responder, http01_root
+from txacme.config.endpoint import OWN_KEYWORDS, parse_endpoint_string_parts
+from txacme.issuing.events import Failed, Obtaining, ServiceEvent
 from txacme.issuing.order import obtain_certificate
-from txacme.issuing.service import AcmeIssuingService, Failed, Obtaining, ServiceEvent
+from txacme.issuing.service import AcmeIssuingService
 from txacme.protocol.client import Client
-from txacme.serving.endpoint import OWN_KEYWORDS, AutoTLSEndpoint, parse_endpoint_string_parts
-from txacme.serving.tls import CertificateIndex, SNIConnectionCreator
+from txacme.serving.endpoint import AutoTLSEndpoint
+from txacme.serving.index import CertificateIndex
+from txacme.serving.tls import SNIConnectionCreator
 from txacme.stores.directory import DirectoryStore
 from txacme.testing import FakeClient, MemoryStore, make_pem_objects
 
@@ -780,7 +783,7 @@ class OnDemandHostileTests(SynchronousTestCase):
     @settings(max_examples=500, deadline=None)
     @given(data=_hello_bytes)
     def test_client_hello_parser_takes_any_bytes(self, data: bytes) -> None:
-        from txacme.issuing.ondemand import NEED_MORE, ClientHello, parse_client_hello
+        from txacme.serving.hello import NEED_MORE, ClientHello, parse_client_hello
 
         result = parse_client_hello(data)
         self.assertTrue(result is None or result is NEED_MORE or isinstance(result, ClientHello))
@@ -788,12 +791,8 @@ class OnDemandHostileTests(SynchronousTestCase):
             self.assertTrue(result.server_name.isascii())
 
     def test_only_allowed_names_are_issued(self) -> None:
-        from txacme.issuing.ondemand import (
-            ClientHello,
-            OnDemandIssuer,
-            OnDemandPolicy,
-            parse_client_hello,
-        )
+        from txacme.issuing.ondemand import OnDemandIssuer, OnDemandPolicy
+        from txacme.serving.hello import ClientHello, parse_client_hello
 
         clock = Clock()
         asked: list[str] = []

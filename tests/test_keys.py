@@ -106,6 +106,20 @@ class GenerateTests(TestCase):
         self.assertRaises(UnsupportedKeyType, key_type_of, ed25519.Ed25519PrivateKey.generate())
         self.assertRaises(UnsupportedKeyType, key_type_of, "ec256")
 
+    def test_jws_algorithm_by_curve(self) -> None:
+        """P-521 signs with ES512; another curve or a public key has no JWS algorithm."""
+        p521 = ec.generate_private_key(ec.SECP521R1())
+        self.assertEqual(jws_algorithm(p521).name, "ES512")
+        self.assertEqual(jws_algorithm(JWKEC(key=p521)).name, "ES512")
+        for key in (
+            ec.generate_private_key(ec.SECP224R1()),
+            ec.generate_private_key(ec.SECP256K1()),
+            ec.generate_private_key(ec.SECP256R1()).public_key(),
+        ):
+            with self.assertRaises(UnsupportedKeyType):
+                jws_algorithm(key)  # type: ignore[arg-type]
+        self.assertIs(keys.unwrap_jwk(JWKEC(key=p521)), p521)
+
     def test_traditional_pem_loads(self) -> None:
         """Old txacme wrote ``BEGIN RSA PRIVATE KEY``; it still loads."""
         key = cached_key("rsa2048")

@@ -15,6 +15,7 @@ import threading
 from argparse import ArgumentParser
 from typing import Any
 
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SkipTest, TestCase
@@ -23,10 +24,10 @@ from zope.interface.verify import verifyObject
 from txacme.challenges.dns01 import (
     DNS01Responder,
     DNSPythonLookup,
-    dns01_responder_from_options,
     txt_value,
 )
 from txacme.challenges.dnsproviders import DNSUpdateError, IDNSProvider, Nameserver
+from txacme.config.dns import dns01_responder_from_options
 from txacme.errors import ConfigurationError
 
 try:
@@ -156,7 +157,9 @@ class ContractTests(TestCase):
             def query_txt(self, server: Nameserver, name: str) -> Deferred[set[str]]:
                 return succeed({r[3] for r in MemoryProvider.records if r[2] == name})
 
-        responder = DNS01Responder(self.provider, lookup=View(), poll_interval=0.01)
+        responder = DNS01Responder(
+            self.provider, lookup=View(), poll_interval=0.01, clock=reactor
+        )
 
         class Response:
             key_authorization = "tok.thumb"
@@ -186,7 +189,8 @@ class LoadingTests(TestCase):
                 "dns_lexicon_auth_token": TOKEN,
                 "dns_lexicon_ddns_server": "127.0.0.1",
                 "dns_ttl": "30",
-            }
+            },
+            clock=reactor,
         )
         assert isinstance(responder, DNS01Responder)
         provider = responder.provider
@@ -224,7 +228,8 @@ class DDNSAgainstBindTests(TestCase):
                 "dns_lexicon_ddns_server": address,
                 "dns_lexicon_auth_token": f"hmac-sha256:{bind.key_name}:{bind.key_secret}",
                 "dns_resolvers": bind.server,
-            }
+            },
+            clock=reactor,
         )
         assert isinstance(responder, DNS01Responder)
         assert isinstance(responder.lookup, DNSPythonLookup)

@@ -26,17 +26,16 @@ from twisted.web.server import NOT_DONE_YET, Site
 
 from tests.harness.tlsclient import tls_exchange
 from txacme.errors import ConfigurationError
-from txacme.issuing.ondemand import (
+from txacme.issuing.ondemand import OnDemandIssuer, OnDemandPolicy, RateLimiter
+from txacme.serving.hello import (
     NEED_MORE,
     ClientHello,
     HelloHookFactory,
-    OnDemandIssuer,
-    OnDemandPolicy,
-    RateLimiter,
     combine_hooks,
     parse_client_hello,
 )
-from txacme.serving.tls import CertificateIndex, SNIConnectionCreator
+from txacme.serving.index import CertificateIndex
+from txacme.serving.tls import SNIConnectionCreator
 from txacme.testing import make_pem_objects
 
 
@@ -150,7 +149,7 @@ class HeldHandshakeTests(TestCase):
     def listen(self, hook: Any, index: CertificateIndex, timeout: float = 10.0) -> int:
         creator = SNIConnectionCreator(index)
         factory = HelloHookFactory(
-            creator, Factory.forProtocol(Protocol), hook, timeout=timeout
+            creator, Factory.forProtocol(Protocol), hook, timeout=timeout, clock=reactor
         )
         port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
@@ -264,7 +263,7 @@ class PolicyTests(TestCase):
 
     def test_allow_list(self) -> None:
         """Exact names and one-label wildcards; nothing else."""
-        policy = OnDemandPolicy(allow=["a.example", "*.Shop.Example"])
+        policy = OnDemandPolicy(allow=["a.example", "*.Shop.Example"], clock=reactor)
         decide = policy.decide
         self.assertTrue(self.successResultOf(decide("a.example")))
         self.assertTrue(self.successResultOf(decide("x.shop.example")))
@@ -275,13 +274,15 @@ class PolicyTests(TestCase):
 
     def test_configuration_errors(self) -> None:
         """No policy, bad patterns and plain-HTTP ask URLs off loopback are refused."""
-        self.assertRaises(ConfigurationError, OnDemandPolicy)
-        self.assertRaises(ConfigurationError, OnDemandPolicy, allow=["*"])
-        self.assertRaises(ConfigurationError, OnDemandPolicy, allow=["a..example"])
-        self.assertRaises(ConfigurationError, OnDemandPolicy, ask="http://ask.example/")
-        self.assertRaises(ConfigurationError, OnDemandPolicy, ask="ftp://127.0.0.1/")
-        OnDemandPolicy(ask="http://127.0.0.1:1/ask")
-        OnDemandPolicy(ask="https://ask.example/check")
+        self.assertRaises(ConfigurationError, OnDemandPolicy, clock=reactor)
+        self.assertRaises(ConfigurationError, OnDemandPolicy, allow=["*"], clock=reactor)
+        self.assertRaises(ConfigurationError, OnDemandPolicy, allow=["a..example"], clock=reactor)
+        self.assertRaises(
+            ConfigurationError, OnDemandPolicy, ask="http://ask.example/", clock=reactor
+        )
+        self.assertRaises(ConfigurationError, OnDemandPolicy, ask="ftp://127.0.0.1/", clock=reactor)
+        OnDemandPolicy(ask="http://127.0.0.1:1/ask", clock=reactor)
+        OnDemandPolicy(ask="https://ask.example/check", clock=reactor)
 
     def ask_server(self, allowed: set[str], hang: bool = False) -> tuple[str, list[str]]:
         asked: list[str] = []
@@ -305,7 +306,7 @@ class PolicyTests(TestCase):
     def test_ask_url(self) -> Any:
         """The ask URL decides; answers are cached."""
         url, asked = self.ask_server({"yes.example"})
-        policy = OnDemandPolicy(ask=url)
+        policy = OnDemandPolicy(ask=url, clock=reactor)
         self.assertTrue((yield policy.decide("yes.example")))
         self.assertFalse((yield policy.decide("no.example")))
         self.assertTrue((yield policy.decide("yes.example")))
@@ -315,7 +316,7 @@ class PolicyTests(TestCase):
     def test_ask_timeout_refuses(self) -> Any:
         """No answer in time is a refusal."""
         url, asked = self.ask_server(set(), hang=True)
-        policy = OnDemandPolicy(ask=url, ask_timeout=0.2)
+        policy = OnDemandPolicy(ask=url, ask_timeout=0.2, clock=reactor)
         self.assertFalse((yield policy.decide("slow.example")))
         self.assertEqual(asked, ["slow.example"])
         # Let the server side of the abandoned request close.
@@ -326,7 +327,7 @@ class PolicyTests(TestCase):
         """An ask URL nobody answers on is a refusal, not an error."""
         from tests.harness.pebble import free_port
 
-        policy = OnDemandPolicy(ask=f"http://127.0.0.1:{free_port()}/ask")
+        policy = OnDemandPolicy(ask=f"http://127.0.0.1:{free_port()}/ask", clock=reactor)
         self.assertFalse((yield policy.decide("x.example")))
 
 
@@ -477,11 +478,12 @@ class OnDemandPebbleTests(TestCase):
                                      on_stored=index.update)
         service.startService()
         self.addCleanup(service.stopService)
-        policy = OnDemandPolicy(allow=["*.ondemand.test"])
-        self.issuer = OnDemandIssuer(policy, service.issue_cert, index, rate=rate, per=3600)
+        policy = OnDemandPolicy(allow=["*.ondemand.test"], clock=reactor)
+        self.issuer = OnDemandIssuer(policy, service.issue_cert, index, rate=rate, per=3600,
+                                     clock=reactor)
         creator = SNIConnectionCreator(index, challenges=responder.registry)
         factory = HelloHookFactory(creator, Factory.forProtocol(Protocol),
-                                   self.issuer.hello_hook, timeout=30)
+                                   self.issuer.hello_hook, timeout=30, clock=reactor)
         port = reactor.listenTCP(self.pebble.tls_port, factory, interface="127.0.0.1",
                                  backlog=128)
         self.addCleanup(port.stopListening)

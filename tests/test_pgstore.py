@@ -61,6 +61,7 @@ class PostgresTestCase(TestCase):
         from txacme.stores.postgres import PostgresStore
 
         kwargs.setdefault("schema", self.schema)
+        kwargs.setdefault("reactor", reactor)
         store = PostgresStore(kwargs.pop("url", self.url), **kwargs)
         self.addCleanup(store.close)
         return store
@@ -455,7 +456,7 @@ class StoreFromURLTests(PostgresTestCase):
         from txacme.stores.postgres import PostgresStore
         from txacme.stores.url import store_from_url
 
-        store = store_from_url(self.url, schema=self.schema, lease_ttl="12.5",
+        store = store_from_url(self.url, schema=self.schema, lease_ttl="12.5", reactor=reactor,
                                lock_timeout="30", pool_size="2", listen="no", node_id="n")
         self.addCleanup(store.close)
         self.assertIsInstance(store, PostgresStore)
@@ -472,7 +473,7 @@ class StoreFromURLTests(PostgresTestCase):
             path = self.mktemp()
             KeyEncryption.generate_key_file(path)
             paths.append(path)
-        store = store_from_url(self.url, key_file=paths[0], old_key_files=paths[1])
+        store = store_from_url(self.url, key_file=paths[0], old_key_files=paths[1], reactor=reactor)
         self.addCleanup(store.close)
         self.assertIsNotNone(store.key_encryption)
         self.assertRaises(ConfigurationError, store_from_url, self.url, old_key_files=paths[1])

@@ -12,7 +12,6 @@ from txacme.errors import ConfigurationError
 from txacme.issuing.policy import (
     MAX_BACKOFF,
     RenewalSettings,
-    ari_certificate_id,
     ari_renewal_time,
     backoff_delay,
     certificate_names,
@@ -21,6 +20,7 @@ from txacme.issuing.policy import (
     plan_renewal,
     renewal_time,
 )
+from txacme.protocol.ari import ari_certificate_id
 from txacme.testing import make_certificate
 
 T0 = datetime(2030, 1, 1, tzinfo=timezone.utc)

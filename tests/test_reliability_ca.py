@@ -40,10 +40,11 @@ from tests.harness.pebble import Pebble, shared_pebble, start_pebble
 from tests.harness.tlsclient import http_get, tls_exchange
 from txacme import errors
 from txacme.challenges.http01 import HTTP01Responder, http01_root
-from txacme.issuing import service as service_module
-from txacme.issuing.service import AcmeIssuingService, Failed, Obtained, Obtaining, ServiceEvent
+from txacme.issuing.events import Failed, Obtained, Obtaining, ServiceEvent
+from txacme.issuing.service import AcmeIssuingService
 from txacme.keys import generate_private_key, jwk_for
 from txacme.protocol.client import Client
+from txacme.serving import endpoint as service_module
 from txacme.serving.endpoint import AutoTLSEndpoint
 from txacme.stores.directory import DirectoryStore
 from txacme.testing import FakeClient, FakeIssuer, MemoryStore, make_pem_objects

@@ -35,7 +35,8 @@ from twisted.web.static import Data
 from tests.harness.logcapture import captured_logs
 from tests.harness.tlsclient import BARE_GET, tls_exchange
 from txacme import _files as files_module
-from txacme.issuing.service import AcmeIssuingService, Failed, Obtained, ServiceEvent
+from txacme.issuing.events import Failed, Obtained, ServiceEvent
+from txacme.issuing.service import AcmeIssuingService
 from txacme.serving.endpoint import AutoTLSEndpoint
 from txacme.serving.tls import CertificateIndex
 from txacme.stores import directory as store_module

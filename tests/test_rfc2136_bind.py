@@ -19,11 +19,11 @@ from txacme.challenges.dns01 import (
     DNS01Responder,
     DNSPropagationTimeout,
     DNSPythonLookup,
-    dns01_responder_from_options,
     txt_value,
 )
 from txacme.challenges.dnsproviders import DNSError, DNSUpdateError, IDNSProvider, Nameserver
 from txacme.challenges.dnsproviders.rfc2136 import RFC2136Provider, TSIGKey
+from txacme.config.dns import dns01_responder_from_options
 
 
 class Response:
@@ -55,7 +55,7 @@ class BindTestCase(TestCase):
     def responder(self, **kwargs: Any) -> DNS01Responder:
         kwargs.setdefault("lookup", self.lookup)
         kwargs.setdefault("poll_interval", 0.02)
-        return DNS01Responder(self.provider, **kwargs)
+        return DNS01Responder(self.provider, clock=reactor, **kwargs)
 
 
 class LookupTests(BindTestCase):
@@ -195,7 +195,7 @@ class ResponderTests(BindTestCase):
             def remove_txt_record(self, zone: str, fqdn: str, value: str) -> Deferred[None]:
                 return provider.remove_txt_record(zone, fqdn, value)
 
-        responder = DNS01Responder(Late(), lookup=Lookup(), poll_interval=0.02)
+        responder = DNS01Responder(Late(), lookup=Lookup(), poll_interval=0.02, clock=reactor)
         response = Response("late")
         await responder.start_responding("example.test", None, response)
         self.assertEqual(len(checks), 2)
@@ -214,7 +214,8 @@ class ResponderTests(BindTestCase):
             TSIGKey(elsewhere.key_name, elsewhere.key_secret),
         )
         responder = DNS01Responder(
-            provider, lookup=self.lookup, poll_interval=0.02, propagation_timeout=0.3
+            provider, lookup=self.lookup, poll_interval=0.02, propagation_timeout=0.3,
+            clock=reactor,
         )
         response = Response("never")
         with self.assertRaises(DNSPropagationTimeout) as caught:
@@ -240,7 +241,7 @@ class ResponderTests(BindTestCase):
             "tsig_secret_file": str(self.bind.key_file),
             "dns_resolvers": self.bind.server,
         }
-        responder = dns01_responder_from_options(options)
+        responder = dns01_responder_from_options(options, clock=reactor)
         assert isinstance(responder, DNS01Responder)
         responder._check._first = 0.02
         response = Response("logged")
@@ -249,7 +250,7 @@ class ResponderTests(BindTestCase):
         # And an inline secret with the wrong key name, which BIND rejects.
         bad_options = {k: v for k, v in options.items() if k != "tsig_secret_file"}
         bad_options.update(tsig_key_name="unknown-key", tsig_secret=self.bind.key_secret)
-        bad = dns01_responder_from_options(bad_options)
+        bad = dns01_responder_from_options(bad_options, clock=reactor)
         assert isinstance(bad, DNS01Responder)
         with self.assertRaises(DNSUpdateError) as caught:
             await bad.start_responding("example.test", None, Response("bad"))
@@ -302,7 +303,10 @@ class EndToEndTests(BindTestCase):
                 calls.append(("remove", zone, fqdn))
                 return real.remove_txt_record(zone, fqdn, value)
 
-        return DNS01Responder(Recording(), lookup=self.lookup, poll_interval=0.02), calls
+        responder = DNS01Responder(
+            Recording(), lookup=self.lookup, poll_interval=0.02, clock=reactor
+        )
+        return responder, calls
 
     async def test_wildcard_and_apex(self) -> None:
         responder, calls = self.recording_responder()

@@ -30,6 +30,7 @@ from OpenSSL import SSL
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.logger import LogEvent, formatEvent
 from twisted.python.failure import Failure
@@ -41,11 +42,11 @@ from twisted.web.static import Data
 from tests.harness.logcapture import captured_logs
 from tests.harness.pebble import free_port, start_pebble
 from tests.harness.tlsclient import BARE_GET, tls_exchange
-from txacme.challenges.dnsproviders import dns01_responder_from_options
 from txacme.challenges.tlsalpn01 import ACME_TLS_1, ID_PE_ACME_IDENTIFIER, TLSALPN01Registry
+from txacme.config.dns import dns01_responder_from_options
+from txacme.config.endpoint import parse_endpoint_string_parts
 from txacme.keys import generate_private_key, load_or_create_client_key, private_key_pem
 from txacme.protocol.client import EAB
-from txacme.serving.endpoint import parse_endpoint_string_parts
 from txacme.serving.tls import CertificateIndex, SNIConnectionCreator
 from txacme.stores.directory import DirectoryStore
 from txacme.testing import make_pem_objects
@@ -297,14 +298,15 @@ class SecretReprTests(SynchronousTestCase):
              "tsig_secret": TSIG_SECRET, "tsig_algorithm": "md4"},
         ):
             try:
-                dns01_responder_from_options(options)
+                dns01_responder_from_options(options, clock=Clock())
             except ValueError as e:
                 shown.append(str(e))
             else:
                 self.fail(f"accepted {options}")
         responder = dns01_responder_from_options(
             {"dns": "rfc2136", "dns_server": "127.0.0.1", "tsig_key_name": "k",
-             "tsig_secret": TSIG_SECRET}
+             "tsig_secret": TSIG_SECRET},
+            clock=Clock(),
         )
         shown += [repr(responder), str(responder), repr(vars(responder))]
         try:

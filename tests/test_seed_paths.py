@@ -17,7 +17,7 @@ SEED_PATHS = {
     ),
     "txacme.interfaces": ("txacme.interfaces", ["ICertificateStore", "IResponder"]),
     "txacme.challenges": ("txacme.challenges.http01", ["HTTP01Responder"]),
-    "txacme.testing": ("txacme.testing", ["MemoryStore", "make_certificate"]),
+    "txacme.testing": ("txacme.stores.memory", ["MemoryStore"]),
 }
 
 

@@ -14,9 +14,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from txacme import errors
-from txacme.issuing.policy import ari_certificate_id
-from txacme.issuing.service import (
-    AcmeIssuingService,
+from txacme.issuing.events import (
     Emergency,
     Failed,
     Obtained,
@@ -24,6 +22,8 @@ from txacme.issuing.service import (
     RenewalScheduled,
     ServiceEvent,
 )
+from txacme.issuing.service import AcmeIssuingService
+from txacme.protocol.ari import ari_certificate_id
 from txacme.testing import (
     FakeClient,
     FakeIssuer,

@@ -18,7 +18,8 @@ from twisted.web.server import Site
 
 from tests.harness.pebble import PebbleUnavailable, shared_pebble
 from txacme.challenges.http01 import HTTP01Responder, http01_root
-from txacme.issuing.service import AcmeIssuingService, Failed, Obtained, ServiceEvent
+from txacme.issuing.events import Failed, Obtained, ServiceEvent
+from txacme.issuing.service import AcmeIssuingService
 from txacme.keys import generate_private_key, jwk_for
 from txacme.protocol.client import Client
 from txacme.stores.directory import DirectoryStore

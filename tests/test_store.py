@@ -22,12 +22,13 @@ from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
 from tests.harness.logcapture import capture_log
+from txacme.certificates import validate_pem_objects
 from txacme.errors import ConfigurationError, InvalidServerName
 from txacme.interfaces import ICertificateStore
 from txacme.keys import PrivateKey, generate_private_key, private_key_pem
 from txacme.names import is_ip_address
 from txacme.stores import directory as store_module
-from txacme.stores.directory import DEFAULT_NAME, DirectoryStore, load_entry, validate_pem_objects
+from txacme.stores.directory import DEFAULT_NAME, DirectoryStore, load_entry
 from txacme.testing import MemoryStore
 
 reactor: Any = _reactor

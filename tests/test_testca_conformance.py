@@ -387,7 +387,7 @@ class TxacmeClientTests(unittest.TestCase):
     async def test_obtain_ari_renew_revoke(self) -> None:
         """Obtain (preferring the alternate chain), follow ARI, renew with replaces, revoke."""
         from txacme.issuing.order import obtain_certificate
-        from txacme.protocol.client import ari_cert_id
+        from txacme.protocol.ari import ari_cert_id
 
         responder, port = self._http01()
         ca = await TestCA.start_for_test(

@@ -42,14 +42,14 @@ from txacme.challenges.tlsalpn01 import (
 )
 from txacme.errors import ConfigurationError, InvalidServerName
 from txacme.keys import generate_private_key, private_key_pem
+from txacme.serving.index import CertificateIndex
 from txacme.serving.tls import (
-    CertificateIndex,
     HandshakeRefused,
     SNIConnectionCreator,
-    StoreWatcher,
     _sni_name,
     tls_server_factory,
 )
+from txacme.serving.watcher import StoreWatcher
 from txacme.stores.directory import DirectoryStore
 from txacme.testing import MemoryStore
 
@@ -579,7 +579,7 @@ class CertificateIndexTests(unittest.TestCase):
         self.assertEqual(self.flushLoggedErrors(defer.CancelledError), [])
 
     def test_watch_interval_must_be_positive(self) -> None:
-        self.assertRaises(ConfigurationError, CertificateIndex().watch, MemoryStore(), 0)
+        self.assertRaises(ConfigurationError, CertificateIndex().watch, MemoryStore(), 0, Clock())
 
 
 class SNINameTests(unittest.TestCase):

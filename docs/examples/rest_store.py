@@ -20,9 +20,9 @@ import treq
 from twisted.internet.defer import Deferred, gatherResults
 from zope.interface import implementer
 
+from txacme.certificates import validate_pem_objects
 from txacme.interfaces import ICertificateStore
 from txacme.names import normalize_server_name
-from txacme.stores.directory import validate_pem_objects
 
 
 class StoreUnavailable(Exception):

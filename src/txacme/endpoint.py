@@ -4,14 +4,13 @@ functions.
 The code lives in :mod:`txacme.serving.endpoint` and :mod:`txacme.config.endpoint`.
 """
 
-from txacme.serving.endpoint import (
-    AutoTLSEndpoint,
-    AutoTLSPort,
+from txacme.config.endpoint import (
     EndpointConfig,
     endpoint_from_config,
     endpoint_from_string_parts,
     parse_endpoint_string_parts,
 )
+from txacme.serving.endpoint import AutoTLSEndpoint, AutoTLSPort
 
 __all__ = [
     "AutoTLSEndpoint",

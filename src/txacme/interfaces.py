@@ -85,6 +85,30 @@ class IResponder(Interface):
 
 
 
+class EntryStore(Protocol):
+    """
+    The methods of :class:`~txacme.interfaces.ICertificateStore` with the result
+    types its documentation gives, for type checkers.
+    """
+
+    def get(self, server_name: str) -> Deferred[list[pem.AbstractPEMObject]]:
+        """See :meth:`~txacme.interfaces.ICertificateStore.get`."""
+
+    def store(self, server_name: str, pem_objects: object) -> Deferred[None]:
+        """See :meth:`~txacme.interfaces.ICertificateStore.store`."""
+
+    def as_dict(self) -> Deferred[dict[str, list[pem.AbstractPEMObject]]]:
+        """See :meth:`~txacme.interfaces.ICertificateStore.as_dict`."""
+
+
+@runtime_checkable
+class WantedStore(Protocol):
+    """A store that records a name as wanted (an empty entry) before it has a certificate."""
+
+    def mark_wanted(self, server_name: str) -> Deferred[bool]:
+        """Record ``server_name`` as wanted; whether it was new."""
+
+
 @runtime_checkable
 class ClosableStore(Protocol):
     """
@@ -109,4 +133,11 @@ class DefaultCertificateStore(Protocol):
         """
 
 
-__all__ = ["ClosableStore", "DefaultCertificateStore", "ICertificateStore", "IResponder"]
+__all__ = [
+    "ClosableStore",
+    "DefaultCertificateStore",
+    "EntryStore",
+    "ICertificateStore",
+    "IResponder",
+    "WantedStore",
+]

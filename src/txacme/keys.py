@@ -188,27 +188,37 @@ def jwk_for(key: PrivateKey) -> JWK:
     raise UnsupportedKeyType(f"unsupported key of type {type(key).__name__} for a JWK")
 
 
-def jws_algorithm(key: PrivateKey | JWK) -> JWASignature:
-    """
-    The JWS signature algorithm for an account key: ES256/ES384/ES512 by curve,
-    RS256 for RSA.
-    """
-    raw = _unwrap(key) if isinstance(key, JWK) else key
-    if isinstance(raw, ec.EllipticCurvePrivateKey):
-        size = raw.curve.key_size
-        if size <= 256:
-            return ES256
-        if size <= 384:
-            return ES384
-        return ES512
-    if isinstance(raw, rsa.RSAPrivateKey):
-        return RS256
-    raise UnsupportedKeyType(f"unsupported key of type {type(raw).__name__} for JWS")
-
-
-def _unwrap(jwk: JWK) -> object:
+def unwrap_jwk(jwk: JWK) -> object:
+    """The cryptography key inside a josepy JWK (josepy wraps it to make it comparable)."""
     inner = jwk.key
     return getattr(inner, "_wrapped", inner)
+
+
+_JWS_CURVES: dict[str, JWASignature] = {"secp256r1": ES256, "secp384r1": ES384, "secp521r1": ES512}
+
+
+def jws_algorithm(key: PrivateKey | JWK) -> JWASignature:
+    """
+    The JWS signature algorithm for an account (or certificate) key: ES256 for
+    P-256, ES384 for P-384, ES512 for P-521, RS256 for RSA.
+
+    :raises txacme.errors.UnsupportedKeyType: for any other key (another curve, a
+        public key, a MAC key).
+    """
+    raw = unwrap_jwk(key) if isinstance(key, JWK) else key
+    if isinstance(raw, ec.EllipticCurvePrivateKey):
+        alg = _JWS_CURVES.get(raw.curve.name)
+        if alg is None:
+            raise UnsupportedKeyType(
+                f"unsupported elliptic curve {raw.curve.name} for an ACME key; "
+                "use P-256, P-384 or P-521"
+            )
+        return alg
+    if isinstance(raw, rsa.RSAPrivateKey):
+        return RS256
+    raise UnsupportedKeyType(
+        f"unsupported ACME key {type(raw).__name__}: need an EC or RSA private key"
+    )
 
 
 def _as_path(path: str | os.PathLike[str] | FilePath[str]) -> str:
@@ -321,4 +331,5 @@ __all__ = [
     "load_private_key_pem",
     "make_csr",
     "private_key_pem",
+    "unwrap_jwk",
 ]

@@ -3,8 +3,7 @@
 The code lives in :mod:`txacme.issuing.service` and :mod:`txacme.issuing.events`.
 """
 
-from txacme.issuing.service import (
-    AcmeIssuingService,
+from txacme.issuing.events import (
     Emergency,
     Failed,
     Obtained,
@@ -12,6 +11,7 @@ from txacme.issuing.service import (
     RenewalScheduled,
     ServiceEvent,
 )
+from txacme.issuing.service import AcmeIssuingService
 
 __all__ = [
     "AcmeIssuingService",

@@ -6,72 +6,20 @@ memory, with the same rules as :class:`~txacme.stores.directory.DirectoryStore`:
 normalized (an invalid name fails the ``Deferred`` with
 :class:`~txacme.errors.InvalidServerName`), an empty list means "wanted", a
 missing name is a ``KeyError``, and :meth:`MemoryStore.store` accepts only one
-private key with at least one certificate, the key matching the first one.
+private key with at least one certificate, the key matching the first one. It
+lives in :mod:`txacme.stores.memory` (the ``memory:`` store URL uses it too) and
+is imported from here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pem
 from twisted.internet.defer import Deferred, fail, succeed
-from zope.interface import implementer
 
-from txacme.interfaces import ICertificateStore
-from txacme.names import normalize_server_name
-from txacme.stores.directory import validate_pem_objects
-
-
-@implementer(ICertificateStore)
-class MemoryStore:
-    """
-    A certificate store in memory.
-
-    :ivar certs: the entries, by canonical server name (read it in tests; use
-        the methods to change it).
-    """
-
-    def __init__(self, certs: Mapping[str, Iterable[Any]] | None = None) -> None:
-        """
-        :param certs: initial entries; ``[]`` marks a name as wanted.
-        :raises txacme.errors.ConfigurationError: for an invalid name or entry.
-        """
-        self.certs: dict[str, list[pem.AbstractPEMObject]] = {}
-        for name, objects in (certs or {}).items():
-            canonical = normalize_server_name(name)
-            entry = list(objects)
-            if entry:
-                entry = validate_pem_objects(entry, canonical)
-            self.certs[canonical] = entry
-
-    def get(self, server_name: str) -> Deferred[list[pem.AbstractPEMObject]]:
-        """
-        Fetch the entry of ``server_name`` (a copy); ``KeyError`` if missing.
-        """
-        try:
-            name = normalize_server_name(server_name)
-            return succeed(list(self.certs[name]))
-        except Exception:
-            return fail()
-
-    def store(self, server_name: str, pem_objects: object) -> Deferred[None]:
-        """
-        Validate and replace the entry of ``server_name``.
-        """
-        try:
-            name = normalize_server_name(server_name)
-            self.certs[name] = validate_pem_objects(pem_objects, server_name)
-        except Exception:
-            return fail()
-        return succeed(None)
-
-    def as_dict(self) -> Deferred[dict[str, list[pem.AbstractPEMObject]]]:
-        """
-        Fetch a copy of every entry.
-        """
-        return succeed({name: list(objects) for name, objects in self.certs.items()})
-
+from txacme.issuing.order import IssuedCertificate
+from txacme.stores.memory import MemoryStore
 
 __all__ = ["MemoryStore"]
 
@@ -171,23 +119,8 @@ def make_pem_objects(
     return [*pem.parse(key_pem), *pem.parse(cert.public_bytes(_serialization.Encoding.PEM))]
 
 
-@_attrs.frozen
-class FakeIssued:
-    """What :class:`FakeIssuer` gives, shaped like ``txacme.issuing.order.IssuedCertificate``."""
-
-    certificate: _x509.Certificate
-    pem_objects: list[pem.AbstractPEMObject]
-    names: list[str]
-
-    @property
-    def not_before(self) -> _datetime:
-        """When the certificate becomes valid."""
-        return self.certificate.not_valid_before_utc
-
-    @property
-    def not_after(self) -> _datetime:
-        """When the certificate expires."""
-        return self.certificate.not_valid_after_utc
+FakeIssued = IssuedCertificate
+"""What :class:`FakeIssuer` gives: an :class:`~txacme.issuing.order.IssuedCertificate`."""
 
 
 @_attrs.define(eq=False)
@@ -240,8 +173,7 @@ class FakeIssuer:
     ) -> FakeIssued:
         """A :class:`FakeIssued` for ``names`` with the given validity."""
         objects = make_pem_objects(names, not_before, not_after, serial=next(self._serials))
-        cert = _x509.load_pem_x509_certificate(objects[1].as_bytes())
-        return FakeIssued(certificate=cert, pem_objects=objects, names=list(names))
+        return IssuedCertificate.from_pem_objects(objects, names=list(names))
 
     def __call__(
         self, client: object, names: _Sequence[str], responders: object, **kwargs: Any

@@ -50,7 +50,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
 from tests.harness.pebble import make_tls_ca
-from txacme.protocol.client import _BytesProducer
+from txacme.protocol.transport import _BytesProducer
 
 HOP_BY_HOP = frozenset(
     {

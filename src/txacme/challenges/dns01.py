@@ -33,15 +33,15 @@ DNS queries use dnspython in the reactor's thread pool (see
 :class:`DNSPythonLookup`); tests and unusual set-ups can pass any
 :class:`IDNSLookup`.
 
-:func:`dns01_responder_from_options` builds a responder from the ``dns=...``
-options of an endpoint string.
+:func:`txacme.config.dns.dns01_responder_from_options` builds a responder from
+the ``dns=...`` options of an endpoint string.
+
+May import the core modules and :mod:`txacme.challenges.dnsproviders`.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -63,9 +63,9 @@ from txacme.challenges.dnsproviders import (
     Nameserver,
     RunInThread,
     default_run_in_thread,
-    parse_nameserver,
 )
 from txacme.errors import ACMETimeout, ConfigurationError
+from txacme.formats import b64url
 from txacme.interfaces import IResponder
 
 log = Logger()
@@ -78,7 +78,6 @@ DEFAULT_PROPAGATION_TIMEOUT = 120.0
 DEFAULT_TTL = 60
 """TTL, in seconds, of the TXT records we add."""
 _MAX_CNAME_HOPS = 16
-_VALUE = re.compile(r"[A-Za-z0-9_-]{43}\Z")
 
 
 def txt_value(key_authorization: str | bytes) -> str:
@@ -90,8 +89,7 @@ def txt_value(key_authorization: str | bytes) -> str:
     """
     if isinstance(key_authorization, str):
         key_authorization = key_authorization.encode("ascii")
-    digest = hashlib.sha256(key_authorization).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+    return b64url(hashlib.sha256(key_authorization).digest())
 
 
 def _canonical(name: str) -> str:
@@ -491,7 +489,7 @@ class DNS01Responder:
         every authoritative name server before giving up.
     :param poll_interval: the first delay between two checks; it doubles up to
         ``max_poll_interval``.
-    :param clock: the reactor (for tests: ``twisted.internet.task.Clock``).
+    :param clock: the reactor's time (for tests: ``twisted.internet.task.Clock``).
     """
 
     challenge_type = "dns-01"
@@ -506,12 +504,8 @@ class DNS01Responder:
         propagation_timeout: float = DEFAULT_PROPAGATION_TIMEOUT,
         poll_interval: float = 0.25,
         max_poll_interval: float = 10.0,
-        clock: IReactorTime | None = None,
+        clock: IReactorTime,
     ) -> None:
-        if clock is None:
-            from twisted.internet import reactor
-
-            clock = reactor
         if not propagation_timeout > 0:
             raise ConfigurationError(
                 f"propagation_timeout={propagation_timeout!r} must be a positive number"
@@ -717,173 +711,14 @@ def _succeed() -> Deferred[None]:
     return d
 
 
-#: Options every ``dns=`` provider takes.
-COMMON_OPTIONS = frozenset({"dns", "dns_zone", "dns_resolvers", "dns_ttl", "propagation_timeout"})
-#: Options of ``dns=rfc2136``.
-RFC2136_OPTIONS = frozenset(
-    {"dns_server", "tsig_key_name", "tsig_algorithm", "tsig_secret_file", "tsig_secret"}
-)
-#: ``dns=lexicon`` takes ``dns_lexicon_provider`` and ``dns_lexicon_<option>``.
-LEXICON_PREFIX = "dns_lexicon_"
-
-
-def _number(
-    options: Mapping[str, str],
-    name: str,
-    default: float,
-    *,
-    integer: bool = False,
-    maximum: float = float("inf"),
-) -> float:
-    text = options.get(name)
-    if text is None:
-        return default
-    try:
-        number = int(text) if integer else float(text)
-    except ValueError:
-        raise ConfigurationError(f"{name}={text!r} is not a{'n integer' if integer else ' number'}")
-    if not 0 < number <= maximum:
-        raise ConfigurationError(f"{name}={text!r} must be above 0 and at most {maximum:g}")
-    return number
-
-
-def _rfc2136_provider(options: Mapping[str, str], ttl: int) -> IDNSProvider:
-    from txacme.challenges.dnsproviders.rfc2136 import (
-        RFC2136Provider,
-        TSIGKey,
-        read_tsig_key_file,
-    )
-
-    server_text = options.get("dns_server")
-    if not server_text:
-        raise ConfigurationError(
-            "dns=rfc2136 needs dns_server=<primary server address[:port]>, "
-            "e.g. dns_server=192.0.2.53 or dns_server=127.0.0.1\\:5353"
-        )
-    server = parse_nameserver(server_text, "dns_server")
-    key_name = options.get("tsig_key_name") or None
-    algorithm = options.get("tsig_algorithm") or None
-    secret_file = options.get("tsig_secret_file")
-    if "tsig_secret" in options and secret_file is not None:
-        raise ConfigurationError("give tsig_secret_file= or tsig_secret=, not both")
-    if secret_file is not None:
-        key = read_tsig_key_file(secret_file, key_name, algorithm)
-    elif "tsig_secret" in options:
-        if key_name is None:
-            raise ConfigurationError("tsig_secret= needs tsig_key_name= too")
-        log.warn(
-            "tsig_secret= puts the TSIG secret in the endpoint string (visible in process "
-            "lists and shell history); prefer tsig_secret_file="
-        )
-        key = TSIGKey(key_name, options["tsig_secret"], algorithm or "hmac-sha256")
-    else:
-        raise ConfigurationError(
-            "dns=rfc2136 needs a TSIG key: tsig_secret_file=<key file> "
-            "(and tsig_key_name= when the file holds a bare secret)"
-        )
-    return RFC2136Provider(server, key, ttl=ttl)
-
-
-def _lexicon_provider(options: Mapping[str, str], ttl: int) -> IDNSProvider:
-    from txacme.challenges.dnsproviders.lexicon import LexiconProvider
-
-    name = options.get("dns_lexicon_provider")
-    if not name:
-        raise ConfigurationError(
-            "dns=lexicon needs dns_lexicon_provider=<lexicon provider>, "
-            "e.g. dns_lexicon_provider=cloudflare"
-        )
-    provider_options = {
-        key[len(LEXICON_PREFIX) :]: value
-        for key, value in options.items()
-        if key.startswith(LEXICON_PREFIX) and key != "dns_lexicon_provider"
-    }
-    return LexiconProvider(name, provider_options, ttl=ttl)
-
-
-def dns01_responder_from_options(
-    options: Mapping[str, str], *, clock: IReactorTime | None = None
-) -> IResponder:
-    """
-    Build a :class:`DNS01Responder` from endpoint-string options.
-
-    Options (all strings):
-
-    ``dns``
-        ``rfc2136`` or ``lexicon``.
-    ``dns_server`` (rfc2136)
-        The server that takes updates: ``address`` or ``address:port``
-        (``[v6 address]:port``); escape ``:`` as ``\\:`` in an endpoint string.
-    ``tsig_key_name``, ``tsig_algorithm``, ``tsig_secret_file`` (rfc2136)
-        The TSIG key; the file is a ``tsig-keygen`` / ``keymgr`` key file or a bare
-        base64 secret. ``tsig_algorithm`` defaults to the file's, else ``hmac-sha256``.
-        ``tsig_secret`` (inline) works but is discouraged.
-    ``dns_lexicon_provider``, ``dns_lexicon_<option>`` (lexicon)
-        The lexicon provider and its options (``dns_lexicon_auth_token=...``);
-        ``LEXICON_<PROVIDER>_<OPTION>`` environment variables also work.
-    ``dns_zone``
-        The zone to write in, instead of finding it by SOA queries.
-    ``dns_resolvers``
-        Comma-separated ``address[:port]`` servers to ask for every lookup and for
-        the propagation check, instead of the system resolvers and the zone's
-        NS records.
-    ``dns_ttl``
-        The TTL of the TXT records (default 60).
-    ``propagation_timeout``
-        Seconds to wait for the records at every name server (default 120).
-
-    :raises txacme.errors.ConfigurationError: naming the bad or unknown option;
-        secrets never appear in the message.
-    """
-    options = dict(options)
-    kind = options.get("dns")
-    if kind not in ("rfc2136", "lexicon"):
-        raise ConfigurationError(
-            f"dns={kind!r}: unknown DNS provider; use dns=rfc2136 or dns=lexicon"
-        )
-    allowed = COMMON_OPTIONS | (RFC2136_OPTIONS if kind == "rfc2136" else frozenset())
-    unknown = sorted(
-        k
-        for k in options
-        if k not in allowed and not (kind == "lexicon" and k.startswith(LEXICON_PREFIX))
-    )
-    if unknown:
-        raise ConfigurationError(f"{', '.join(unknown)}: not an option of dns={kind}")
-    ttl = int(_number(options, "dns_ttl", DEFAULT_TTL, integer=True, maximum=86400))
-    timeout = _number(options, "propagation_timeout", DEFAULT_PROPAGATION_TIMEOUT)
-    resolvers = None
-    if options.get("dns_resolvers"):
-        resolvers = [
-            parse_nameserver(part, "dns_resolvers")
-            for part in options["dns_resolvers"].split(",")
-            if part.strip()
-        ]
-    zone = options.get("dns_zone") or None
-    if zone is not None:
-        zone = _canonical(zone)
-        if not re.fullmatch(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*", zone):
-            raise ConfigurationError(f"dns_zone={options['dns_zone']!r} is not a DNS name")
-    provider = (
-        _rfc2136_provider(options, ttl) if kind == "rfc2136" else _lexicon_provider(options, ttl)
-    )
-    lookup = DNSPythonLookup(resolvers, check_servers=resolvers)
-    return DNS01Responder(
-        provider, lookup=lookup, zone=zone, propagation_timeout=timeout, clock=clock
-    )
-
-
 __all__ = [
     "CHALLENGE_LABEL",
-    "COMMON_OPTIONS",
     "DEFAULT_PROPAGATION_TIMEOUT",
     "DEFAULT_TTL",
     "DNS01Responder",
     "DNSPropagationTimeout",
     "DNSPythonLookup",
     "IDNSLookup",
-    "LEXICON_PREFIX",
-    "RFC2136_OPTIONS",
-    "dns01_responder_from_options",
     "txt_value",
     "validation_name",
 ]

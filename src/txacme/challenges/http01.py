@@ -23,7 +23,6 @@ Behaviour:
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from twisted.logger import Logger
@@ -31,14 +30,13 @@ from twisted.web.resource import IResource, Resource
 from zope.interface import implementer
 
 from txacme.errors import ConfigurationError, ProtocolError
+from txacme.formats import is_token
 from txacme.interfaces import IResponder
 
 log = Logger()
 
 WELL_KNOWN = b".well-known"
 ACME_CHALLENGE = b"acme-challenge"
-
-_TOKEN = re.compile(r"[A-Za-z0-9_-]+\Z")
 
 
 class _NotFound(Resource):
@@ -87,7 +85,7 @@ class _ChallengeDirectory(Resource):
             token = path.decode("ascii")
         except UnicodeDecodeError:
             return _NOT_FOUND
-        if _TOKEN.match(token) is None:
+        if not is_token(token):
             return _NOT_FOUND
         body = self._tokens.get(token)
         if body is None:
@@ -115,7 +113,7 @@ class HTTP01Responder:
     @staticmethod
     def _token(challenge: Any) -> str:
         token = challenge.encode("token")
-        if not isinstance(token, str) or _TOKEN.match(token) is None:
+        if not (isinstance(token, str) and is_token(token)):
             raise ProtocolError(f"http-01 token {token!r} is not base64url")
         return token
 

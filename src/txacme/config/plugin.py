@@ -1,15 +1,20 @@
 """
-The endpoint-string parser class behind ``le:``, ``lets:`` and ``acme:``.
+The endpoint-string parser class behind ``le:``, ``lets:`` and ``acme:``; it
+forwards to :mod:`txacme.config.endpoint`.
 
 This module stays light on purpose: Twisted imports every plugin module whenever
 it scans for endpoint parsers, so the heavy code (client, service, TLS) is only
-imported by :meth:`ACMEServerParser.parseStreamServer`.
+imported by :meth:`ACMEServerParser.parseStreamServer`, the one import made
+inside a function for that reason.
 """
 
 from __future__ import annotations
 
+from typing import cast
+
 from twisted.internet.interfaces import (
     IReactorCore,
+    IReactorTime,
     IStreamServerEndpoint,
     IStreamServerEndpointStringParser,
 )
@@ -35,10 +40,11 @@ class ACMEServerParser:
         self, reactor: IReactorCore, *args: object, **kwargs: object
     ) -> IStreamServerEndpoint:
         """Build an :class:`txacme.serving.endpoint.AutoTLSEndpoint` from the parsed string."""
-        from txacme.serving.endpoint import endpoint_from_string_parts
+        from txacme.config.endpoint import endpoint_from_string_parts
 
+        # Twisted hands every endpoint parser its full reactor.
         return endpoint_from_string_parts(
-            reactor,
+            cast(IReactorTime, reactor),
             self.prefix,
             self.directory_url,
             [str(a) for a in args],

@@ -16,19 +16,21 @@ from __future__ import annotations
 import base64
 import datetime
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import attrs
 import pem
 from acme import challenges, messages
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from josepy.jwk import JWK
 from twisted.internet import defer, threads
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from txacme.certificates import IGNORED_KEY_TYPES, certificate_names, public_key_der
 from txacme.errors import (
     ConfigurationError,
     IssuanceFailed,
@@ -36,9 +38,13 @@ from txacme.errors import (
     OrderNotReady,
     ProtocolError,
 )
+from txacme.interfaces import IResponder
 from txacme.keys import KEY_TYPES, PrivateKey, generate_private_key, make_csr, private_key_pem
 from txacme.names import normalize_server_names
 from txacme.protocol.client import CertificateChain, Client
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 log = Logger()
 
@@ -70,6 +76,46 @@ class IssuedCertificate:
     url: str | None = None
     order_url: str | None = None
 
+    @classmethod
+    def from_pem_objects(
+        cls, pem_objects: Sequence[pem.AbstractPEMObject], names: Sequence[str] | None = None
+    ) -> Self:
+        """
+        The certificate of a store entry (key, certificate, chain), e.g. one
+        another process stored.
+
+        :param names: the names it was asked for; by default those the
+            certificate holds (:func:`txacme.certificates.certificate_names`).
+        :raises ValueError: when the entry holds no readable certificate, or no
+            readable RSA or EC private key.
+        """
+        objects = list(pem_objects)
+        certificates = [
+            x509.load_pem_x509_certificate(o.as_bytes())
+            for o in objects
+            if isinstance(o, pem.Certificate)
+        ]
+        if not certificates:
+            raise ValueError("the store entry holds no certificate")
+        keys = [
+            o
+            for o in objects
+            if isinstance(o, pem.PrivateKey) and not isinstance(o, IGNORED_KEY_TYPES)
+        ]
+        key = serialization.load_pem_private_key(keys[0].as_bytes(), None) if keys else None
+        if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
+            raise ValueError("the store entry holds no RSA or EC private key")
+        certificate = certificates[0]
+        return cls(
+            key=key,
+            pem_objects=objects,
+            certificate=certificate,
+            chain=certificates[1:],
+            names=list(names) if names is not None else certificate_names(certificate),
+            not_before=certificate.not_valid_before_utc,
+            not_after=certificate.not_valid_after_utc,
+        )
+
 
 def _challenge_type(challb: messages.ChallengeBody) -> str | None:
     chall = challb.chall
@@ -84,7 +130,7 @@ def _key_authorization(chall: challenges.Challenge, account_key: JWK) -> str:
     """The key authorization (RFC 8555 section 8.1) of a token challenge."""
     if isinstance(chall, challenges.KeyAuthorizationChallenge):
         return chall.key_authorization(account_key)
-    token: Any = None
+    token: object = None
     if isinstance(chall, challenges.UnrecognizedChallenge):
         token = chall.jobj.get("token")
     if not isinstance(token, str) or not token:
@@ -110,8 +156,8 @@ def challenge_response(
 
 
 def _choose(
-    authz: messages.AuthorizationResource, responders: Sequence[Any]
-) -> tuple[Any, messages.ChallengeBody]:
+    authz: messages.AuthorizationResource, responders: Sequence[IResponder]
+) -> tuple[IResponder, messages.ChallengeBody]:
     offered = list(authz.body.challenges or ())
     for responder in responders:
         for challb in offered:
@@ -135,7 +181,7 @@ def _identifier_name(authz: messages.AuthorizationResource) -> str:
 
 
 async def _complete_authorization(
-    client: Client, url: str, responders: Sequence[Any]
+    client: Client, url: str, responders: Sequence[IResponder]
 ) -> None:
     authz = await client.fetch_authorization(url)
     status = authz.body.status
@@ -172,7 +218,9 @@ async def _complete_authorization(
                 )
 
 
-async def _authorize_all(client: Client, urls: Sequence[str], responders: Sequence[Any]) -> None:
+async def _authorize_all(
+    client: Client, urls: Sequence[str], responders: Sequence[IResponder]
+) -> None:
     """Answer every authorization concurrently; wait for all, raise the first failure."""
     results = await defer.DeferredList(
         [Deferred.fromCoroutine(_complete_authorization(client, u, responders)) for u in urls],
@@ -186,16 +234,13 @@ async def _authorize_all(client: Client, urls: Sequence[str], responders: Sequen
 
 def _check_certificate(issued: CertificateChain, key: PrivateKey, names: Sequence[str]) -> None:
     cert = issued.certificate
-    public = serialization.PublicFormat.SubjectPublicKeyInfo
-    der = serialization.Encoding.DER
-    if cert.public_key().public_bytes(der, public) != key.public_key().public_bytes(der, public):
+    if public_key_der(cert) != public_key_der(key):
         raise ProtocolError(f"the certificate at {issued.url} is not for the key that was sent")
     try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
         raise ProtocolError(f"the certificate at {issued.url} has no subjectAltName")
-    present = {n.lower() for n in san.get_values_for_type(x509.DNSName)}
-    present |= {ip.compressed for ip in san.get_values_for_type(x509.IPAddress)}
+    present = set(certificate_names(cert))
     missing = [n for n in names if n not in present]
     if missing:
         raise ProtocolError(
@@ -206,7 +251,7 @@ def _check_certificate(issued: CertificateChain, key: PrivateKey, names: Sequenc
 def obtain_certificate(
     client: Client,
     names: Sequence[str],
-    responders: Sequence[Any],
+    responders: Sequence[IResponder],
     *,
     key: PrivateKey | None = None,
     key_type: str = "ec256",
@@ -243,7 +288,7 @@ def obtain_certificate(
 async def _obtain(
     client: Client,
     names: Sequence[str],
-    responders: Sequence[Any],
+    responders: Sequence[IResponder],
     key: PrivateKey | None,
     key_type: str,
     profile: str | None,

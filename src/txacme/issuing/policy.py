@@ -47,7 +47,6 @@ Backoff.
 
 from __future__ import annotations
 
-import base64
 import random
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -56,18 +55,20 @@ from typing import Final, Literal, Protocol
 import attrs
 from cryptography import x509
 
+from txacme.protocol.ari import (
+    ARI_DEFAULT_REFRESH,
+    ARI_MAX_REFRESH,
+    ARI_MIN_REFRESH,
+    ari_certificate_id,
+)
+
 __all__ = [
-    "ARI_DEFAULT_REFRESH",
-    "ARI_MAX_REFRESH",
-    "ARI_MIN_REFRESH",
     "BACKOFF_STEPS",
     "MAX_BACKOFF",
     "Reason",
     "RenewalInfoLike",
     "RenewalPlan",
     "RenewalSettings",
-    "ari_cert_id",
-    "ari_certificate_id",
     "ari_renewal_time",
     "backoff_delay",
     "certificate_names",
@@ -81,13 +82,6 @@ __all__ = [
 #: cover every name configured for its store entry.
 Reason = Literal["missing", "names", "ari", "lifetime", "emergency", "expired"]
 
-#: Bounds and default for the delay before renewal information is fetched again.
-ARI_MIN_REFRESH: Final = timedelta(minutes=1)
-ARI_MAX_REFRESH: Final = timedelta(days=1)
-"""The longest wait before renewal information is fetched again."""
-ARI_DEFAULT_REFRESH: Final = timedelta(hours=6)
-"""The wait before fetching renewal information again when the CA gave no Retry-After."""
-
 #: Nominal failure backoff in seconds after 1, 2, 3 consecutive failures; later
 #: failures wait :data:`MAX_BACKOFF`.
 BACKOFF_STEPS: Final = (60.0, 600.0, 6000.0)
@@ -98,7 +92,7 @@ _JITTER: Final = 0.1
 
 class RenewalInfoLike(Protocol):
     """
-    The part of an ARI answer (:class:`txacme.protocol.client.RenewalInfo`) that
+    The part of an ARI answer (:class:`txacme.protocol.resources.RenewalInfo`) that
     scheduling reads: the suggested window, as timezone-aware datetimes.
     """
 
@@ -251,53 +245,6 @@ def backoff_delay(failures: int, rng: random.Random) -> float:
         return 0.0
     base = BACKOFF_STEPS[failures - 1] if failures <= len(BACKOFF_STEPS) else MAX_BACKOFF
     return min(base * rng.uniform(1 - _JITTER, 1 + _JITTER), MAX_BACKOFF)
-
-
-def ari_cert_id(cert: x509.Certificate) -> str:
-    """
-    The RFC 9773 (ARI) certificate identifier of ``cert``.
-
-    It is the base64url (unpadded) Authority Key Identifier ``keyIdentifier``,
-    a dot, and the base64url DER content octets of the serial number (so a
-    serial whose high bit is set gets a leading zero byte).
-
-    :raises txacme.errors.ConfigurationError: when ``cert`` has no Authority Key
-        Identifier with a key identifier.
-    """
-    from txacme.errors import ConfigurationError
-
-    try:
-        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
-    except x509.ExtensionNotFound:
-        raise ConfigurationError(
-            f"certificate with serial {cert.serial_number:#x} has no Authority Key Identifier; "
-            "it has no ARI identifier"
-        )
-    if aki.key_identifier is None:
-        raise ConfigurationError(
-            f"certificate with serial {cert.serial_number:#x} has an Authority Key Identifier "
-            "without keyIdentifier; it has no ARI identifier"
-        )
-    serial = cert.serial_number
-    serial_bytes = serial.to_bytes((serial.bit_length() + 8) // 8, "big", signed=True)
-    return f"{_b64(aki.key_identifier)}.{_b64(serial_bytes)}"
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def ari_certificate_id(certificate: x509.Certificate) -> str | None:
-    """
-    The ARI certificate identifier (:func:`ari_cert_id`), or ``None`` when the
-    certificate has no authority key identifier and so cannot be asked about.
-    """
-    from txacme.errors import ConfigurationError
-
-    try:
-        return ari_cert_id(certificate)
-    except ConfigurationError:
-        return None
 
 
 def certificate_names(certificate: x509.Certificate) -> set[str]:

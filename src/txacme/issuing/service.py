@@ -82,19 +82,28 @@ Stopping.
     ``Deferred`` that fires once they have all finished.
 
 Events.
-    Every step is an attrs event object (:class:`RenewalScheduled`,
-    :class:`Obtaining`, :class:`Obtained`, :class:`Failed`, :class:`Emergency`)
+    Every step is an attrs event object (:mod:`txacme.issuing.events`:
+    ``RenewalScheduled``, ``Obtaining``, ``Obtained``, ``Failed``, ``Emergency``)
     given to :meth:`~AcmeIssuingService.subscribe` callbacks and logged with a
     stable ``event`` field plus the event's fields (times as ISO 8601 text).
     ``RenewalScheduled`` is emitted when a name's due time or reason changes.
+
+Settings.
+    The settings of the orders and of the schedule are
+    :class:`~txacme.issuing.settings.IssuingSettings` and
+    :class:`~txacme.issuing.settings.SchedulingSettings` (``issuing=``,
+    ``scheduling=``), or the same values as keywords. The per-name state and the
+    shared client live in :mod:`txacme.issuing.tracking`.
+
+May import the core modules, :mod:`txacme.protocol`, :mod:`txacme.stores` and
+the other issuing modules.
 """
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 import pem
@@ -109,206 +118,60 @@ from twisted.internet.defer import (
     maybeDeferred,
     succeed,
 )
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger, LogLevel
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txacme import errors
-from txacme.issuing.policy import (
-    RenewalPlan,
-    RenewalSettings,
-    ari_certificate_id,
-    backoff_delay,
-    next_ari_check,
-    plan_renewal,
+from txacme.certificates import first_certificate
+from txacme.interfaces import EntryStore, ICertificateStore, IResponder
+from txacme.issuing.events import (
+    Emergency,
+    Failed,
+    Obtained,
+    Obtaining,
+    RenewalScheduled,
+    ServiceEvent,
+    log_fields,
+)
+from txacme.issuing.locked import coordinated_issue
+from txacme.issuing.order import IssuedCertificate
+from txacme.issuing.policy import RenewalPlan, backoff_delay, plan_renewal
+from txacme.issuing.settings import (
+    ClientCreator,
+    IssuingSettings,
+    KeyGenerator,
+    PanicCallback,
+    RenewalAnswer,
+    SchedulingSettings,
+    ServiceClient,
+    ServiceOptions,
+    StoredCallback,
+    resolve_settings,
+)
+from txacme.issuing.tracking import (
+    ClientKeeper,
+    Fanout,
+    NameState,
+    fetch_renewal_info,
+    settle,
 )
 from txacme.names import normalize_server_name
+from txacme.stores.coordination import LockLost, LockTimeout, provides_coordination
 
-__all__ = [
-    "AcmeIssuingService",
-    "Emergency",
-    "Failed",
-    "Obtained",
-    "Obtaining",
-    "RenewalScheduled",
-    "ServiceEvent",
-]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+__all__ = ["AcmeIssuingService"]
 
 log = Logger()
-
-_T = TypeVar("_T")
 
 #: Reasons that mean "this name has no certificate one can rely on".
 _URGENT_REASONS = frozenset({"missing", "expired", "emergency", "names"})
 
-
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat()
-
-
-@attrs.frozen
-class RenewalScheduled:
-    """The next issuance of ``name`` is planned at ``due_at`` for ``reason``."""
-
-    event: ClassVar[str] = "renewal_scheduled"
-    level: ClassVar[LogLevel] = LogLevel.info
-    format: ClassVar[str] = "certificate for {name} due at {due_at} ({reason})"
-
-    name: str
-    due_at: datetime
-    reason: str
-    replaces: str | None = None
-
-
-@attrs.frozen
-class Obtaining:
-    """Issuance of ``names`` (store entry ``name``) starts; ``attempt`` counts from 1."""
-
-    event: ClassVar[str] = "obtaining"
-    level: ClassVar[LogLevel] = LogLevel.info
-    format: ClassVar[str] = "obtaining a certificate for {names} ({reason}, attempt {attempt})"
-
-    name: str
-    names: tuple[str, ...]
-    reason: str
-    attempt: int
-    replaces: str | None = None
-
-
-@attrs.frozen
-class Obtained:
-    """A certificate for ``name`` was obtained and stored, in ``seconds``."""
-
-    event: ClassVar[str] = "obtained"
-    level: ClassVar[LogLevel] = LogLevel.info
-    format: ClassVar[str] = (
-        "obtained a certificate for {names}, valid until {not_after}, in {seconds:.3f} s"
-    )
-
-    name: str
-    names: tuple[str, ...]
-    not_after: datetime | None
-    seconds: float
-
-
-@attrs.frozen
-class Failed:
-    """
-    An attempt for ``name`` failed; the next one is not before ``retry_at``.
-
-    ``problem`` is the ACME problem type (a URN) or the exception class name;
-    ``detail`` its text.
-    """
-
-    event: ClassVar[str] = "failed"
-    level: ClassVar[LogLevel] = LogLevel.error
-    format: ClassVar[str] = (
-        "obtaining a certificate for {name} failed (attempt {attempt}): {problem}: {detail}; "
-        "next attempt at {retry_at}"
-    )
-
-    name: str
-    problem: str
-    detail: str
-    attempt: int
-    retry_at: datetime
-    failure: Failure = attrs.field(repr=False, eq=False)
-
-
-@attrs.frozen
-class Emergency:
-    """
-    Renewal of ``name`` failed while it has no valid certificate
-    (``not_after`` is ``None`` or past) or is inside its emergency window.
-    """
-
-    event: ClassVar[str] = "emergency"
-    level: ClassVar[LogLevel] = LogLevel.critical
-
-    name: str
-    not_after: datetime | None
-    failure: Failure = attrs.field(repr=False, eq=False)
-
-    @property
-    def format(self) -> str:
-        """The log message format."""
-        if self.not_after is None:
-            return "there is no certificate for {name} and obtaining one failed"
-        return "certificate for {name} expires at {not_after} and renewal failed"
-
-
-ServiceEvent = RenewalScheduled | Obtaining | Obtained | Failed | Emergency
-"""Every event type :meth:`AcmeIssuingService.subscribe` callbacks receive."""
-
-
-class _Fanout(Generic[_T]):
-    """Gives each caller its own ``Deferred`` for the result of one ``Deferred``."""
-
-    def __init__(self, source: Deferred[_T]) -> None:
-        self.source = source
-        self._waiters: list[Deferred[_T]] = []
-        self._result: _T | Failure | None = None
-        self.done = False
-        source.addBoth(self._fire)
-
-    def _fire(self, result: _T | Failure) -> None:
-        self.done = True
-        self._result = result
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            self._give(waiter)
-
-    def _give(self, waiter: Deferred[_T]) -> None:
-        if waiter.called:  # cancelled by its caller
-            return
-        if isinstance(self._result, Failure):
-            waiter.errback(self._result)
-        else:
-            waiter.callback(self._result)  # type: ignore[arg-type]
-
-    def wait(self) -> Deferred[_T]:
-        """A new ``Deferred`` for the result; cancelling it affects nobody else."""
-        waiter: Deferred[_T] = Deferred()
-        if self.done:
-            self._give(waiter)
-        else:
-            self._waiters.append(waiter)
-        return waiter
-
-
-@attrs.define
-class _AriCache:
-    cert_id: str
-    info: Any
-    next_fetch: datetime
-
-
-@attrs.define
-class _NameState:
-    timer: IDelayedCall | None = None
-    scheduled: tuple[datetime, str] | None = None
-    failures: int = 0
-    retry_at: datetime | None = None
-    hold_until: datetime | None = None
-    hold_failure: Failure | None = None
-    skip_replaces: str | None = None
-    in_flight: _Fanout[Any] | None = None
-    cancelling: bool = False
-    generation: int = 0
-    ari: _AriCache | None = None
-
-    def cancel_timer(self) -> None:
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        self.timer = None
-
-
-def _first_certificate(pem_objects: Iterable[pem.AbstractPEMObject]) -> x509.Certificate | None:
-    for obj in pem_objects:
-        if isinstance(obj, pem.Certificate):
-            return x509.load_pem_x509_certificate(obj.as_bytes())
-    return None
+#: Problems that say nothing about the client's health.
+_CLIENT_BROKEN_PROBLEMS = (errors.AccountDoesNotExist, errors.BadNonce, errors.Unauthorized)
 
 
 def _problem_of(error: BaseException) -> errors.ACMEProblem | None:
@@ -319,15 +182,9 @@ def _problem_of(error: BaseException) -> errors.ACMEProblem | None:
     return None
 
 
-#: Problems that say nothing about the client's health.
-_CLIENT_BROKEN_PROBLEMS = (errors.AccountDoesNotExist, errors.BadNonce, errors.Unauthorized)
-
-
 def _client_looks_broken(error: BaseException) -> bool:
     if isinstance(error, errors.IssuanceFailed):
         return False
-    from txacme.stores.coordination import LockLost, LockTimeout
-
     if isinstance(error, (LockLost, LockTimeout)):  # another process's work, not the client's
         return False
     if isinstance(error, errors.ACMEProblem):
@@ -345,10 +202,9 @@ class AcmeIssuingService(Service):
         a ``txacme.protocol.client.Client``; called when a client is first needed and
         again after failures that suggest a broken client. Give this or
         ``client``.
-    :param clock: the reactor's time (default: the global reactor).
+    :param clock: the reactor's time (required).
     :param responders: the :class:`~txacme.interfaces.IResponder` objects that
         answer challenges.
-    :param client: an already built client, instead of ``client_creator``.
     :param email: the account's contact address, given to ``client.start``.
     :param check_interval: time between full checks of the store (a
         ``timedelta`` or seconds; default 12 hours).
@@ -357,129 +213,90 @@ class AcmeIssuingService(Service):
         (in addition to the CRITICAL log).
     :param generate_key: a callable returning the private key for each new
         certificate; by default a fresh key of ``key_type`` is made.
-    :param key_type: the type of new certificate keys (default ``"ec256"``);
-        ignored when ``generate_key`` is given.
-    :param profile: the ACME profile to ask for, or ``None``.
-    :param max_concurrent: how many issuances run at once (default 5).
-    :param renewal_fraction: renew when this fraction of the lifetime remains
-        (for certificates living under 10 days, the larger of this and 1/2).
-    :param emergency_fraction: the emergency window, as the last fraction of
-        the lifetime.
-    :param names: extra names per store entry (see the module docs).
+    :param client: an already built client, instead of ``client_creator``.
     :param on_stored: ``on_stored(server_name, pem_objects)``, called (and
         waited for if it returns a ``Deferred``) after each certificate is
         stored, e.g. to update a TLS index at once.
-    :param issue: the issuance function (default
+    :param issuing: the settings of the orders
+        (:class:`~txacme.issuing.settings.IssuingSettings`), instead of the
+        ``key_type``, ``profile``, ``names``, ``issue`` and ``generate_key``
+        keywords.
+    :param scheduling: the settings of the schedule
+        (:class:`~txacme.issuing.settings.SchedulingSettings`), instead of the
+        ``check_interval``, ``max_concurrent``, ``renewal_fraction``,
+        ``emergency_fraction`` and ``rng`` keywords.
+    :param options: the settings as keywords
+        (:class:`~txacme.issuing.settings.ServiceOptions`):
+
+        ``key_type``: the type of new certificate keys (default ``"ec256"``);
+        ignored when ``generate_key`` is given.
+        ``profile``: the ACME profile to ask for, or ``None``.
+        ``names``: extra names per store entry (see the module docs).
+        ``issue``: the issuance function (default
         :func:`txacme.issuing.order.obtain_certificate`).
-    :param rng: randomness for backoff jitter (default: a new ``random.Random``).
+        ``max_concurrent``: how many issuances run at once (default 5).
+        ``renewal_fraction``: renew when this fraction of the lifetime remains
+        (for certificates living under 10 days, the larger of this and 1/2).
+        ``emergency_fraction``: the emergency window, as the last fraction of
+        the lifetime.
+        ``rng``: randomness for backoff jitter (default: a new ``random.Random``).
+    :raises txacme.errors.ConfigurationError: for a bad setting, without
+        ``clock``, or unless exactly one of ``client_creator`` and ``client``
+        is given.
     """
 
     def __init__(
         self,
-        cert_store: Any,
-        client_creator: Callable[[], Any] | None = None,
+        cert_store: ICertificateStore,
+        client_creator: ClientCreator | None = None,
         clock: IReactorTime | None = None,
-        responders: Sequence[Any] = (),
+        responders: Sequence[IResponder] = (),
         *,
-        client: Any = None,
         email: str | None = None,
-        check_interval: timedelta | float = timedelta(hours=12),
-        panic: Callable[[Failure, str], object] | None = None,
-        generate_key: Callable[[], Any] | None = None,
-        key_type: str | None = None,
-        profile: str | None = None,
-        max_concurrent: int = 5,
-        renewal_fraction: float = 1 / 3,
-        emergency_fraction: float = 1 / 6,
-        names: Mapping[str, Sequence[str]] | None = None,
-        on_stored: Callable[[str, list[pem.AbstractPEMObject]], object] | None = None,
-        issue: Callable[..., Any] | None = None,
-        rng: random.Random | None = None,
+        check_interval: timedelta | float | None = None,
+        panic: PanicCallback | None = None,
+        generate_key: KeyGenerator | None = None,
+        client: ServiceClient | None = None,
+        on_stored: StoredCallback | None = None,
+        issuing: IssuingSettings | None = None,
+        scheduling: SchedulingSettings | None = None,
+        **options: Unpack[ServiceOptions],
     ) -> None:
         if (client_creator is None) == (client is None):
             raise errors.ConfigurationError("give exactly one of client_creator and client")
-        if key_type is not None:
-            from txacme.keys import KEY_TYPES
-
-            if key_type not in KEY_TYPES:
-                raise errors.UnsupportedKeyType(
-                    f"unsupported key_type {key_type!r}; use one of: {', '.join(KEY_TYPES)}"
-                )
-        interval = (
-            check_interval.total_seconds()
-            if isinstance(check_interval, timedelta)
-            else float(check_interval)
+        self._issuing, self._scheduling = resolve_settings(
+            issuing,
+            scheduling,
+            check_interval=check_interval,
+            generate_key=generate_key,
+            **options,
         )
-        if not interval > 0:
-            raise errors.ConfigurationError(
-                f"check_interval must be positive, not {check_interval!r}"
-            )
-        if not isinstance(max_concurrent, int) or max_concurrent < 1:
-            raise errors.ConfigurationError(
-                f"max_concurrent must be a positive integer, not {max_concurrent!r}"
-            )
         if clock is None:
-            from twisted.internet import reactor
-
-            clock = reactor
-        self._settings = RenewalSettings(
-            fraction=renewal_fraction,
-            short_fraction=max(1 / 2, renewal_fraction),
-            emergency_fraction=emergency_fraction,
-        )
-        self._cert_store = cert_store
-        self._client_creator = client_creator
-        self._given_client = client
+            raise errors.ConfigurationError(
+                "AcmeIssuingService needs the clock: the reactor (or a task.Clock)"
+            )
+        # ICertificateStore documents these result types; the interface cannot say them.
+        self._cert_store = cast(EntryStore, cert_store)
+        self._clients = ClientKeeper(client_creator, client, email)
         self._clock = clock
         self._responders = list(responders)
-        self._email = email
-        self._check_interval = interval
         self._panic = panic
-        self._generate_key = generate_key
-        self._key_type = key_type
-        self._profile = profile
-        self._names = self._normalize_names(names or {})
         self._on_stored = on_stored
-        self._issue_fn = issue
-        self._rng = rng if rng is not None else random.Random()
-        self._semaphore = DeferredSemaphore(max_concurrent)
-        self._states: dict[str, _NameState] = {}
+        self._semaphore = DeferredSemaphore(self._scheduling.max_concurrent)
+        self._states: dict[str, NameState] = {}
         self._subscribers: list[Callable[[ServiceEvent], object]] = []
-        self._client: Any = None
-        self._client_fanout: _Fanout[Any] | None = None
-        self._background: set[Deferred[Any]] = set()
+        self._background: set[Deferred[None]] = set()
         self._loop: LoopingCall | None = None
         self._initial_done = False
         self._initial_waiters: list[Deferred[None]] = []
         self._stopping = False
 
-    # -- configuration -----------------------------------------------------
-
-    @staticmethod
-    def _normalize_names(names: Mapping[str, Sequence[str]]) -> dict[str, tuple[str, ...]]:
-        result: dict[str, tuple[str, ...]] = {}
-        for primary, extra in names.items():
-            if isinstance(extra, str):
-                raise errors.ConfigurationError(
-                    f"names[{primary!r}] must be a list of names, not a string"
-                )
-            key = normalize_server_name(primary)
-            ordered = [key]
-            for name in extra:
-                canonical = normalize_server_name(name)
-                if canonical not in ordered:
-                    ordered.append(canonical)
-            result[key] = tuple(ordered)
-        return result
-
-    def _identifiers(self, name: str) -> tuple[str, ...]:
-        return self._names.get(name, (name,))
-
     # -- events ------------------------------------------------------------
 
     def subscribe(self, callback: Callable[[ServiceEvent], object]) -> Callable[[], None]:
         """
-        Call ``callback(event)`` for every event (see :data:`ServiceEvent`).
+        Call ``callback(event)`` for every event (see
+        :data:`~txacme.issuing.events.ServiceEvent`).
 
         Exceptions raised by ``callback`` are logged and ignored.
 
@@ -494,24 +311,12 @@ class AcmeIssuingService(Service):
         return unsubscribe
 
     def _emit(self, event: ServiceEvent) -> None:
-        fields: dict[str, Any] = {}
-        for field in attrs.fields(type(event)):
-            value = getattr(event, field.name)
-            if isinstance(value, Failure):
-                continue
-            fields[field.name] = _iso(value) if isinstance(value, datetime) else value
-        if isinstance(event, Failed) and not isinstance(event.failure.value, errors.TxACMEError):
-            fields["log_failure"] = event.failure  # an unexpected error: keep its traceback
-        if "names" in fields:
-            fields["names"] = ", ".join(fields["names"])
-        log.emit(event.level, event.format, event=event.event, **fields)
+        log.emit(event.level, event.format, event=event.event, **log_fields(event))
         for callback in list(self._subscribers):
             try:
                 callback(event)
             except Exception:
                 log.failure("event subscriber {callback!r} failed", callback=callback)
-
-    # -- time ----------------------------------------------------------------
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock.seconds(), tz=timezone.utc)
@@ -523,7 +328,7 @@ class AcmeIssuingService(Service):
         super().startService()  # type: ignore[no-untyped-call]
         self._loop = LoopingCall(self._periodic_check)
         self._loop.clock = self._clock
-        self._loop.start(self._check_interval, now=True).addErrback(
+        self._loop.start(self._scheduling.check_interval, now=True).addErrback(
             lambda f: log.failure("the periodic check stopped", f)
         )
 
@@ -554,11 +359,10 @@ class AcmeIssuingService(Service):
         for d in list(self._background):
             waits.append(d)
             d.cancel()
-        if self._client_fanout is not None:
-            self._client_fanout.source.cancel()
+        self._clients.cancel()
         self._finish_initial()
         return DeferredList(waits, consumeErrors=True).addCallback(
-            lambda _: self._drop_client()
+            lambda _: self._clients.drop()
         )
 
     def when_certs_valid(self) -> Deferred[None]:
@@ -582,7 +386,7 @@ class AcmeIssuingService(Service):
             if not d.called:
                 d.callback(None)
 
-    def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> Deferred[Any]:
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> Deferred[None]:
         """Run ``coroutine`` in the background: logged on error, cancelled on stop."""
         d = Deferred.fromCoroutine(coroutine)
         if d.called:
@@ -604,12 +408,12 @@ class AcmeIssuingService(Service):
 
     # -- checks and planning ---------------------------------------------------
 
-    def _periodic_check(self) -> Deferred[Any]:
+    def _periodic_check(self) -> Deferred[None]:
         return self._spawn(self._check())
 
     async def _check(self) -> None:
         initial = not self._initial_done
-        urgent: list[Deferred[Any]] = []
+        urgent: list[Deferred[IssuedCertificate]] = []
         try:
             try:
                 entries = await self._cert_store.as_dict()
@@ -646,43 +450,53 @@ class AcmeIssuingService(Service):
         if state.hold_until is None or state.hold_until <= self._now():
             del self._states[name]
 
-    def _state(self, name: str) -> _NameState:
+    def _state(self, name: str) -> NameState:
         state = self._states.get(name)
         if state is None:
-            state = self._states[name] = _NameState()
+            state = self._states[name] = NameState()
         return state
 
-    async def _ari_client(self) -> Any:
+    async def _ari_client(self) -> ServiceClient | None:
         """The client when it offers ARI, else ``None`` (ARI is optional)."""
         try:
-            client = await self._get_client()
+            client = await self._clients.get()
         except CancelledError:
             raise
         except Exception:
             log.failure("no ACME client for renewal information; using certificate lifetimes")
             return None
-        return client if getattr(client, "supports_ari", False) else None
+        return client if client.supports_ari else None
 
     @staticmethod
     def _certificate_in(
         name: str, pem_objects: Sequence[pem.AbstractPEMObject]
     ) -> x509.Certificate | None:
         try:
-            return _first_certificate(pem_objects)
+            return first_certificate(pem_objects)
         except ValueError:
             log.error("the stored certificate of {name} is unreadable", name=name)
             return None
 
-    def _plan_now(self, name: str, certificate: x509.Certificate | None, ari: Any) -> RenewalPlan:
+    def _plan_now(
+        self, name: str, certificate: x509.Certificate | None, ari: RenewalAnswer | None
+    ) -> RenewalPlan:
         plan = plan_renewal(
-            name, certificate, self._now(), ari, self._settings, names=self._identifiers(name)
+            name,
+            certificate,
+            self._now(),
+            ari,
+            self._scheduling.renewal,
+            names=self._issuing.identifiers(name),
         )
         if plan.replaces is not None and plan.replaces == self._state(name).skip_replaces:
             plan = attrs.evolve(plan, replaces=None)
         return plan
 
     async def _plan(
-        self, name: str, pem_objects: Sequence[pem.AbstractPEMObject], client: Any
+        self,
+        name: str,
+        pem_objects: Sequence[pem.AbstractPEMObject],
+        client: ServiceClient | None,
     ) -> RenewalPlan | None:
         """
         Plan ``name`` from its store entry, fetching ARI through ``client`` when
@@ -697,9 +511,9 @@ class AcmeIssuingService(Service):
         ari = None
         if certificate is not None and certificate.not_valid_after_utc > self._now():
             if client is not None:
-                ari = await self._renewal_info(name, state, certificate, client)
-            elif state.ari is not None and state.ari.cert_id == ari_certificate_id(certificate):
-                ari = state.ari.info  # no client now: the last answer still holds
+                ari = await fetch_renewal_info(name, state, certificate, client, self._now)
+            else:
+                ari = state.cached_ari(certificate)  # no client now: the last answer holds
         if (
             self._states.get(name) is not state
             or state.in_flight is not None
@@ -708,33 +522,7 @@ class AcmeIssuingService(Service):
             return None
         return self._plan_now(name, certificate, ari)
 
-    async def _renewal_info(
-        self, name: str, state: _NameState, certificate: x509.Certificate, client: Any
-    ) -> Any:
-        cert_id = ari_certificate_id(certificate)
-        if cert_id is None:
-            return None
-        now = self._now()
-        cache = state.ari
-        if cache is not None and cache.cert_id == cert_id and now < cache.next_fetch:
-            return cache.info
-        try:
-            info = await client.renewal_info(certificate)
-        except CancelledError:
-            raise
-        except Exception as e:
-            log.warn(
-                "renewal information for {name} unavailable ({error}); using its lifetime",
-                name=name,
-                error=str(e) or type(e).__name__,
-            )
-            state.ari = _AriCache(cert_id, None, next_ari_check(self._now(), None))
-            return None
-        retry_after = getattr(info, "retry_after", None)
-        state.ari = _AriCache(cert_id, info, next_ari_check(self._now(), retry_after))
-        return info
-
-    def _schedule(self, name: str, plan: RenewalPlan) -> Deferred[Any] | None:
+    def _schedule(self, name: str, plan: RenewalPlan) -> Deferred[IssuedCertificate] | None:
         """
         Set the timer of ``name`` for ``plan``, or start issuing when it is due.
 
@@ -782,7 +570,7 @@ class AcmeIssuingService(Service):
             self._forget(name)
             return
         client = None
-        if pem_objects and (new_client or self._client is not None):
+        if pem_objects and (new_client or self._clients.current is not None):
             # Only a stored certificate has renewal information to ask about.
             client = await self._ari_client()
         plan = await self._plan(name, pem_objects, client)
@@ -791,7 +579,7 @@ class AcmeIssuingService(Service):
 
     # -- issuance ------------------------------------------------------------
 
-    def issue_cert(self, server_name: str) -> Deferred[Any]:
+    def issue_cert(self, server_name: str) -> Deferred[IssuedCertificate]:
         """
         Obtain a certificate for ``server_name`` now and store it, replacing
         any existing one; joins the issuance already in flight for that name.
@@ -814,7 +602,7 @@ class AcmeIssuingService(Service):
                 return fail(state.hold_failure)
         return Deferred.fromCoroutine(self._issue_on_demand(name))
 
-    async def _issue_on_demand(self, name: str) -> Any:
+    async def _issue_on_demand(self, name: str) -> IssuedCertificate:
         managed = True
         try:
             pem_objects = await self._cert_store.get(name)
@@ -824,14 +612,13 @@ class AcmeIssuingService(Service):
         if state.in_flight is not None:  # started while we read the store
             return await state.in_flight.wait()
         certificate = self._certificate_in(name, pem_objects)
-        ari = None
-        if certificate is not None and state.ari is not None:
-            if state.ari.cert_id == ari_certificate_id(certificate):
-                ari = state.ari.info
+        ari = state.cached_ari(certificate) if certificate is not None else None
         plan = attrs.evolve(self._plan_now(name, certificate, ari), due_at=self._now())
         return await self._issue(name, plan, managed=managed)
 
-    def _issue(self, name: str, plan: RenewalPlan, *, managed: bool = True) -> Deferred[Any]:
+    def _issue(
+        self, name: str, plan: RenewalPlan, *, managed: bool = True
+    ) -> Deferred[IssuedCertificate]:
         """
         Join or start the issuance of ``name``. ``managed`` is false for an
         on-demand name the store does not hold: its failures are no emergency.
@@ -839,17 +626,21 @@ class AcmeIssuingService(Service):
         state = self._state(name)
         fanout = state.in_flight
         if fanout is None:
-            fanout = _Fanout(self._semaphore.run(self._start_attempt, name, plan, managed))
+            fanout = Fanout(self._semaphore.run(self._start_attempt, name, plan, managed))
             state.in_flight = fanout
             fanout.wait().addBoth(self._issue_done, name, fanout)
         return fanout.wait()
 
-    def _start_attempt(self, name: str, plan: RenewalPlan, managed: bool) -> Deferred[Any]:
+    def _start_attempt(
+        self, name: str, plan: RenewalPlan, managed: bool
+    ) -> Deferred[IssuedCertificate]:
         if self._stopping:  # the semaphore was released by a cancelled attempt
             return fail(CancelledError())
         return Deferred.fromCoroutine(self._attempt(name, plan, managed))
 
-    def _issue_done(self, result: object, name: str, fanout: _Fanout[Any]) -> None:
+    def _issue_done(
+        self, result: IssuedCertificate | Failure, name: str, fanout: Fanout[IssuedCertificate]
+    ) -> None:
         state = self._state(name)
         if state.in_flight is fanout:
             state.in_flight = None
@@ -862,23 +653,15 @@ class AcmeIssuingService(Service):
             # Plan again from the store; the backoff delays the next attempt.
             self._spawn(self._refresh(name, new_client=False))
 
-    async def _replan_after_success(self, name: str, issued: Any) -> None:
+    async def _replan_after_success(self, name: str, issued: IssuedCertificate) -> None:
         client = await self._ari_client()
         plan = await self._plan(name, list(issued.pem_objects), client)
         if plan is not None:
             self._schedule(name, plan)
 
-    def _issue_kwargs(self, plan: RenewalPlan) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"profile": self._profile, "replaces": plan.replaces}
-        if self._generate_key is not None:
-            kwargs["key"] = self._generate_key()
-        else:
-            kwargs["key_type"] = self._key_type or "ec256"
-        return kwargs
-
-    async def _attempt(self, name: str, plan: RenewalPlan, managed: bool) -> Any:
+    async def _attempt(self, name: str, plan: RenewalPlan, managed: bool) -> IssuedCertificate:
         state = self._state(name)
-        identifiers = self._identifiers(name)
+        identifiers = self._issuing.identifiers(name)
         self._emit(Obtaining(name, identifiers, plan.reason, state.failures + 1, plan.replaces))
         started = self._clock.seconds()
         try:
@@ -893,10 +676,7 @@ class AcmeIssuingService(Service):
                 raise CancelledError() from e
             self._failed(name, plan, managed, Failure())  # type: ignore[no-untyped-call]
             raise
-        state.generation += 1
-        state.failures = 0
-        state.retry_at = state.hold_until = state.hold_failure = None
-        state.skip_replaces = None
+        state.succeeded()
         if self._on_stored is not None:
             try:
                 await maybeDeferred(self._on_stored, name, pem_objects)
@@ -905,30 +685,29 @@ class AcmeIssuingService(Service):
             except Exception:
                 log.failure("on_stored callback failed for {name}", name=name)
         seconds = self._clock.seconds() - started
-        self._emit(Obtained(name, identifiers, getattr(issued, "not_after", None), seconds))
+        self._emit(Obtained(name, identifiers, issued.not_after, seconds))
         return issued
 
     async def _order_and_store(
         self, name: str, plan: RenewalPlan, identifiers: tuple[str, ...]
-    ) -> Any:
+    ) -> IssuedCertificate:
         """
         Order and store. With a store shared by several processes
         (``txacme.stores.coordination.ICoordinatingStore``), under the name's lock:
         the entry is read again first and not ordered when another process
-        has just renewed it (see :func:`txacme.stores.coordination.coordinated_issue`).
+        has just renewed it (see :func:`txacme.issuing.locked.coordinated_issue`).
         """
-        from txacme.stores.coordination import coordinated_issue, provides_coordination
-
-        if provides_coordination(self._cert_store):
+        store = self._cert_store
+        if provides_coordination(store):
             return await coordinated_issue(
-                self._cert_store,
+                store,
                 name,
                 lambda: self._order(plan, identifiers),
                 lambda pem_objects: self._still_due(name, plan, pem_objects),
                 clock=self._clock,
             )
         issued = await self._order(plan, identifiers)
-        await self._cert_store.store(name, list(issued.pem_objects))
+        await store.store(name, list(issued.pem_objects))
         return issued
 
     def _still_due(
@@ -942,18 +721,18 @@ class AcmeIssuingService(Service):
             return True  # still the certificate this attempt was planned from
         return self._plan_now(name, certificate, None).due_at <= self._now()
 
-    async def _order(self, plan: RenewalPlan, identifiers: tuple[str, ...]) -> Any:
-        issue = self._issue_fn
-        if issue is None:
-            from txacme.issuing.order import obtain_certificate
-
-            issue = obtain_certificate
+    async def _order(self, plan: RenewalPlan, identifiers: tuple[str, ...]) -> IssuedCertificate:
+        issue = self._issuing.issue
         for again in (True, False):
-            client = await self._get_client()
+            client = await self._clients.get()
             try:
-                return await maybeDeferred(
-                    issue, client, list(identifiers), self._responders,
-                    **self._issue_kwargs(plan),
+                return await settle(
+                    issue(
+                        client,
+                        list(identifiers),
+                        self._responders,
+                        **self._issuing.order_options(plan.replaces),
+                    )
                 )
             except errors.AccountDoesNotExist:
                 if not again:
@@ -961,7 +740,7 @@ class AcmeIssuingService(Service):
                 # The CA lost the account (e.g. a reset test CA): register
                 # again with a new client and retry at once, once.
                 log.warn("the CA no longer knows the ACME account; registering again")
-                await self._drop_client()
+                await self._clients.drop()
         raise AssertionError("unreachable")
 
     def _failed(self, name: str, plan: RenewalPlan, managed: bool, failure: Failure) -> None:
@@ -969,7 +748,7 @@ class AcmeIssuingService(Service):
         error = failure.value
         assert error is not None
         state.failures += 1
-        delay = backoff_delay(state.failures, self._rng)
+        delay = backoff_delay(state.failures, self._scheduling.rng)
         problem = _problem_of(error)
         now = self._now()
         if problem is not None and problem.retry_after is not None:
@@ -980,7 +759,7 @@ class AcmeIssuingService(Service):
         if isinstance(problem, errors.AlreadyReplaced) and plan.replaces is not None:
             state.skip_replaces = plan.replaces
         if _client_looks_broken(error):
-            self._drop_client()
+            self._clients.drop()
         retry_at = now + timedelta(seconds=delay)
         state.retry_at = retry_at
         if problem is not None:
@@ -995,51 +774,3 @@ class AcmeIssuingService(Service):
                     self._panic(failure, name)
                 except Exception:
                     log.failure("panic callback failed for {name}", name=name)
-
-    # -- the ACME client ---------------------------------------------------------
-
-    def _get_client(self) -> Deferred[Any]:
-        if self._client is not None:
-            return succeed(self._client)
-        fanout = self._client_fanout
-        if fanout is None:
-            fanout = _Fanout(Deferred.fromCoroutine(self._create_client()))
-            if not fanout.done:
-                self._client_fanout = fanout
-
-                def forget(result: object) -> None:
-                    self._client_fanout = None
-
-                fanout.wait().addBoth(forget)
-        return fanout.wait()
-
-    def _drop_client(self) -> Deferred[None]:
-        """Forget the client; close it when the service created it."""
-        client, self._client = self._client, None
-        close = getattr(client, "close", None)
-        if client is None or client is self._given_client or close is None:
-            return succeed(None)
-        return maybeDeferred(close).addCallbacks(
-            lambda _: None, lambda f: log.failure("closing the ACME client failed", f)
-        )
-
-    async def _create_client(self) -> Any:
-        if self._given_client is not None:
-            client = self._given_client
-        else:
-            assert self._client_creator is not None
-            client = await maybeDeferred(self._client_creator)
-        try:
-            await maybeDeferred(client.start, email=self._email)
-        except BaseException:
-            # A client whose account could not be set up is never used: close
-            # it (and its connections to the CA) unless its owner gave it.
-            close = getattr(client, "close", None)
-            if client is not self._given_client and close is not None:
-                try:
-                    await maybeDeferred(close)
-                except Exception:
-                    log.failure("closing the ACME client failed")
-            raise
-        self._client = client
-        return client

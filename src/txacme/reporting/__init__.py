@@ -1,6 +1,7 @@
 """What the running service reports: Prometheus metrics and the per-name state file.
 
-Observers of the issuing service's events; may import the core modules, stores and issuing.
+Observers of the issuing service's events (:mod:`txacme.issuing.events`); may import the core
+modules, protocol, stores and issuing.
 """
 
 __all__: list[str] = []

@@ -45,16 +45,31 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from types import ModuleType
+from typing import TYPE_CHECKING, cast
 
+import pem
 from cryptography import x509
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTime
 from twisted.logger import Logger
 from twisted.web.resource import Resource
+from twisted.web.server import Request
 from zope.interface import implementer
 
+from txacme.certificates import first_certificate
 from txacme.errors import ACME_ERROR_PREFIX, ConfigurationError
+from txacme.interfaces import EntryStore, ICertificateStore
+from txacme.issuing.events import (
+    Emergency,
+    EventSource,
+    Failed,
+    Obtained,
+    Obtaining,
+    RenewalScheduled,
+    ServiceEvent,
+)
+from txacme.protocol.client import Exchange
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -67,7 +82,7 @@ DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.
 """Bucket bounds (seconds) of ``txacme_issuance_duration_seconds``."""
 
 
-def _prometheus() -> Any:
+def _prometheus() -> ModuleType:
     try:
         import prometheus_client
     except ImportError:
@@ -87,16 +102,12 @@ def _problem_label(problem: str) -> str:
     return problem
 
 
-def _first_certificate(pem_objects: Any) -> x509.Certificate | None:
-    import pem
-
-    for obj in pem_objects or ():
-        if isinstance(obj, pem.Certificate):
-            try:
-                return x509.load_pem_x509_certificate(obj.as_bytes())
-            except ValueError:
-                return None
-    return None
+def _readable_certificate(pem_objects: list[pem.AbstractPEMObject]) -> x509.Certificate | None:
+    """The entry's certificate; ``None`` when there is none or it is unreadable."""
+    try:
+        return first_certificate(pem_objects)
+    except ValueError:
+        return None
 
 
 class _MetricsResource(Resource):
@@ -108,14 +119,16 @@ class _MetricsResource(Resource):
         Resource.__init__(self)  # type: ignore[no-untyped-call]
         self.registry = registry
 
-    def render_GET(self, request: Any) -> bytes:  # noqa: N802
+    def render_GET(self, request: Request) -> bytes:  # noqa: N802
         from prometheus_client.exposition import choose_encoder
 
         accept = request.getHeader(b"accept")
         encoder, content_type = choose_encoder(
             accept.decode("latin-1") if isinstance(accept, bytes) else (accept or "")
         )
-        request.setHeader(b"content-type", content_type.encode("ascii"))
+        request.setHeader(  # type: ignore[no-untyped-call]
+            b"content-type", content_type.encode("ascii")
+        )
         return bytes(encoder(self.registry))
 
 
@@ -125,8 +138,10 @@ class _Root(Resource):
     def __init__(self) -> None:
         Resource.__init__(self)  # type: ignore[no-untyped-call]
 
-    def render_GET(self, request: Any) -> bytes:  # noqa: N802
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    def render_GET(self, request: Request) -> bytes:  # noqa: N802
+        request.setHeader(  # type: ignore[no-untyped-call]
+            b"content-type", b"text/plain; charset=utf-8"
+        )
         return b"txacme metrics: /metrics\n"
 
 
@@ -137,22 +152,19 @@ class Metrics:
     :param registry: the ``prometheus_client.CollectorRegistry`` to register
         in; a new one by default (pass ``prometheus_client.REGISTRY`` to add
         them to the process-wide registry you already expose).
-    :param clock: the reactor's time, to time failed attempts (default: the
-        global reactor).
+    :param clock: the reactor's time, to time failed attempts (required).
     :raises txacme.errors.ConfigurationError: when ``prometheus-client`` is not
-        installed.
+        installed, or without ``clock``.
     """
 
     def __init__(
         self, registry: CollectorRegistry | None = None, clock: IReactorTime | None = None
     ) -> None:
         prom = _prometheus()
+        if clock is None:
+            raise ConfigurationError("Metrics needs clock=: the reactor (or a task.Clock)")
         if registry is None:
             registry = prom.CollectorRegistry()
-        if clock is None:
-            from twisted.internet import reactor
-
-            clock = reactor
         self.registry: CollectorRegistry = registry
         self._clock: IReactorTime = clock
         self._started: dict[str, float] = {}
@@ -220,7 +232,7 @@ class Metrics:
 
     # -- feeding ---------------------------------------------------------------
 
-    def attach(self, service: Any) -> Callable[[], None]:
+    def attach(self, service: EventSource) -> Callable[[], None]:
         """
         Follow the events of ``service`` (an
         :class:`~txacme.issuing.service.AcmeIssuingService`); attach before starting it
@@ -228,24 +240,16 @@ class Metrics:
 
         :return: a function that stops following.
         """
-        unsubscribe: Callable[[], None] = service.subscribe(self.observe)
-        return unsubscribe
+        return service.subscribe(self.observe)
 
-    def observe(self, event: object) -> None:
+    def observe(self, event: ServiceEvent) -> None:
         """Update the metrics for one service event (the subscriber callback)."""
-        from txacme.issuing.service import Emergency, Failed, Obtained, Obtaining, RenewalScheduled
-
-        name = getattr(event, "name", None)
-        if isinstance(name, str):
-            self._names.add(name)
+        self._names.add(event.name)
 
         if isinstance(event, RenewalScheduled):
             self._set_reason(event.name, event.reason)
             self.renewal.labels(event.name).set(_timestamp(event.due_at))
-            not_after = getattr(event, "not_after", None)
-            if isinstance(not_after, datetime):
-                self.not_after.labels(event.name).set(not_after.timestamp())
-            elif event.reason == "missing":
+            if event.reason == "missing":
                 self.not_after.labels(event.name).set(0.0)
             self.failing.labels(event.name)  # make the series exist (0)
         elif isinstance(event, Obtaining):
@@ -286,22 +290,19 @@ class Metrics:
             0.0 if certificate is None else certificate.not_valid_after_utc.timestamp()
         )
 
-    def observe_store(self, store: Any) -> Deferred[None]:
+    def observe_store(self, store: ICertificateStore) -> Deferred[None]:
         """
-        Set the expiry of every entry of ``store`` (an
-        :class:`~txacme.interfaces.ICertificateStore`) and forget names the
-        store no longer holds. The service's events keep them current
-        afterwards.
+        Set the expiry of every entry of ``store`` and forget names the store
+        no longer holds. The service's events keep them current afterwards.
         """
-        from twisted.internet.defer import maybeDeferred
 
-        def update(entries: dict[str, list[Any]]) -> None:
+        def update(entries: dict[str, list[pem.AbstractPEMObject]]) -> None:
             for name, pem_objects in entries.items():
-                self.observe_certificate(name, _first_certificate(pem_objects))
+                self.observe_certificate(name, _readable_certificate(pem_objects or []))
             for name in self._names - set(entries):
                 self.forget(name)
 
-        return maybeDeferred(store.as_dict).addCallback(update)
+        return maybeDeferred(cast(EntryStore, store).as_dict).addCallback(update)
 
     def forget(self, name: str) -> None:
         """Remove every series of ``name`` (it left the store)."""
@@ -319,7 +320,7 @@ class Metrics:
                 pass
         self._started.pop(name, None)
 
-    def observe_exchange(self, exchange: Any) -> None:
+    def observe_exchange(self, exchange: Exchange) -> None:
         """
         Count one HTTP exchange with the CA.
 
@@ -328,10 +329,10 @@ class Metrics:
         ``None`` when no answer came). This is the callback for the ACME
         client's exchange hook.
         """
-        status = getattr(exchange, "status", None)
+        status = exchange.status
         self.requests.labels(
-            str(getattr(exchange, "endpoint", "other")),
-            str(getattr(exchange, "method", "POST")),
+            str(exchange.endpoint),
+            str(exchange.method),
             "error" if status is None else str(status),
         ).inc()
 
@@ -366,23 +367,21 @@ class MetricsPort:
 
     def stopListening(self) -> Deferred[None]:  # noqa: N802
         """Stop following the service and stop listening."""
-        from twisted.internet.defer import maybeDeferred
-
         self._detach()
         return maybeDeferred(self.port.stopListening).addCallback(lambda _: None)
 
-    def getHost(self) -> Any:  # noqa: N802
+    def getHost(self) -> IAddress:  # noqa: N802
         """The address listened on."""
         return self.port.getHost()
 
 
 def serve_metrics(
-    reactor: Any,
+    reactor: IReactorTime,
     description: str,
-    service: Any,
+    service: EventSource,
     *,
     metrics: Metrics | None = None,
-    store: Any = None,
+    store: ICertificateStore | None = None,
 ) -> Deferred[MetricsPort]:
     """
     Listen on the endpoint ``description`` (e.g. ``tcp:9100:interface=127.0.0.1``)

@@ -46,11 +46,23 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Any
 
 import attrs
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+
+from txacme.errors import ACME_ERROR_PREFIX, ACMEProblem, IssuanceFailed
+from txacme.formats import format_time, parse_time
+from txacme.issuing.events import (
+    Emergency,
+    EventSource,
+    Failed,
+    Obtained,
+    Obtaining,
+    RenewalScheduled,
+    ServiceEvent,
+)
+from txacme.stores.directory import write_entry
 
 log = Logger()
 
@@ -75,26 +87,6 @@ __all__ = [
     "Change",
     "error_record",
 ]
-
-
-def _iso(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
-
-
-def _parse_time(value: object) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment
 
 
 def _short(text: str) -> str:
@@ -128,17 +120,18 @@ class ErrorRecord:
     @property
     def code(self) -> str:
         """The short problem code: ``connection`` for ``urn:...:error:connection``."""
-        prefix = "urn:ietf:params:acme:error:"
-        return self.problem[len(prefix) :] if self.problem.startswith(prefix) else self.problem
+        if self.problem.startswith(ACME_ERROR_PREFIX):
+            return self.problem[len(ACME_ERROR_PREFIX) :]
+        return self.problem
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         """The JSON form written to the state file."""
         return {
-            "at": _iso(self.at),
+            "at": format_time(self.at),
             "problem": self.problem,
             "detail": self.detail,
             "attempt": self.attempt,
-            "retry_at": _iso(self.retry_at),
+            "retry_at": format_time(self.retry_at),
             "emergency": self.emergency,
         }
 
@@ -147,7 +140,7 @@ class ErrorRecord:
         """Read the JSON form back; ``None`` when it is not usable."""
         if not isinstance(data, Mapping):
             return None
-        at = _parse_time(data.get("at"))
+        at = parse_time(data.get("at"))
         problem = data.get("problem")
         if at is None or not isinstance(problem, str):
             return None
@@ -158,7 +151,7 @@ class ErrorRecord:
             problem=problem,
             detail=detail if isinstance(detail, str) else "",
             attempt=attempt if isinstance(attempt, int) and attempt > 0 else 1,
-            retry_at=_parse_time(data.get("retry_at")),
+            retry_at=parse_time(data.get("retry_at")),
             emergency=data.get("emergency") is True,
         )
 
@@ -177,16 +170,16 @@ class RevocationRecord:
     at: datetime
     reason: str
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         """The JSON form written to the state file."""
-        return {"serial": self.serial, "at": _iso(self.at), "reason": self.reason}
+        return {"serial": self.serial, "at": format_time(self.at), "reason": self.reason}
 
     @classmethod
     def from_json(cls, data: object) -> RevocationRecord | None:
         """Read the JSON form back; ``None`` when it is not usable."""
         if not isinstance(data, Mapping):
             return None
-        serial, at, reason = data.get("serial"), _parse_time(data.get("at")), data.get("reason")
+        serial, at, reason = data.get("serial"), parse_time(data.get("at")), data.get("reason")
         if not isinstance(serial, str) or at is None:
             return None
         return cls(serial=serial, at=at, reason=reason if isinstance(reason, str) else "")
@@ -221,15 +214,15 @@ class NameRecord:
         """Whether the most recent attempt failed."""
         return self.last_error is not None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         """The JSON form written to the state file (without the name)."""
-        data: dict[str, Any] = {
-            "last_attempt": _iso(self.last_attempt),
-            "last_success": _iso(self.last_success),
-            "not_after": _iso(self.not_after),
+        data: dict[str, object] = {
+            "last_attempt": format_time(self.last_attempt),
+            "last_success": format_time(self.last_success),
+            "not_after": format_time(self.not_after),
             "last_error": self.last_error.to_json() if self.last_error else None,
             "scheduled": (
-                {"at": _iso(self.scheduled_at), "reason": self.scheduled_reason}
+                {"at": format_time(self.scheduled_at), "reason": self.scheduled_reason}
                 if self.scheduled_at is not None
                 else None
             ),
@@ -245,14 +238,14 @@ class NameRecord:
         scheduled = data.get("scheduled")
         scheduled_at = scheduled_reason = None
         if isinstance(scheduled, Mapping):
-            scheduled_at = _parse_time(scheduled.get("at"))
+            scheduled_at = parse_time(scheduled.get("at"))
             reason = scheduled.get("reason")
             scheduled_reason = reason if isinstance(reason, str) else None
         return cls(
             name=name,
-            last_attempt=_parse_time(data.get("last_attempt")),
-            last_success=_parse_time(data.get("last_success")),
-            not_after=_parse_time(data.get("not_after")),
+            last_attempt=parse_time(data.get("last_attempt")),
+            last_success=parse_time(data.get("last_success")),
+            not_after=parse_time(data.get("not_after")),
             last_error=ErrorRecord.from_json(data.get("last_error")),
             scheduled_at=scheduled_at,
             scheduled_reason=scheduled_reason if scheduled_at is not None else None,
@@ -285,7 +278,7 @@ class StateFile:
         """The state file (:data:`STATE_FILENAME`) of a certificate directory."""
         return cls(os.path.join(os.fspath(directory), STATE_FILENAME))
 
-    def _load(self) -> dict[str, Any]:
+    def _load(self) -> dict[str, object]:
         try:
             with open(self.path, "rb") as f:
                 raw = f.read()
@@ -341,8 +334,6 @@ class StateFile:
 
         :raises OSError: when the file cannot be written.
         """
-        from txacme.stores.directory import write_entry
-
         if not changes:
             return
         with self._locked():
@@ -399,8 +390,6 @@ def error_record(
     An :class:`ErrorRecord` for an exception: the ACME problem type and detail
     when it carries one, else the exception class name and message.
     """
-    from txacme.errors import ACMEProblem, IssuanceFailed
-
     problem: ACMEProblem | None = None
     if isinstance(error, ACMEProblem):
         problem = error
@@ -419,32 +408,28 @@ class StateRecorder:
     """
     Keeps a :class:`StateFile` up to date from an issuing service's events.
 
-    ``StateRecorder(StateFile.for_directory(path)).attach(service)`` is all it
+    ``StateRecorder(StateFile.for_directory(path), reactor).attach(service)`` is all it
     takes; the ``le:`` / ``lets:`` / ``acme:`` endpoints do it for their
     certificate directory.
 
     :param state: the file to write.
-    :param clock: the reactor's time (default: the global reactor); writes
-        happen at the next reactor turn after a burst of events.
+    :param clock: the reactor's time; writes happen at the next reactor turn
+        after a burst of events.
     """
 
-    def __init__(self, state: StateFile, clock: IReactorTime | None = None) -> None:
-        if clock is None:
-            from twisted.internet import reactor
-
-            clock = reactor
+    def __init__(self, state: StateFile, clock: IReactorTime) -> None:
         self.state = state
-        self._clock: IReactorTime = clock
+        self._clock = clock
         self._pending: dict[str, Change] = {}
         self._flush_call: IDelayedCall | None = None
 
-    def attach(self, service: Any) -> Callable[[], None]:
+    def attach(self, service: EventSource) -> Callable[[], None]:
         """
         Subscribe to ``service`` (an :class:`~txacme.issuing.service.AcmeIssuingService`).
 
         :return: a function that unsubscribes and writes what is pending.
         """
-        unsubscribe: Callable[[], None] = service.subscribe(self)
+        unsubscribe = service.subscribe(self)
 
         def detach() -> None:
             unsubscribe()
@@ -455,13 +440,9 @@ class StateRecorder:
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock.seconds(), tz=timezone.utc)
 
-    def __call__(self, event: object) -> None:
+    def __call__(self, event: ServiceEvent) -> None:
         """Record one service event (the subscriber callback)."""
-        from txacme.issuing.service import Emergency, Failed, Obtained, Obtaining, RenewalScheduled
-
-        name = getattr(event, "name", None)
-        if not isinstance(name, str):
-            return
+        name = event.name
         change: Change | None = None
         if isinstance(event, RenewalScheduled):
             due, reason = event.due_at, event.reason

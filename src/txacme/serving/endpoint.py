@@ -1,416 +1,57 @@
 """
-AutoTLSEndpoint: a server endpoint that serves the right certificate by SNI and
-obtains missing ones, and the typed function behind ``le:``, ``lets:`` and ``acme:``.
+:class:`AutoTLSEndpoint`: a server endpoint that serves the right certificate by
+SNI and obtains missing ones, and its listening port :class:`AutoTLSPort`.
+
+The endpoint strings (``le:``, ``lets:``, ``acme:``) that build one are read by
+:mod:`txacme.config.endpoint`.
+
+Serving layer: may import the core modules, protocol, challenges, stores,
+issuing, reporting and the rest of :mod:`txacme.serving`.
 """
 
 from __future__ import annotations
 
 import inspect
-import os
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import attrs
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import (
+    IAddress,
     IListeningPort,
     IProtocolFactory,
-    IReactorCore,
+    IReactorTime,
     IStreamServerEndpoint,
 )
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.server import Site
 from zope.interface import implementer
 
+from txacme.challenges.http01 import HTTP01Responder, http01_root
+from txacme.challenges.tlsalpn01 import TLSALPN01Registry, TLSALPN01Responder
 from txacme.errors import ConfigurationError
-
-if TYPE_CHECKING:
-    from txacme.protocol.client import Exchange
-    from txacme.reporting.metrics import Metrics
+from txacme.interfaces import ClosableStore, ICertificateStore, IResponder
+from txacme.issuing.events import ServiceEvent
+from txacme.issuing.ondemand import OnDemandIssuer, OnDemandPolicy
+from txacme.issuing.service import AcmeIssuingService
+from txacme.protocol.client import Client
+from txacme.protocol.resources import EAB
+from txacme.protocol.transport import Exchange
+from txacme.reporting.metrics import Metrics, serve_metrics
+from txacme.reporting.state import StateFile, StateRecorder
+from txacme.serving.cluster import ClusterNode
+from txacme.serving.hello import HelloHook, HelloHookFactory, combine_hooks
+from txacme.serving.index import CertificateIndex, StoreEntries
+from txacme.serving.tls import SNIConnectionCreator, tls_server_factory
+from txacme.serving.watcher import StoreWatcher
+from txacme.stores.coordination import provides_coordination
 
 log = Logger()
 
-KEY_TYPES = ("ec256", "ec384", "rsa2048", "rsa3072", "rsa4096")
-CHALLENGE_TYPES = ("tls-alpn-01", "http-01", "dns-01")
-DEFAULT_TIMEOUT = 30.0
-
-#: Keywords the endpoint string gives to txacme; every other keyword belongs to
-#: the sub-endpoint (``interface=``, ``backlog=``...).
-OWN_KEYWORDS = frozenset(
-    {
-        "directory",
-        "email",
-        "key",
-        "profile",
-        "eab_kid",
-        "eab_hmac",
-        "eab_hmac_file",
-        "ca_file",
-        "timeout",
-        "challenge",
-        "http01",
-        "check_interval",
-        "watch_interval",
-        "alpn",
-        "metrics",
-        "store",
-        "on_demand",
-        "on_demand_ask",
-        "on_demand_rate",
-    }
-)
-#: Keyword prefix of the options of ``store=`` (``store_key_file=``...).
-STORE_KEYWORD_PREFIX = "store_"
-#: Keyword prefixes handed to the dns-01 provider factory.
-DNS_KEYWORD_PREFIXES = ("dns", "tsig_", "propagation_")
-#: Keywords whose values are secrets: never shown by ``repr()`` or in errors.
-SECRET_KEYWORDS = frozenset({"eab_hmac", "tsig_secret"})
-
-
-def _quote(value: str) -> str:
-    """Escape a value for re-use inside an endpoint description."""
-    return value.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
-
-
-def _is_secret(keyword: str) -> bool:
-    # Provider options of the lexicon bridge are API tokens and passwords.
-    return keyword in SECRET_KEYWORDS or keyword.startswith("dns_lexicon_")
-
-
-def _redacted(options: Mapping[str, str]) -> str:
-    return repr({k: ("<redacted>" if _is_secret(k) else v) for k, v in options.items()})
-
-
-@attrs.frozen
-class EndpointConfig:
-    """
-    What an ``le:`` / ``lets:`` / ``acme:`` endpoint string says, checked and typed.
-
-    Secrets (``eab_hmac``, TSIG secrets) are kept out of ``repr()``.
-    """
-
-    prefix: str
-    cert_dir: str
-    sub_endpoint: str
-    directory_url: str
-    email: str | None = None
-    key_type: str = "ec256"
-    profile: str | None = None
-    eab_kid: str | None = None
-    eab_hmac: str | None = attrs.field(default=None, repr=False)
-    ca_file: str | None = None
-    timeout: float = DEFAULT_TIMEOUT
-    challenges: tuple[str, ...] = ("tls-alpn-01",)
-    http01_endpoint: str | None = None
-    dns_options: Mapping[str, str] = attrs.field(factory=dict, repr=_redacted)
-    check_interval: float = 12 * 3600.0
-    watch_interval: float = 60.0
-    alpn: tuple[bytes, ...] = (b"http/1.1",)
-    metrics: str | None = None
-    store: str | None = attrs.field(default=None, repr=False)  # a URL may hold a password
-    store_options: Mapping[str, str] = attrs.field(factory=dict)
-    on_demand: tuple[str, ...] = ()
-    on_demand_ask: str | None = None
-    on_demand_rate: int = 10
-
-
-def _positive_float(name: str, value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise ConfigurationError(f"{name}={value!r} is not a number")
-    if not number > 0 or number != number or number == float("inf"):
-        raise ConfigurationError(f"{name}={value!r} must be a positive number of seconds")
-    return number
-
-
-def parse_endpoint_string_parts(
-    prefix: str,
-    directory_url: str | None,
-    args: Sequence[str],
-    kwargs: Mapping[str, str],
-) -> EndpointConfig:
-    """
-    Check and type the parts of an endpoint string as Twisted's parser split them.
-
-    ``args`` are the positional parts after the prefix: the certificate directory
-    then the sub-endpoint description (``tcp``, ``443``...). ``kwargs`` mixes our
-    keywords with the sub-endpoint's; ours are taken out, the others go back into
-    the sub-endpoint description.
-
-    :raises ConfigurationError: naming the part of the string that is wrong.
-    """
-    if not args or not args[0]:
-        raise ConfigurationError(
-            f"{prefix}: needs a certificate directory, e.g. "
-            f"'{prefix}:/srv/www/certs:tcp:443'"
-        )
-    cert_dir = args[0]
-    sub_args = list(args[1:])
-    if not sub_args:
-        raise ConfigurationError(
-            f"{prefix}:{cert_dir}: needs a sub-endpoint to listen on after the "
-            f"certificate directory, e.g. '{prefix}:{cert_dir}:tcp:443'"
-        )
-    own = {k: v for k, v in kwargs.items() if k in OWN_KEYWORDS}
-    store_options = {
-        k[len(STORE_KEYWORD_PREFIX) :]: v
-        for k, v in kwargs.items()
-        if k.startswith(STORE_KEYWORD_PREFIX) and k not in own
-    }
-    kwargs = {k: v for k, v in kwargs.items() if not k.startswith(STORE_KEYWORD_PREFIX)}
-    dns_options = {
-        k: v for k, v in kwargs.items() if k not in own and k.startswith(DNS_KEYWORD_PREFIXES)
-    }
-    sub_kwargs = {k: v for k, v in kwargs.items() if k not in own and k not in dns_options}
-    sub_endpoint = ":".join(
-        [_quote(a) for a in sub_args] + [f"{_quote(k)}={_quote(v)}" for k, v in sub_kwargs.items()]
-    )
-
-    directory = own.pop("directory", None)
-    if directory_url is None:
-        if not directory:
-            raise ConfigurationError(
-                f"{prefix}: needs directory=<ACME directory URL> (escape its colons: "
-                f"directory=https\\://ca.example/directory)"
-            )
-        directory_url = directory
-    elif directory is not None:
-        raise ConfigurationError(
-            f"{prefix}: takes no directory= (it always uses {directory_url}); use acme: "
-            f"for another CA"
-        )
-    if not directory_url.startswith("https://"):
-        raise ConfigurationError(
-            f"directory={directory_url!r}: an ACME directory URL must start with https://"
-        )
-
-    key_type = own.get("key", "ec256").lower()
-    if key_type not in KEY_TYPES:
-        raise ConfigurationError(
-            f"key={own['key']!r} is not a supported key type; use one of {', '.join(KEY_TYPES)}"
-        )
-
-    email = own.get("email") or None
-    if email is not None and ("@" not in email or any(c.isspace() for c in email)):
-        raise ConfigurationError(f"email={email!r} is not an e-mail address")
-
-    eab_kid = own.get("eab_kid") or None
-    eab_hmac = own.get("eab_hmac") or None
-    eab_hmac_file = own.get("eab_hmac_file") or None
-    if eab_hmac and eab_hmac_file:
-        raise ConfigurationError("give either eab_hmac= or eab_hmac_file=, not both")
-    if eab_hmac_file:
-        try:
-            with open(eab_hmac_file, encoding="ascii") as f:
-                eab_hmac = f.read().strip()
-        except (OSError, ValueError) as e:  # ValueError: not ASCII, or a NUL in the name
-            raise ConfigurationError(
-                f"eab_hmac_file={eab_hmac_file!r} cannot be read: {getattr(e, 'strerror', e)}"
-            )
-    if bool(eab_kid) != bool(eab_hmac):
-        raise ConfigurationError(
-            "external account binding needs both eab_kid= and eab_hmac= (or eab_hmac_file=)"
-        )
-
-    ca_file = own.get("ca_file") or None
-    if ca_file is not None and not os.path.isfile(ca_file):
-        raise ConfigurationError(f"ca_file={ca_file!r} is not a readable file")
-
-    timeout = _positive_float("timeout", own["timeout"]) if "timeout" in own else DEFAULT_TIMEOUT
-    check_interval = (
-        _positive_float("check_interval", own["check_interval"])
-        if "check_interval" in own
-        else 12 * 3600.0
-    )
-    watch_interval = (
-        _positive_float("watch_interval", own["watch_interval"])
-        if "watch_interval" in own
-        else 60.0
-    )
-
-    challenges = tuple(
-        c.strip().lower() for c in own.get("challenge", "tls-alpn-01").split(",") if c.strip()
-    )
-    for c in challenges:
-        if c not in CHALLENGE_TYPES:
-            raise ConfigurationError(
-                f"challenge={own['challenge']!r}: {c!r} is not one of {', '.join(CHALLENGE_TYPES)}"
-            )
-    if not challenges:
-        raise ConfigurationError("challenge= names no challenge type")
-    http01_endpoint = own.get("http01") or None
-    if "http-01" in challenges and http01_endpoint is None:
-        raise ConfigurationError(
-            "challenge=http-01 needs http01=<endpoint for port 80>, e.g. http01=tcp\\:80"
-        )
-    if "dns-01" in challenges and not dns_options.get("dns"):
-        raise ConfigurationError("challenge=dns-01 needs dns=<provider>, e.g. dns=rfc2136")
-    if dns_options and "dns-01" not in challenges:
-        raise ConfigurationError(
-            f"{', '.join(sorted(dns_options))}: DNS options given without challenge=dns-01"
-        )
-
-    try:
-        alpn = tuple(
-            p.strip().encode("ascii") for p in own.get("alpn", "http/1.1").split(",") if p.strip()
-        )
-    except UnicodeEncodeError:
-        raise ConfigurationError(f"alpn={own['alpn']!r}: ALPN protocol names must be ASCII")
-    if b"acme-tls/1" in alpn:
-        raise ConfigurationError("alpn= must not list acme-tls/1; txacme negotiates it itself")
-
-    metrics = own.get("metrics") or None
-    if metrics is not None:
-        import importlib.util
-
-        if importlib.util.find_spec("prometheus_client") is None:
-            raise ConfigurationError(
-                "metrics= needs the prometheus-client package: pip install 'txacme[metrics]'"
-            )
-
-    if store_options and not own.get("store"):
-        raise ConfigurationError(
-            f"{', '.join(STORE_KEYWORD_PREFIX + k for k in sorted(store_options))}: "
-            "store options given without store="
-        )
-    on_demand = tuple(p.strip() for p in own.get("on_demand", "").split(",") if p.strip())
-    on_demand_rate = 10
-    if "on_demand_rate" in own:
-        try:
-            on_demand_rate = int(own["on_demand_rate"])
-        except ValueError:
-            on_demand_rate = 0
-        if on_demand_rate < 1:
-            raise ConfigurationError(
-                f"on_demand_rate={own['on_demand_rate']!r} must be a positive integer "
-                "(issuances per minute)"
-            )
-
-    return EndpointConfig(
-        prefix=prefix,
-        cert_dir=cert_dir,
-        sub_endpoint=sub_endpoint,
-        directory_url=directory_url,
-        email=email,
-        key_type=key_type,
-        profile=own.get("profile") or None,
-        eab_kid=eab_kid,
-        eab_hmac=eab_hmac,
-        ca_file=ca_file,
-        timeout=timeout,
-        challenges=challenges,
-        http01_endpoint=http01_endpoint,
-        dns_options=dns_options,
-        check_interval=check_interval,
-        watch_interval=watch_interval,
-        alpn=alpn,
-        metrics=metrics,
-        store=own.get("store") or None,
-        store_options=store_options,
-        on_demand=on_demand,
-        on_demand_ask=own.get("on_demand_ask") or None,
-        on_demand_rate=on_demand_rate,
-    )
-
-
-def _server_endpoint(reactor: Any, description: str, what: str) -> Any:
-    """``serverFromString``, with Twisted's errors turned into a ConfigurationError."""
-    try:
-        return serverFromString(reactor, description)  # type: ignore[no-untyped-call]
-    except Exception as e:
-        raise ConfigurationError(f"{what} {description!r} is not a usable endpoint: {e}") from e
-
-
-def endpoint_from_string_parts(
-    reactor: IReactorCore,
-    prefix: str,
-    directory_url: str | None,
-    args: Sequence[str],
-    kwargs: Mapping[str, str],
-) -> AutoTLSEndpoint:
-    """The function behind the ``le:``, ``lets:`` and ``acme:`` parsers."""
-    config = parse_endpoint_string_parts(prefix, directory_url, args, kwargs)
-    return endpoint_from_config(reactor, config)
-
-
-def endpoint_from_config(reactor: Any, config: EndpointConfig) -> AutoTLSEndpoint:
-    """
-    Build an :class:`AutoTLSEndpoint` from a checked :class:`EndpointConfig`.
-
-    The certificate directory must exist; ``client.key`` (the ACME account key)
-    is created in it, mode 0600, when absent.
-    """
-    from txacme.keys import load_or_create_client_key
-    from txacme.protocol.client import EAB, Client
-    from txacme.reporting.state import STATE_FILENAME
-    from txacme.stores.directory import DirectoryStore
-
-    store: Any
-    if config.store:
-        from txacme.stores.url import store_from_url
-
-        store = store_from_url(config.store, reactor=reactor, **config.store_options)
-    else:
-        store = DirectoryStore(config.cert_dir)
-    on_demand = None
-    if config.on_demand or config.on_demand_ask:
-        from txacme.issuing.ondemand import OnDemandPolicy
-
-        on_demand = OnDemandPolicy(
-            allow=config.on_demand, ask=config.on_demand_ask, ca_file=config.ca_file
-        )
-    key = load_or_create_client_key(os.path.join(config.cert_dir, "client.key"))
-    eab = (
-        EAB(config.eab_kid, config.eab_hmac)  # type: ignore[arg-type]
-        if config.eab_kid and config.eab_hmac
-        else None
-    )
-
-    def client_creator(
-        on_exchange: Callable[[Exchange], object] | None = None,
-    ) -> Deferred[Client]:
-        return Client.from_url(
-            reactor,
-            config.directory_url,
-            key,
-            ca_file=config.ca_file,
-            timeout=config.timeout,
-            on_exchange=on_exchange,
-        )
-
-    responders: list[Any] = []
-    if "dns-01" in config.challenges:
-        from txacme.challenges.dnsproviders import dns01_responder_from_options
-
-        responders.append(dns01_responder_from_options(config.dns_options))
-    sub_endpoint = _server_endpoint(reactor, config.sub_endpoint, f"{config.prefix}: sub-endpoint")
-    http01_endpoint = None
-    if config.http01_endpoint is not None:
-        http01_endpoint = _server_endpoint(reactor, config.http01_endpoint, "http01=")
-    return AutoTLSEndpoint(
-        reactor,
-        sub_endpoint,
-        store,
-        client_creator,
-        email=config.email,
-        eab=eab,
-        key_type=config.key_type,
-        profile=config.profile,
-        check_interval=config.check_interval,
-        watch_interval=config.watch_interval,
-        tls_alpn=("tls-alpn-01" in config.challenges),
-        http01_endpoint=http01_endpoint if "http-01" in config.challenges else None,
-        responders=responders,
-        acceptable_protocols=config.alpn,
-        state_file=os.path.join(config.cert_dir, STATE_FILENAME),
-        metrics=config.metrics,
-        on_demand=on_demand,
-        on_demand_rate=config.on_demand_rate,
-        close_store=bool(config.store),
-    )
+ClientCreator = Callable[..., "Deferred[Client]"]
+"""Makes the ACME client: returns a ``Deferred`` of a :class:`~txacme.protocol.client.Client`."""
 
 
 @implementer(IListeningPort)
@@ -425,7 +66,7 @@ class AutoTLSPort:
     def __init__(
         self,
         port: IListeningPort,
-        service: Any,
+        service: AcmeIssuingService,
         stoppers: Sequence[Callable[[], object]],
         after: Sequence[Callable[[], object]] = (),
     ) -> None:
@@ -443,7 +84,7 @@ class AutoTLSPort:
         waits = [maybeDeferred(stop) for stop in self._stoppers]
         waits.append(maybeDeferred(self.port.stopListening))
 
-        def then(_: object) -> Deferred[Any]:
+        def then(_: object) -> Deferred[list[tuple[bool, object]]]:
             # What everything else used (a store the endpoint made) goes last.
             later = [maybeDeferred(close) for close in self._after]
             return DeferredList(later, consumeErrors=True)
@@ -451,7 +92,7 @@ class AutoTLSPort:
         d = DeferredList(waits, consumeErrors=True).addCallback(then)
         return d.addCallback(lambda _: None)
 
-    def getHost(self) -> Any:  # noqa: N802
+    def getHost(self) -> IAddress:  # noqa: N802
         """The address the wrapped port listens on."""
         return self.port.getHost()
 
@@ -469,7 +110,7 @@ class AutoTLSEndpoint:
     that same port, and fires once the names that had no certificate have had
     their first attempt.
 
-    :param reactor: the reactor.
+    :param reactor: the reactor (its time, its listeners and connections).
     :param sub_endpoint: the endpoint to listen on (the CA reaches it on port 443
         for ``tls-alpn-01``).
     :param cert_store: an :class:`~txacme.interfaces.ICertificateStore`.
@@ -487,8 +128,12 @@ class AutoTLSEndpoint:
     :param watch_interval: seconds between reloads of the store into the TLS
         index, which serves certificates another process wrote and issues names
         whose (empty) entry appeared; ``None`` to not watch.
-    :param tls_alpn: answer ``tls-alpn-01`` on ``sub_endpoint`` (default).
+    :param tls_alpn: answer ``tls-alpn-01`` on ``sub_endpoint`` (default), or
+        the :class:`~txacme.challenges.tlsalpn01.TLSALPN01Responder` that does.
     :param http01_endpoint: also listen here (port 80) and answer ``http-01``.
+    :param http01_responder: the
+        :class:`~txacme.challenges.http01.HTTP01Responder` to serve on
+        ``http01_endpoint`` (default: a new one).
     :param responders: further responders (``dns-01``).
     :param acceptable_protocols: ALPN protocols of the application, most
         preferred first (the factory's own, if it declares them, come first).
@@ -519,27 +164,28 @@ class AutoTLSEndpoint:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactorTime,
         sub_endpoint: IStreamServerEndpoint,
-        cert_store: Any,
-        client_creator: Callable[..., Any],
+        cert_store: ICertificateStore,
+        client_creator: ClientCreator,
         *,
         email: str | None = None,
-        eab: Any = None,
+        eab: EAB | None = None,
         key_type: str = "ec256",
         profile: str | None = None,
         check_interval: float | timedelta = timedelta(hours=12),
         watch_interval: float | None = 60.0,
-        tls_alpn: bool = True,
+        tls_alpn: bool | TLSALPN01Responder = True,
         http01_endpoint: IStreamServerEndpoint | None = None,
-        responders: Sequence[Any] = (),
+        http01_responder: HTTP01Responder | None = None,
+        responders: Sequence[IResponder] = (),
         acceptable_protocols: Sequence[bytes] = (),
         panic: Callable[[Failure, str], object] | None = None,
         service_options: Mapping[str, Any] | None = None,
-        subscribers: Sequence[Callable[[Any], object]] = (),
+        subscribers: Sequence[Callable[[ServiceEvent], object]] = (),
         state_file: str | None = None,
         metrics: str | None = None,
-        on_demand: Any = None,
+        on_demand: OnDemandPolicy | None = None,
         on_demand_rate: int = 10,
         hello_timeout: float = 10.0,
         close_store: bool = False,
@@ -563,6 +209,7 @@ class AutoTLSEndpoint:
         self.watch_interval = watch_interval
         self.tls_alpn = tls_alpn
         self.http01_endpoint = http01_endpoint
+        self.http01_responder = http01_responder
         self.responders = list(responders)
         self.acceptable_protocols = tuple(acceptable_protocols)
         self.panic = panic
@@ -570,17 +217,17 @@ class AutoTLSEndpoint:
         self.subscribers = list(subscribers)
         self.state_file = state_file
         self.metrics = metrics
-        self.metrics_port: Any = None
+        self.metrics_port: IListeningPort | None = None
         self.on_demand = on_demand
         self.on_demand_rate = on_demand_rate
         self.hello_timeout = hello_timeout
         self.close_store = close_store
-        self.service: Any = None
-        self.index: Any = None
+        self.service: AcmeIssuingService | None = None
+        self.index: CertificateIndex | None = None
         self._on_exchange: Callable[[Exchange], object] | None = None
 
-    def _client_creator(self) -> Deferred[Any]:
-        d: Deferred[Any]
+    def _client_creator(self) -> Deferred[Client]:
+        d: Deferred[Client]
         if self._on_exchange is not None and _accepts_keyword(
             self.client_creator, "on_exchange"
         ):
@@ -589,65 +236,65 @@ class AutoTLSEndpoint:
             d = maybeDeferred(self.client_creator)
         if self.eab is None:
             return d
+        eab = self.eab
 
-        def with_eab(client: Any) -> Any:
-            # The service calls client.start(email=...); bind the account here.
-            original_start = client.start
-
-            def start(email: str | None = None, eab: Any = None) -> Any:
-                return original_start(email=email, eab=eab or self.eab)
-
-            client.start = start
+        def with_eab(client: Client) -> Client:
+            # The service calls client.start(email=...): the client binds the
+            # account it creates with its eab.
+            client.eab = eab
             return client
 
         return d.addCallback(with_eab)
 
-    async def _listen(self, factory: IProtocolFactory) -> AutoTLSPort:
-        from txacme.challenges.http01 import HTTP01Responder, http01_root
-        from txacme.challenges.tlsalpn01 import TLSALPN01Responder
-        from txacme.issuing.service import AcmeIssuingService
-        from txacme.serving.tls import (
-            CertificateIndex,
-            SNIConnectionCreator,
-            StoreWatcher,
-            tls_server_factory,
-        )
-        from txacme.stores.coordination import ClusterNode, provides_coordination
+    # -- the steps of listen() -------------------------------------------------
 
-        index = CertificateIndex()
-        loaded = await index.load_from(self.cert_store)
-        self.index = index
+    def _challenge_responders(
+        self,
+    ) -> tuple[list[IResponder], TLSALPN01Registry | None, HTTP01Responder | None]:
+        """The responders, and what of them the listeners serve."""
         responders = list(self.responders)
         registry = None
         if self.tls_alpn:
-            tls_responder = TLSALPN01Responder()
+            tls_responder = (
+                self.tls_alpn if isinstance(self.tls_alpn, TLSALPN01Responder)
+                else TLSALPN01Responder()
+            )
             registry = tls_responder.registry
             responders.append(tls_responder)
-        http_responder = HTTP01Responder() if self.http01_endpoint is not None else None
-        if http_responder is not None:
+        http_responder = None
+        if self.http01_endpoint is not None:
+            http_responder = self.http01_responder or HTTP01Responder()
             responders.append(http_responder)
-        creator = SNIConnectionCreator(
-            index, challenges=registry, acceptable_protocols=self.acceptable_protocols
-        )
-        stoppers: list[Callable[[], object]] = []
-        def unwind() -> None:
-            for stop in stoppers:
-                stop()
+        return responders, registry, http_responder
 
-        metrics: Metrics | None = None
-        if self.metrics is not None:
-            from txacme.reporting.metrics import Metrics
+    def _make_metrics(self) -> Metrics | None:
+        """Made before the service, whose client reports its requests to it."""
+        if self.metrics is None:
+            return None
+        metrics = Metrics(clock=self.reactor)
+        self._on_exchange = metrics.observe_exchange
+        return metrics
 
-            # Made before the service, whose client reports its requests to it.
-            metrics = Metrics(clock=self.reactor)
-            self._on_exchange = metrics.observe_exchange
-        # The service exists before the port listens, so that a handshake
-        # arriving at once (on-demand, a cluster's wanted name) can issue; it is
-        # started only once the CA can reach the port.
-        service: Any = None
+    def _make_service(
+        self,
+        index: CertificateIndex,
+        responders: list[IResponder],
+        registry: TLSALPN01Registry | None,
+        http_responder: HTTP01Responder | None,
+    ) -> tuple[AcmeIssuingService, ClusterNode | None]:
+        """
+        The issuing service (not started), and the cluster node when the store
+        coordinates several processes.
 
-        def issue_cert(name: str) -> Deferred[Any]:
-            return service.issue_cert(name)  # type: ignore[no-any-return]
+        The service exists before the port listens, so that a handshake arriving
+        at once (on-demand, a cluster's wanted name) can issue; it is started only
+        once the CA can reach the port.
+        """
+        service: AcmeIssuingService | None = None
+
+        def on_wanted(name: str) -> Deferred[object]:
+            assert service is not None  # a cluster calls back only once it is started
+            return service.issue_cert(name).addErrback(lambda _: None)
 
         cluster = None
         if provides_coordination(self.cert_store):
@@ -656,7 +303,7 @@ class AutoTLSEndpoint:
                 index,
                 tls_alpn=registry,
                 http01=http_responder,
-                on_wanted=lambda name: issue_cert(name).addErrback(lambda _: None),
+                on_wanted=on_wanted,
                 clock=self.reactor,
             )
             responders = cluster.responders(responders)
@@ -676,85 +323,132 @@ class AutoTLSEndpoint:
         self.service = service
         for subscriber in self.subscribers:
             service.subscribe(subscriber)
+        return service, cluster
+
+    def _record_state(self, service: AcmeIssuingService, started: _Started) -> None:
         if self.state_file is not None:
-            from txacme.reporting.state import StateFile, StateRecorder
-
             recorder = StateRecorder(StateFile(self.state_file), self.reactor)
-            stoppers.append(recorder.attach(service))
+            started.stoppers.append(recorder.attach(service))
 
-        hooks = []
+    def _hello_hooks(
+        self,
+        index: CertificateIndex,
+        service: AcmeIssuingService,
+        cluster: ClusterNode | None,
+        started: _Started,
+    ) -> list[HelloHook]:
+        """Starts the cluster node; what looks at each ClientHello before OpenSSL."""
+        hooks: list[HelloHook] = []
         if cluster is not None:
             cluster.start()
-            stoppers.append(cluster.stop)
+            started.stoppers.append(cluster.stop)
             hooks.append(cluster.hello_hook)
         if self.on_demand is not None:
-            from txacme.issuing.ondemand import OnDemandIssuer
-
             on_demand = OnDemandIssuer(
                 self.on_demand,
-                issue_cert,
+                service.issue_cert,
                 index,
                 rate=self.on_demand_rate,
                 per=60.0,
                 clock=self.reactor,
             )
             hooks.append(on_demand.hello_hook)
-        tls_factory: Any
-        if hooks:
-            from txacme.issuing.ondemand import HelloHookFactory, combine_hooks
+        return hooks
 
-            tls_factory = HelloHookFactory(
-                creator,
-                factory,
-                combine_hooks(*hooks),
-                timeout=self.hello_timeout,
-                clock=self.reactor,
-            )
-        else:
-            tls_factory = tls_server_factory(creator, factory)
+    def _tls_factory(
+        self, creator: SNIConnectionCreator, factory: IProtocolFactory, hooks: list[HelloHook]
+    ) -> IProtocolFactory:
+        if not hooks:
+            return tls_server_factory(creator, factory)
+        return HelloHookFactory(
+            creator, factory, combine_hooks(*hooks), timeout=self.hello_timeout, clock=self.reactor
+        )
 
-        try:
-            if http_responder is not None:
-                from twisted.web.server import Site
+    async def _listen_http01(
+        self,
+        http_responder: HTTP01Responder | None,
+        cluster: ClusterNode | None,
+        started: _Started,
+    ) -> None:
+        if http_responder is None or self.http01_endpoint is None:
+            return
+        # A cluster node answers for the challenges any node started.
+        shared = cluster.http01 if cluster is not None else None
+        root = http01_root(shared or http_responder)
+        http_port = await self.http01_endpoint.listen(Site(root))  # type: ignore[no-untyped-call]
+        started.stoppers.append(http_port.stopListening)
 
-                assert self.http01_endpoint is not None
-                root = http01_root(cluster.http01 if cluster is not None else http_responder)
-                http_port = await self.http01_endpoint.listen(
-                    Site(root)  # type: ignore[no-untyped-call]
-                )
-                stoppers.append(http_port.stopListening)
-            port = await self.sub_endpoint.listen(tls_factory)
-        except BaseException:
-            unwind()
-            raise
-        if self.metrics is not None:
-            from txacme.reporting.metrics import serve_metrics
+    async def _serve_metrics(
+        self, service: AcmeIssuingService, metrics: Metrics | None, started: _Started
+    ) -> None:
+        if self.metrics is None:
+            return
+        self.metrics_port = await serve_metrics(
+            self.reactor, self.metrics, service, metrics=metrics, store=self.cert_store
+        )
+        started.stoppers.append(self.metrics_port.stopListening)
 
-            try:
-                self.metrics_port = await serve_metrics(
-                    self.reactor, self.metrics, service, metrics=metrics, store=self.cert_store
-                )
-            except BaseException:
-                unwind()
-                await maybeDeferred(port.stopListening)
-                raise
-            stoppers.append(self.metrics_port.stopListening)
+    def _watch_store(
+        self,
+        index: CertificateIndex,
+        loaded: StoreEntries,
+        service: AcmeIssuingService,
+        cluster: ClusterNode | None,
+        started: _Started,
+    ) -> None:
+        """A coordinating store notifies changes; others are polled."""
+        if self.watch_interval is None or cluster is not None:
+            return
+        watcher = StoreWatcher(
+            index,
+            self.cert_store,
+            self.watch_interval,
+            self.reactor,
+            on_loaded=_issue_new_empty_entries(set(loaded), service),
+        )
+        watcher.startService()
+        started.stoppers.insert(0, watcher.stopService)
+
+    async def _start(
+        self,
+        factory: IProtocolFactory,
+        index: CertificateIndex,
+        loaded: StoreEntries,
+        started: _Started,
+    ) -> AutoTLSPort:
+        """Everything :meth:`listen` does once the index is loaded, step by step."""
+        responders, registry, http_responder = self._challenge_responders()
+        creator = SNIConnectionCreator(
+            index, challenges=registry, acceptable_protocols=self.acceptable_protocols
+        )
+        metrics = self._make_metrics()
+        service, cluster = self._make_service(index, responders, registry, http_responder)
+        self._record_state(service, started)
+        tls_factory = self._tls_factory(
+            creator, factory, self._hello_hooks(index, service, cluster, started)
+        )
+        await self._listen_http01(http_responder, cluster, started)
+        started.port = await self.sub_endpoint.listen(tls_factory)
+        await self._serve_metrics(service, metrics, started)
         service.startService()
-        stoppers.insert(0, service.stopService)
-        # A coordinating store notifies changes; others are polled.
-        if self.watch_interval is not None and cluster is None:
-            watcher = StoreWatcher(
-                index,
-                self.cert_store,
-                self.watch_interval,
-                self.reactor,
-                on_loaded=_issue_new_empty_entries(set(loaded), service),
-            )
-            watcher.startService()
-            stoppers.insert(0, watcher.stopService)
+        started.stoppers.insert(0, service.stopService)
+        self._watch_store(index, loaded, service, cluster, started)
         await service.when_certs_valid()
-        close = getattr(self.cert_store, "close", None) if self.close_store else None
-        return AutoTLSPort(port, service, stoppers, after=[close] if close else [])
+        after: list[Callable[[], object]] = []
+        if self.close_store and isinstance(self.cert_store, ClosableStore):
+            after.append(self.cert_store.close)
+        return AutoTLSPort(started.port, service, started.stoppers, after=after)
+
+    async def _listen(self, factory: IProtocolFactory) -> AutoTLSPort:
+        index = CertificateIndex()
+        loaded = await index.load_from(self.cert_store)
+        self.index = index
+        started = _Started()
+        try:
+            return await self._start(factory, index, loaded, started)
+        except BaseException:
+            await started.unwind()
+            raise
 
     def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:  # noqa: N803
         """
@@ -764,7 +458,25 @@ class AutoTLSEndpoint:
         return Deferred.fromCoroutine(self._listen(protocolFactory))
 
 
-def _accepts_keyword(func: Callable[..., Any], name: str) -> bool:
+class _Started:
+    """
+    What :meth:`AutoTLSEndpoint.listen` started so far: how to stop each part,
+    in the order :class:`AutoTLSPort` stops them, and the main port.
+    """
+
+    def __init__(self) -> None:
+        self.stoppers: list[Callable[[], object]] = []
+        self.port: IListeningPort | None = None
+
+    async def unwind(self) -> None:
+        """Stop everything started (a step failed); wait until it has stopped."""
+        stops = [maybeDeferred(stop) for stop in self.stoppers]
+        if self.port is not None:
+            stops.append(maybeDeferred(self.port.stopListening))
+        await DeferredList(stops, consumeErrors=True)
+
+
+def _accepts_keyword(func: Callable[..., object], name: str) -> bool:
     """Whether ``func`` can be called with the keyword argument ``name``."""
     try:
         parameters = inspect.signature(func).parameters.values()
@@ -781,14 +493,14 @@ def _accepts_keyword(func: Callable[..., Any], name: str) -> bool:
 
 
 def _issue_new_empty_entries(
-    known: set[str], service: Any
-) -> Callable[[dict[str, list[Any]]], None]:
+    known: set[str], service: AcmeIssuingService
+) -> Callable[[StoreEntries], None]:
     """
     The store watcher's ``on_loaded``: an entry that appeared empty since the
     last read (a new ``<name>.pem``) is issued at once.
     """
 
-    def on_loaded(entries: dict[str, list[Any]]) -> None:
+    def on_loaded(entries: StoreEntries) -> None:
         for name in sorted(entries.keys() - known):
             if not entries[name]:
                 log.info("new empty entry {name}: issuing", name=name)
@@ -802,8 +514,5 @@ def _issue_new_empty_entries(
 __all__ = [
     "AutoTLSEndpoint",
     "AutoTLSPort",
-    "EndpointConfig",
-    "endpoint_from_config",
-    "endpoint_from_string_parts",
-    "parse_endpoint_string_parts",
+    "ClientCreator",
 ]

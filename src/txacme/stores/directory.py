@@ -32,7 +32,8 @@ new file (its target is left alone).
 
 Validation: :meth:`DirectoryStore.store` accepts only exactly one private key
 plus at least one certificate, the key matching the first certificate, and
-nothing else (no CSRs, public keys, parameters). The objects are written in the
+nothing else (no CSRs, public keys, parameters), as
+:func:`txacme.certificates.validate_pem_objects` checks. The objects are written in the
 order given. Reading a non-empty file applies the same checks: :meth:`get`
 fails with :class:`~txacme.errors.ConfigurationError` naming the file, and
 :meth:`as_dict` logs the file and leaves it out, so one damaged file never hides
@@ -47,7 +48,10 @@ non-empty entry that other users can read (it holds a private key) is warned
 about once per file and mode.
 
 File I/O is blocking; the files are small and it all happens in
-:func:`load_entry` and :func:`write_entry`.
+:func:`load_entry` and :func:`write_entry`. :meth:`DirectoryStore.scan` reads the
+whole directory for tools that report on it, damaged files included.
+
+May import the core modules only.
 """
 
 from __future__ import annotations
@@ -57,19 +61,16 @@ import re
 import secrets
 import stat
 import time
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
 
 import pem
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 from zope.interface import implementer
 
 from txacme._files import fsync_directory, write_synced
+from txacme.certificates import validate_pem_objects
 from txacme.errors import ConfigurationError, InvalidServerName
 from txacme.interfaces import ICertificateStore
 from txacme.names import normalize_server_name
@@ -85,61 +86,8 @@ FILE_MODE = 0o600
 STALE_TEMP_AGE = 600.0
 """Seconds after which :meth:`DirectoryStore.as_dict` removes a left-over temporary file."""
 
-_CERTIFICATE_TYPES = (pem.Certificate,)
-
 # The temporary files _write_atomically makes for entries: .<name>.pem.<16 hex digits>.tmp
 _TEMP_FILE = re.compile(r"\..+\.pem\.[0-9a-f]{16}\.tmp")
-
-
-def validate_pem_objects(pem_objects: object, source: str) -> list[pem.AbstractPEMObject]:
-    """
-    Check that ``pem_objects`` is one usable entry: exactly one private key, at
-    least one certificate, the key matching the first certificate, nothing else.
-
-    :param source: what the objects are (a name or a file), used in errors.
-    :return: the objects as a list, in the order given.
-    :raises txacme.errors.ConfigurationError: naming ``source``.
-    """
-    if isinstance(pem_objects, (str, bytes, pem.AbstractPEMObject)) or not isinstance(
-        pem_objects, Iterable
-    ):
-        raise ConfigurationError(f"{source}: expected a list of PEM objects")
-    objects: list[Any] = list(pem_objects)
-    keys: list[pem.AbstractPEMObject] = []
-    certificates: list[pem.AbstractPEMObject] = []
-    for obj in objects:
-        if type(obj) in _CERTIFICATE_TYPES:
-            certificates.append(obj)
-        elif isinstance(obj, pem.PrivateKey) and not isinstance(
-            obj, (pem.OpenSSHPrivateKey, pem.SSHCOMPrivateKey, pem.OpenPGPPrivateKey)
-        ):
-            keys.append(obj)
-        else:
-            raise ConfigurationError(
-                f"{source}: unexpected {type(obj).__name__} object; "
-                "only a private key and certificates are allowed"
-            )
-    if len(keys) != 1:
-        raise ConfigurationError(f"{source}: expected exactly one private key, found {len(keys)}")
-    if not certificates:
-        raise ConfigurationError(f"{source}: no certificate")
-    try:
-        key = serialization.load_pem_private_key(keys[0].as_bytes(), password=None)
-    except (TypeError, ValueError, UnsupportedAlgorithm):
-        raise ConfigurationError(f"{source}: the private key is unreadable or encrypted")
-    parsed = []
-    for index, cert in enumerate(certificates):
-        try:
-            parsed.append(x509.load_pem_x509_certificate(cert.as_bytes()))
-        except ValueError:
-            raise ConfigurationError(f"{source}: certificate #{index + 1} is unreadable")
-    public = serialization.PublicFormat.SubjectPublicKeyInfo
-    der = serialization.Encoding.DER
-    if key.public_key().public_bytes(der, public) != parsed[0].public_key().public_bytes(
-        der, public
-    ):
-        raise ConfigurationError(f"{source}: the private key does not match the first certificate")
-    return objects
 
 
 def load_entry(path: str | FilePath[str]) -> list[pem.AbstractPEMObject]:
@@ -348,28 +296,7 @@ class DirectoryStore:
     def _as_dict(self) -> dict[str, list[pem.AbstractPEMObject]]:
         result: dict[str, list[pem.AbstractPEMObject]] = {}
         self.remove_stale_temporary_files()
-        for filename in sorted(os.listdir(self.path.path)):
-            if not filename.endswith(PEM_SUFFIX) or filename.startswith("."):
-                continue
-            stem = filename[: -len(PEM_SUFFIX)]
-            if stem == DEFAULT_NAME:
-                continue
-            try:
-                canonical = normalize_server_name(stem)
-            except InvalidServerName:
-                log.debug("ignoring {file}: not a server name", file=filename)
-                continue
-            if canonical != stem:
-                log.warn(
-                    "ignoring {file}: rename it to {canonical}{suffix}",
-                    file=filename,
-                    canonical=canonical,
-                    suffix=PEM_SUFFIX,
-                )
-                continue
-            full = os.path.join(self.path.path, filename)
-            if not os.path.isfile(full):
-                continue
+        for stem, full in self._entry_files(log_ignored=True):
             try:
                 result[stem] = self._read(stem, full)
             except FileNotFoundError:
@@ -379,6 +306,57 @@ class DirectoryStore:
                     "skipping damaged certificate file {file}: {reason}", file=full, reason=str(e)
                 )
         return result
+
+    def scan(self) -> dict[str, list[pem.AbstractPEMObject] | ConfigurationError]:
+        """
+        Read every entry file afresh, synchronously, for tools that report on
+        the directory (``txacme status``): by server name, the entry's PEM
+        objects, or the :class:`~txacme.errors.ConfigurationError` naming a
+        damaged file, where :meth:`as_dict` logs it and leaves it out (or keeps
+        its last good version). Stale temporary files are removed first, as by
+        :meth:`as_dict`; files that are not entries are skipped without a word.
+        """
+        result: dict[str, list[pem.AbstractPEMObject] | ConfigurationError] = {}
+        self.remove_stale_temporary_files()
+        for stem, full in self._entry_files(log_ignored=False):
+            try:
+                result[stem] = load_entry(full)
+            except FileNotFoundError:
+                continue
+            except ConfigurationError as e:
+                result[stem] = e
+        return result
+
+    def _entry_files(self, *, log_ignored: bool) -> Iterator[tuple[str, str]]:
+        """
+        The server name and path of every entry file, by name: ``DEFAULT.pem``,
+        hidden files and files whose stem is not a canonical server name are
+        skipped (logged when ``log_ignored``).
+        """
+        for filename in sorted(os.listdir(self.path.path)):
+            if not filename.endswith(PEM_SUFFIX) or filename.startswith("."):
+                continue
+            stem = filename[: -len(PEM_SUFFIX)]
+            if stem == DEFAULT_NAME:
+                continue
+            try:
+                canonical = normalize_server_name(stem)
+            except InvalidServerName:
+                if log_ignored:
+                    log.debug("ignoring {file}: not a server name", file=filename)
+                continue
+            if canonical != stem:
+                if log_ignored:
+                    log.warn(
+                        "ignoring {file}: rename it to {canonical}{suffix}",
+                        file=filename,
+                        canonical=canonical,
+                        suffix=PEM_SUFFIX,
+                    )
+                continue
+            full = os.path.join(self.path.path, filename)
+            if os.path.isfile(full):
+                yield stem, full
 
     def remove_stale_temporary_files(self) -> list[str]:
         """
@@ -467,20 +445,10 @@ class DirectoryStore:
         return succeed(True)
 
 
-def __getattr__(name: str) -> Any:
-    # PostgresStore needs the optional psycopg; import it only when asked for.
-    if name == "PostgresStore":
-        from txacme.stores.postgres import PostgresStore
-
-        return PostgresStore
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
     "DEFAULT_NAME",
     "STALE_TEMP_AGE",
     "DirectoryStore",
     "load_entry",
-    "validate_pem_objects",
     "write_entry",
 ]

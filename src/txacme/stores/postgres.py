@@ -37,12 +37,13 @@ LISTEN/NOTIFY for changes.
 
 The hot path is memory.
     The store is read at start-up and when a change is notified; TLS
-    handshakes are served from :class:`txacme.serving.tls.CertificateIndex`, which
-    :class:`txacme.stores.coordination.ClusterNode` keeps current.
+    handshakes are served from :class:`txacme.serving.index.CertificateIndex`, which
+    :class:`txacme.serving.cluster.ClusterNode` keeps current.
 
 Keys at rest.
-    Plain PEM by default. With ``key_encryption`` (a :class:`KeyEncryption`)
-    private keys are sealed with AES-256-GCM; the server name is authenticated
+    Plain PEM by default. With ``key_encryption`` (a
+    :class:`~txacme.stores.keysealing.KeyEncryption`) private keys are sealed
+    with AES-256-GCM; the server name is authenticated
     data, so a sealed key cannot be moved to another name. Several keys may be
     given: the first seals, all unseal (rotation: put the new key first; each
     entry is sealed with it at its next write).
@@ -54,34 +55,36 @@ Schema.
     under a transaction-level advisory lock, so processes starting together
     migrate once; a database whose version is newer than this txacme knows is
     refused rather than misread.
+
+The threads live in :mod:`txacme.stores._pgconnection` and the SQL in
+:mod:`txacme.stores._pgsql`; this module is the store the reactor thread sees.
+psycopg is imported only when a store is made (it is an optional extra).
+
+May import the core modules and the rest of :mod:`txacme.stores`.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import os
-import select
 import socket
-import threading
-from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 
 import pem
 from cryptography import x509
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.threads import deferToThreadPool
+from twisted.internet.interfaces import IReactorCore, IReactorFromThreads, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from txacme.certificates import validate_pem_objects
 from txacme.errors import ConfigurationError, InvalidServerName
 from txacme.interfaces import ICertificateStore
 from txacme.names import normalize_server_name
+from txacme.stores._pgconnection import ConnectionPool, Listener, redact_conninfo
+from txacme.stores._pgsql import DEFAULT_ROW, KEY_PLAIN, KEY_SEALED, Prepared, StoreSQL
 from txacme.stores.coordination import (
     DEFAULT_CHALLENGE_TTL,
     DEFAULT_LEASE_TTL,
@@ -89,7 +92,6 @@ from txacme.stores.coordination import (
     ChallengeRecord,
     ICoordinatingStore,
     Lease,
-    LockLost,
     LockWaits,
     StoreChange,
     _acquire_request,
@@ -99,25 +101,19 @@ from txacme.stores.coordination import (
     _lock_request,
     acquire_loop,
 )
-from txacme.stores.directory import validate_pem_objects
+from txacme.stores.directory import _serialize
+from txacme.stores.keysealing import KeyEncryption
 
 if TYPE_CHECKING:
-    import psycopg
+    from txacme.stores._pgconnection import Connection
 
 log = Logger()
 
 _T = TypeVar("_T")
+_P = ParamSpec("_P")
 
 SCHEMA_VERSION = 1
 """The schema version this txacme creates and understands."""
-
-DEFAULT_ROW = ""
-"""The ``name`` of the default entry's row (no server name is empty)."""
-
-_KEY_PLAIN = 1
-_KEY_SEALED = 2
-_SEAL_MAGIC = b"TXK1"
-_SEAL_AAD = b"txacme private key\x00"
 
 
 def _migrations() -> list[list[str]]:
@@ -159,329 +155,24 @@ MIGRATIONS: list[list[str]] = _migrations()
 """``MIGRATIONS[n]`` brings the schema from version ``n`` to ``n + 1``."""
 
 
-# ---------------------------------------------------------------------------
-# Keys at rest
-# ---------------------------------------------------------------------------
-
-
-def _key_id(key: bytes) -> bytes:
-    return hashlib.sha256(b"txacme key id\x00" + key).digest()[:8]
-
-
-def _read_key_file(path: str) -> bytes:
+def _parse_change(payload: str | None) -> StoreChange | None:
+    """The change a notification payload names (``None``: a lost connection, so resync)."""
+    if payload is None:
+        return StoreChange("resync")
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ConfigurationError(f"key_file={path!r} cannot be read: {e.strerror}")
-    try:
-        mode = os.stat(path).st_mode
-        if mode & 0o077:
-            log.warn("the key file {path} is readable by other users", path=path)
-    except OSError:
-        pass
-    if len(data) == 32:
-        return data
-    text = data.strip()
-    try:
-        if len(text) == 64:
-            return bytes.fromhex(text.decode("ascii"))
-        decoded = base64.b64decode(text, validate=True)
-        if len(decoded) == 32:
-            return decoded
-    except (ValueError, UnicodeDecodeError):
-        pass
-    raise ConfigurationError(
-        f"key_file={path!r} must hold a 256-bit key: 32 raw bytes, 64 hex digits or base64"
-    )
-
-
-class KeyEncryption:
-    """
-    Seals private keys at rest with AES-256-GCM.
-
-    :param keys: 32-byte keys; the first seals, every one unseals (rotation).
-    """
-
-    def __init__(self, keys: Sequence[bytes]) -> None:
-        if isinstance(keys, (bytes, bytearray)) or not keys:
-            raise ConfigurationError("KeyEncryption needs a list of one or more 32-byte keys")
-        self._keys: dict[bytes, AESGCM] = {}
-        self._primary: bytes | None = None
-        for key in keys:
-            if not isinstance(key, bytes) or len(key) != 32:
-                raise ConfigurationError("every key of KeyEncryption must be 32 bytes (AES-256)")
-            kid = _key_id(key)
-            self._keys[kid] = AESGCM(key)
-            if self._primary is None:
-                self._primary = kid
-
-    @classmethod
-    def from_files(cls, path: str, *old_paths: str) -> KeyEncryption:
-        """
-        Read the sealing key from ``path`` (32 raw bytes, 64 hex digits or
-        base64) and older keys, still accepted for unsealing, from ``old_paths``.
-        """
-        return cls([_read_key_file(p) for p in (path, *old_paths)])
-
-    @staticmethod
-    def generate_key_file(path: str) -> None:
-        """Write a new random key (base64) to ``path``, mode 0600; never overwrites."""
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(base64.b64encode(AESGCM.generate_key(bit_length=256)) + b"\n")
-
-    def __repr__(self) -> str:
-        return f"<KeyEncryption with {len(self._keys)} key(s)>"
-
-    @property
-    def key_id(self) -> str:
-        """The hex id of the sealing key (safe to log)."""
-        assert self._primary is not None
-        return self._primary.hex()
-
-    def seal(self, name: str, data: bytes) -> bytes:
-        """Encrypt ``data`` (a private key) bound to ``name``."""
-        assert self._primary is not None
-        nonce = os.urandom(12)
-        sealed = self._keys[self._primary].encrypt(nonce, data, _SEAL_AAD + name.encode())
-        return _SEAL_MAGIC + self._primary + nonce + sealed
-
-    def unseal(self, name: str, blob: bytes) -> bytes:
-        """
-        Decrypt a value made by :meth:`seal` for ``name``.
-
-        :raises txacme.errors.ConfigurationError: naming ``name`` when no key
-            fits or the data was altered.
-        """
-        if len(blob) < 4 + 8 + 12 + 16 or not blob.startswith(_SEAL_MAGIC):
-            raise ConfigurationError(f"{name}: the sealed private key is malformed")
-        kid, nonce, sealed = blob[4:12], blob[12:24], blob[24:]
-        aead = self._keys.get(kid)
-        if aead is None:
-            raise ConfigurationError(
-                f"{name}: the private key is sealed with key {kid.hex()}, which was not given"
-            )
-        try:
-            return aead.decrypt(nonce, sealed, _SEAL_AAD + name.encode())
-        except InvalidTag:
-            raise ConfigurationError(f"{name}: the sealed private key fails authentication")
-
-
-# ---------------------------------------------------------------------------
-# Connections in threads
-# ---------------------------------------------------------------------------
-
-
-def redact_conninfo(conninfo: str) -> str:
-    """``conninfo`` (URL or ``key=value`` string) with any password replaced by ``***``."""
-    try:
-        from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-        params = conninfo_to_dict(conninfo)
-    except Exception:
-        return "<unparsable connection string>"
-    if "password" in params:
-        params["password"] = "***"
-    return make_conninfo(**{k: str(v) for k, v in params.items()})
-
-
-class _ConnectionPool:
-    """A thread pool whose threads borrow psycopg connections from a free list."""
-
-    def __init__(self, conninfo: str, size: int, connect_timeout: float, reactor: Any) -> None:
-        self._conninfo = conninfo
-        self._connect_timeout = connect_timeout
-        self._reactor = reactor
-        self._threads = ThreadPool(minthreads=0, maxthreads=size, name="txacme-postgres")
-        self._free: list[psycopg.Connection[Any]] = []
-        self._lock = threading.Lock()
-        self._closed = False
-
-    def start(self) -> None:
-        self._threads.start()
-
-    def connect(self, autocommit: bool = True) -> psycopg.Connection[Any]:
-        import psycopg
-
-        return psycopg.connect(
-            self._conninfo,
-            autocommit=autocommit,
-            connect_timeout=max(1, int(self._connect_timeout)),
-            keepalives=1,
-            keepalives_idle=30,
-            keepalives_interval=10,
-            keepalives_count=3,
+        data = json.loads(payload)
+        kind = {"c": "certificate", "h": "challenge", "l": "lock"}[data["k"]]
+        return StoreChange(
+            kind,
+            data.get("n"),
+            deleted=bool(data.get("d", False)),
+            challenge_type=data.get("t"),
+            token=data.get("tok"),
+            origin=data.get("o"),
         )
-
-    def _take(self) -> psycopg.Connection[Any]:
-        with self._lock:
-            if self._closed:
-                raise ConfigurationError("the PostgreSQL store is closed")
-            if self._free:
-                return self._free.pop()
-        return self.connect()
-
-    def _give_back(self, conn: psycopg.Connection[Any]) -> None:
-        if conn.closed or conn.broken:
-            return
-        with self._lock:
-            if not self._closed:
-                self._free.append(conn)
-                return
-        conn.close()
-
-    def _call(self, fn: Callable[..., _T], *args: Any) -> _T:
-        import psycopg
-
-        for attempt in (1, 2):
-            conn = self._take()
-            try:
-                result = fn(conn, *args)
-            except psycopg.OperationalError:
-                if conn.broken or conn.closed:
-                    conn.close()
-                    if attempt == 1:
-                        continue
-                else:
-                    self._give_back(conn)
-                raise
-            except BaseException:
-                self._give_back(conn)
-                raise
-            self._give_back(conn)
-            return result
-        raise AssertionError("unreachable")
-
-    def run(self, fn: Callable[..., _T], *args: Any) -> Deferred[_T]:
-        """Run ``fn(connection, *args)`` in a pool thread."""
-        if self._closed:
-            return fail(ConfigurationError("the PostgreSQL store is closed"))
-        return deferToThreadPool(self._reactor, self._threads, self._call, fn, *args)
-
-    def close(self) -> None:
-        """Wait for running operations, stop the threads, close the connections."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        if self._threads.started:
-            self._threads.stop()
-        with self._lock:
-            free, self._free = self._free, []
-        for conn in free:
-            conn.close()
-
-
-class _Listener:
-    """A thread holding one connection that LISTENs, handing payloads to ``deliver``."""
-
-    def __init__(
-        self,
-        pool: _ConnectionPool,
-        channel: str,
-        deliver: Callable[[str | None], None],
-        on_ready: Callable[[BaseException | None], None],
-    ) -> None:
-        self._pool = pool
-        self._channel = channel
-        self._deliver = deliver
-        self._on_ready = on_ready
-        self._stopping = threading.Event()
-        self._wake_r, self._wake_w = os.pipe()
-        self._thread = threading.Thread(
-            target=self._run, name="txacme-postgres-listen", daemon=True
-        )
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:
-            pass
-        self._thread.join(timeout=10)
-        for fd in (self._wake_r, self._wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
-    def _run(self) -> None:
-        import psycopg
-        from psycopg import sql
-
-        first = True
-        backoff = 0.1
-        while not self._stopping.is_set():
-            try:
-                conn = self._pool.connect()
-            except psycopg.Error as e:
-                if first:
-                    self._on_ready(e)
-                    return
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            try:
-                conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
-                if first:
-                    self._on_ready(None)
-                    first = False
-                else:
-                    log.info("listening to the PostgreSQL store again; reloading")
-                    self._deliver(None)
-                backoff = 0.1
-                while not self._stopping.is_set():
-                    readable, _, _ = select.select([conn.fileno(), self._wake_r], [], [], 30.0)
-                    if self._wake_r in readable:
-                        break
-                    if readable:
-                        for notify in conn.notifies(timeout=0):
-                            self._deliver(notify.payload)
-            except psycopg.Error as e:
-                if first:
-                    self._on_ready(e)
-                    conn.close()
-                    return
-                if not self._stopping.is_set():
-                    log.warn("lost the PostgreSQL notification connection: {error}", error=str(e))
-            finally:
-                conn.close()
-
-
-# ---------------------------------------------------------------------------
-# The store
-# ---------------------------------------------------------------------------
-
-
-def _entry_from_row(
-    name: str, key_data: bytes | None, key_format: int, certificates: str, sealer: Any
-) -> list[pem.AbstractPEMObject]:
-    if key_data is None:
-        return []
-    if key_format == _KEY_SEALED:
-        if sealer is None:
-            raise ConfigurationError(
-                f"{name}: the private key is sealed, and no key_encryption was given"
-            )
-        key_pem = sealer.unseal(name, bytes(key_data))
-    else:
-        key_pem = bytes(key_data)
-    objects = pem.parse(key_pem) + pem.parse(certificates.encode("ascii"))
-    if len(objects) < 2 or not isinstance(objects[0], pem.PrivateKey):
-        raise ConfigurationError(f"{name}: the stored entry is damaged")
-    return objects
-
-
-def _pem_text(objects: Iterable[pem.AbstractPEMObject]) -> bytes:
-    parts = []
-    for obj in objects:
-        data = obj.as_bytes()
-        parts.append(data if data.endswith(b"\n") else data + b"\n")
-    return b"".join(parts)
+    except (ValueError, KeyError, TypeError):
+        log.warn("ignoring a malformed change notification")
+        return None
 
 
 @implementer(ICertificateStore, ICoordinatingStore)
@@ -496,6 +187,9 @@ class PostgresStore:
 
     :param conninfo: a libpq URL (``postgresql://user@host:5432/db``) or
         ``key=value`` string. It is never logged with its password.
+    :param reactor: the reactor: its clock, its threads (results come back
+        with ``callFromThread``) and its shutdown trigger; it must also provide
+        ``IReactorCore`` and ``IReactorFromThreads``, as every reactor does.
     :param schema: the PostgreSQL schema for the tables (created if missing);
         default: the connection's ``search_path``. Give different schemas to
         keep unrelated clusters apart in one database.
@@ -507,13 +201,13 @@ class PostgresStore:
         ``<hostname>:<pid>:<random>``).
     :param listen: follow changes with LISTEN/NOTIFY (one more connection).
     :param connect_timeout: seconds to wait for a connection.
-    :param reactor: the reactor (default: the global one).
     """
 
     def __init__(
         self,
         conninfo: str,
         *,
+        reactor: IReactorTime,
         schema: str | None = None,
         key_encryption: KeyEncryption | None = None,
         pool_size: int = 4,
@@ -522,10 +216,9 @@ class PostgresStore:
         node_id: str | None = None,
         listen: bool = True,
         connect_timeout: float = 10.0,
-        reactor: Any = None,
     ) -> None:
         try:
-            from psycopg import sql
+            import psycopg  # noqa: F401  (the optional extra)
         except ImportError:
             raise ConfigurationError(
                 "PostgresStore needs psycopg 3: pip install 'txacme[postgres]'"
@@ -540,11 +233,9 @@ class PostgresStore:
             raise ConfigurationError("key_encryption must be a KeyEncryption")
         if not isinstance(pool_size, int) or not 1 <= pool_size <= 64:
             raise ConfigurationError(f"pool_size={pool_size!r} must be an integer from 1 to 64")
-        if reactor is None:
-            from twisted.internet import reactor as global_reactor
-
-            reactor = global_reactor
-        self._reactor = reactor
+        self._clock = reactor
+        self._core = IReactorCore(reactor)
+        self._from_threads = IReactorFromThreads(reactor)
         self._redacted = redact_conninfo(conninfo)
         self.schema = schema
         self.key_encryption = key_encryption
@@ -552,27 +243,18 @@ class PostgresStore:
         self.lock_timeout = _check_ttl(lock_timeout, "lock_timeout")
         self.node_id = node_id or f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         self._listen = listen
-        self._listener: _Listener | None = None
+        self._listener: Listener | None = None
         self._waits = LockWaits(reactor)
         self._subscribers: list[Callable[[StoreChange], object]] = []
         self._state = "new"  # then "starting", "ready"; "closed" at the end
         self._start_waiters: list[Deferred[None]] = []
-        self._shutdown_trigger: Any = None
+        self._shutdown_trigger: object | None = None
         self._conninfo = conninfo
         self._pool_size = pool_size
         self._connect_timeout = connect_timeout
         self._pool = self._new_pool()
-
-        def table(name: str) -> sql.Composable:
-            if schema is None:
-                return sql.Identifier(name)
-            return sql.Identifier(schema, name)
-
-        self._certificates = table("txacme_certificates")
-        self._locks = table("txacme_locks")
-        self._challenges = table("txacme_challenges")
-        self._version_table = table("txacme_schema")
-        self.channel = "txacme" if schema is None else f"txacme.{schema}"
+        self._sql = StoreSQL(schema, self.node_id)
+        self.channel = self._sql.channel
 
     def __repr__(self) -> str:
         schema = f", schema={self.schema!r}" if self.schema else ""
@@ -599,32 +281,36 @@ class PostgresStore:
 
     async def _start(self) -> None:
         self._pool.start()
-        self._shutdown_trigger = self._reactor.addSystemEventTrigger(
+        self._shutdown_trigger = self._core.addSystemEventTrigger(
             "before", "shutdown", self.close
         )
-        version = await self._pool.run(self._migrate)
+        version = await self._pool.run(self._sql.migrate, MIGRATIONS)
         log.info(
             "PostgreSQL store ready: {conninfo}, schema version {version}",
             conninfo=self._redacted,
             version=version,
         )
         if self._listen:
-            ready: Deferred[None] = Deferred()
+            await self._start_listening()
 
-            def on_ready(error: BaseException | None) -> None:
-                def fire() -> None:
-                    if ready.called:
-                        return
-                    if error is None:
-                        ready.callback(None)
-                    else:
-                        ready.errback(error)
+    def _start_listening(self) -> Deferred[None]:
+        """Start the LISTEN thread; fires once it listens (fails if it cannot connect)."""
+        ready: Deferred[None] = Deferred()
 
-                self._reactor.callFromThread(fire)
+        def on_ready(error: BaseException | None) -> None:
+            def fire() -> None:
+                if ready.called:
+                    return
+                if error is None:
+                    ready.callback(None)
+                else:
+                    ready.errback(error)
 
-            self._listener = _Listener(self._pool, self.channel, self._deliver, on_ready)
-            self._listener.start()
-            await ready
+            self._from_threads.callFromThread(fire)
+
+        self._listener = Listener(self._pool, self.channel, self._deliver, on_ready)
+        self._listener.start()
+        return ready
 
     def _finish_start(self, result: None | Failure) -> None:
         failed = isinstance(result, Failure)
@@ -643,9 +329,9 @@ class PostgresStore:
             else:
                 d.callback(None)
 
-    def _new_pool(self) -> _ConnectionPool:
-        return _ConnectionPool(
-            self._conninfo, self._pool_size, self._connect_timeout, self._reactor
+    def _new_pool(self) -> ConnectionPool:
+        return ConnectionPool(
+            self._conninfo, self._pool_size, self._connect_timeout, self._from_threads
         )
 
     def _stop_threads(self) -> None:
@@ -654,7 +340,7 @@ class PostgresStore:
             listener.stop()
         if self._shutdown_trigger is not None:
             try:
-                self._reactor.removeSystemEventTrigger(self._shutdown_trigger)
+                self._core.removeSystemEventTrigger(self._shutdown_trigger)
             except (ValueError, KeyError):
                 pass
             self._shutdown_trigger = None
@@ -669,80 +355,31 @@ class PostgresStore:
         self._stop_threads()
         return succeed(None)
 
-    def _run(self, fn: Callable[..., _T], *args: Any) -> Deferred[_T]:
-        """Run ``fn(conn, *args)`` in a pool thread once the store has started."""
+    def _run(
+        self,
+        fn: Callable[Concatenate[Connection, _P], _T],
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> Deferred[_T]:
+        """Run ``fn(conn, *args, **kwargs)`` in a pool thread once the store has started."""
         if self._state == "ready":
-            return self._pool.run(fn, *args)
-        return self.start().addCallback(lambda _: self._pool.run(fn, *args))
-
-    # -- schema ----------------------------------------------------------------
-
-    def _migrate(self, conn: psycopg.Connection[Any]) -> int:
-        from psycopg import sql
-
-        prefix = "" if self.schema is None else sql.Identifier(self.schema).as_string(conn) + "."
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(hashtext('txacme schema migration'))")
-            if self.schema is not None:
-                conn.execute(
-                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema))
-                )
-            conn.execute(
-                sql.SQL("CREATE TABLE IF NOT EXISTS {} (version integer NOT NULL)").format(
-                    self._version_table
-                )
-            )
-            row = conn.execute(
-                sql.SQL("SELECT max(version) FROM {}").format(self._version_table)
-            ).fetchone()
-            version = int(row[0]) if row is not None and row[0] is not None else 0
-            known = len(MIGRATIONS)
-            if version > known:
-                raise ConfigurationError(
-                    f"the database schema is version {version}, newer than this txacme "
-                    f"knows ({known}); upgrade txacme"
-                )
-            for index in range(version, known):
-                for statement in MIGRATIONS[index]:
-                    conn.execute(statement.replace("{p}", prefix))
-                log.info("migrated the PostgreSQL store to schema version {version}",
-                         version=index + 1)
-            if version != known:
-                conn.execute(sql.SQL("DELETE FROM {}").format(self._version_table))
-                conn.execute(
-                    sql.SQL("INSERT INTO {} (version) VALUES (%s)").format(self._version_table),
-                    (known,),
-                )
-            return known
+            return self._pool.run(fn, *args, **kwargs)
+        return self.start().addCallback(lambda _: self._pool.run(fn, *args, **kwargs))
 
     def schema_version(self) -> Deferred[int]:
         """The schema version recorded in the database."""
-        from psycopg import sql
-
-        def query(conn: psycopg.Connection[Any]) -> int:
-            row = conn.execute(
-                sql.SQL("SELECT max(version) FROM {}").format(self._version_table)
-            ).fetchone()
-            return int(row[0]) if row and row[0] is not None else 0
-
-        return self._run(query)
+        return self._run(self._sql.schema_version)
 
     # -- notification ------------------------------------------------------------
 
-    def _notify(self, conn: psycopg.Connection[Any], payload: dict[str, Any]) -> None:
-        payload["o"] = self.node_id
-        conn.execute(
-            "SELECT pg_notify(%s, %s)", (self.channel, json.dumps(payload, separators=(",", ":")))
-        )
-
     def _deliver(self, payload: str | None) -> None:
         """Called in the listener thread."""
-        self._reactor.callFromThread(self._dispatch, payload)
+        self._from_threads.callFromThread(self._dispatch, payload)
 
     def _dispatch(self, payload: str | None) -> None:
         if self._state == "closed":
             return
-        change = self._parse_change(payload)
+        change = _parse_change(payload)
         if change is None:
             return
         if change.kind == "lock" and change.name is not None:
@@ -752,25 +389,6 @@ class PostgresStore:
                 callback(change)
             except Exception:
                 log.failure("store change subscriber {callback!r} failed", callback=callback)
-
-    @staticmethod
-    def _parse_change(payload: str | None) -> StoreChange | None:
-        if payload is None:
-            return StoreChange("resync")
-        try:
-            data = json.loads(payload)
-            kind = {"c": "certificate", "h": "challenge", "l": "lock"}[data["k"]]
-            return StoreChange(
-                kind,
-                data.get("n"),
-                deleted=bool(data.get("d", False)),
-                challenge_type=data.get("t"),
-                token=data.get("tok"),
-                origin=data.get("o"),
-            )
-        except (ValueError, KeyError, TypeError):
-            log.warn("ignoring a malformed change notification")
-            return None
 
     def subscribe(self, callback: Callable[[StoreChange], object]) -> Callable[[], None]:
         """
@@ -789,84 +407,38 @@ class PostgresStore:
 
     # -- certificates ------------------------------------------------------------
 
-    def _row_to_entry(self, name: str, row: Sequence[Any]) -> list[pem.AbstractPEMObject]:
-        return _entry_from_row(name, row[0], row[1], row[2], self.key_encryption)
-
     def get(self, server_name: str) -> Deferred[list[pem.AbstractPEMObject]]:
         """The entry of ``server_name`` (``[]`` when wanted); ``KeyError`` if missing."""
-        from psycopg import sql
-
         try:
             name = normalize_server_name(server_name)
         except InvalidServerName:
             return fail()
-        query = sql.SQL(
-            "SELECT key_data, key_format, certificates FROM {} WHERE name = %s"
-        ).format(self._certificates)
 
-        def read(conn: psycopg.Connection[Any]) -> list[pem.AbstractPEMObject]:
-            row = conn.execute(query, (name,)).fetchone()
-            if row is None:
+        def read(conn: Connection) -> list[pem.AbstractPEMObject]:
+            found = self._sql.entry(conn, name, self.key_encryption)
+            if found is None:
                 raise KeyError(server_name)
-            return self._row_to_entry(name, row)
+            return found
 
         return self._run(read)
 
     def as_dict(self) -> Deferred[dict[str, list[pem.AbstractPEMObject]]]:
         """Every entry by name; damaged or unreadable entries are logged and left out."""
-        from psycopg import sql
+        return self._run(lambda conn: self._sql.entries(conn, self.key_encryption))
 
-        query = sql.SQL(
-            "SELECT name, key_data, key_format, certificates FROM {} WHERE name <> %s"
-        ).format(self._certificates)
-
-        def read(conn: psycopg.Connection[Any]) -> dict[str, list[pem.AbstractPEMObject]]:
-            result: dict[str, list[pem.AbstractPEMObject]] = {}
-            with conn.cursor() as cursor:
-                cursor.execute(query, (DEFAULT_ROW,))
-                for name, key_data, key_format, certificates in cursor:
-                    try:
-                        result[name] = _entry_from_row(
-                            name, key_data, key_format, certificates, self.key_encryption
-                        )
-                    except (ConfigurationError, ValueError, UnicodeError) as e:
-                        log.error("skipping the damaged entry {name}: {reason}",
-                                  name=name, reason=str(e))
-            return result
-
-        return self._run(read)
-
-    def _prepare(self, name: str, pem_objects: object) -> tuple[bytes, int, str, Any]:
+    def _prepare(self, name: str, pem_objects: object) -> Prepared:
         """Validate an entry and split it into the key (sealed or not) and the certificates."""
         objects = validate_pem_objects(pem_objects, name or "DEFAULT")
         key = next(o for o in objects if isinstance(o, pem.PrivateKey))
         certificates = [o for o in objects if o is not key]
         key_pem = key.as_bytes()
         if self.key_encryption is not None:
-            key_data, key_format = self.key_encryption.seal(name, key_pem), _KEY_SEALED
+            key_data, key_format = self.key_encryption.seal(name, key_pem), KEY_SEALED
         else:
-            key_data, key_format = key_pem, _KEY_PLAIN
+            key_data, key_format = key_pem, KEY_PLAIN
         leaf = x509.load_pem_x509_certificate(certificates[0].as_bytes())
-        text = _pem_text(certificates).decode("ascii")
+        text = _serialize(certificates).decode("ascii")
         return key_data, key_format, text, leaf.not_valid_after_utc
-
-    def _upsert(
-        self, conn: psycopg.Connection[Any], name: str, prepared: tuple[bytes, int, str, Any]
-    ) -> None:
-        from psycopg import sql
-
-        conn.execute(
-            sql.SQL(
-                "INSERT INTO {t} AS c (name, key_data, key_format, certificates, not_after, "
-                "updated_by) VALUES (%s, %s, %s, %s, %s, %s) "
-                "ON CONFLICT (name) DO UPDATE SET key_data = EXCLUDED.key_data, "
-                "key_format = EXCLUDED.key_format, certificates = EXCLUDED.certificates, "
-                "not_after = EXCLUDED.not_after, updated_by = EXCLUDED.updated_by, "
-                "version = c.version + 1, updated_at = clock_timestamp()"
-            ).format(t=self._certificates),
-            (name, *prepared, self.node_id),
-        )
-        self._notify(conn, {"k": "c", "n": name})
 
     def store(self, server_name: str, pem_objects: object) -> Deferred[None]:
         """Validate and replace the entry of ``server_name`` (one transaction); notify."""
@@ -875,12 +447,7 @@ class PostgresStore:
             prepared = self._prepare(name, pem_objects)
         except Exception:
             return fail()
-
-        def write(conn: psycopg.Connection[Any]) -> None:
-            with conn.transaction():
-                self._upsert(conn, name, prepared)
-
-        d = self._run(write)
+        d = self._run(self._sql.store, name, prepared)
         d.addCallback(
             lambda _: log.info("stored the certificate of {server_name} in PostgreSQL",
                                server_name=name)
@@ -889,25 +456,12 @@ class PostgresStore:
 
     def store_fenced(self, lease: Lease, pem_objects: object) -> Deferred[None]:
         """Store under ``lease`` if it still holds the lock, else :class:`LockLost`."""
-        from psycopg import sql
-
         try:
             name = normalize_server_name(lease.name)
             prepared = self._prepare(name, pem_objects)
         except Exception:
             return fail()
-        check = sql.SQL(
-            "SELECT 1 FROM {} WHERE name = %s AND lease_id = %s "
-            "AND expires_at > clock_timestamp() FOR UPDATE"
-        ).format(self._locks)
-
-        def write(conn: psycopg.Connection[Any]) -> None:
-            with conn.transaction():
-                if conn.execute(check, (name, lease.lease_id)).fetchone() is None:
-                    raise LockLost(f"the lease on {name} was lost; not storing")
-                self._upsert(conn, name, prepared)
-
-        d = self._run(write)
+        d = self._run(self._sql.store_fenced, lease, name, prepared)
         d.addCallback(
             lambda _: log.info(
                 "stored the certificate of {server_name} in PostgreSQL (fence {fence})",
@@ -919,17 +473,12 @@ class PostgresStore:
 
     def get_default(self) -> Deferred[list[pem.AbstractPEMObject]]:
         """The default entry (served without a matching name); ``KeyError`` if none."""
-        from psycopg import sql
 
-        query = sql.SQL(
-            "SELECT key_data, key_format, certificates FROM {} WHERE name = %s"
-        ).format(self._certificates)
-
-        def read(conn: psycopg.Connection[Any]) -> list[pem.AbstractPEMObject]:
-            row = conn.execute(query, (DEFAULT_ROW,)).fetchone()
-            if row is None or row[0] is None:
+        def read(conn: Connection) -> list[pem.AbstractPEMObject]:
+            found = self._sql.entry(conn, DEFAULT_ROW, self.key_encryption)
+            if not found:
                 raise KeyError("DEFAULT")
-            return self._row_to_entry(DEFAULT_ROW, row)
+            return found
 
         return self._run(read)
 
@@ -939,82 +488,25 @@ class PostgresStore:
             prepared = self._prepare(DEFAULT_ROW, pem_objects)
         except Exception:
             return fail()
-
-        def write(conn: psycopg.Connection[Any]) -> None:
-            with conn.transaction():
-                self._upsert(conn, DEFAULT_ROW, prepared)
-
-        return self._run(write)
+        return self._run(self._sql.store, DEFAULT_ROW, prepared)
 
     def mark_wanted(self, server_name: str) -> Deferred[bool]:
         """Create an empty entry (asking for a certificate) unless one exists."""
-        from psycopg import sql
-
         try:
             name = normalize_server_name(server_name)
         except InvalidServerName:
             return fail()
-        query = sql.SQL(
-            "INSERT INTO {} (name, updated_by) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING "
-            "RETURNING 1"
-        ).format(self._certificates)
-
-        def write(conn: psycopg.Connection[Any]) -> bool:
-            with conn.transaction():
-                created = conn.execute(query, (name, self.node_id)).fetchone() is not None
-                if created:
-                    self._notify(conn, {"k": "c", "n": name})
-                return created
-
-        return self._run(write)
+        return self._run(self._sql.mark_wanted, name)
 
     def remove(self, server_name: str) -> Deferred[bool]:
         """Delete the entry of ``server_name``; ``True`` if there was one."""
-        from psycopg import sql
-
         try:
             name = normalize_server_name(server_name)
         except InvalidServerName:
             return fail()
-        query = sql.SQL("DELETE FROM {} WHERE name = %s RETURNING 1").format(self._certificates)
-
-        def write(conn: psycopg.Connection[Any]) -> bool:
-            with conn.transaction():
-                removed = conn.execute(query, (name,)).fetchone() is not None
-                if removed:
-                    self._notify(conn, {"k": "c", "n": name})
-                return removed
-
-        return self._run(write)
+        return self._run(self._sql.remove, name)
 
     # -- locks -----------------------------------------------------------------
-
-    def _try(self, name: str, ttl: float, lease_id: str) -> Deferred[tuple[Lease | None, float]]:
-        from psycopg import sql
-
-        take = sql.SQL(
-            "INSERT INTO {t} AS l (name, lease_id, owner, fence, expires_at) "
-            "VALUES (%(name)s, %(lease)s, %(owner)s, 1, "
-            "clock_timestamp() + make_interval(secs => %(ttl)s)) "
-            "ON CONFLICT (name) DO UPDATE SET lease_id = EXCLUDED.lease_id, "
-            "owner = EXCLUDED.owner, fence = l.fence + 1, expires_at = EXCLUDED.expires_at "
-            "WHERE l.expires_at <= clock_timestamp() OR l.lease_id = EXCLUDED.lease_id "
-            "RETURNING fence, extract(epoch FROM expires_at)"
-        ).format(t=self._locks)
-        holder = sql.SQL(
-            "SELECT extract(epoch FROM expires_at - clock_timestamp()) FROM {} WHERE name = %s"
-        ).format(self._locks)
-
-        def attempt(conn: psycopg.Connection[Any]) -> tuple[Lease | None, float]:
-            row = conn.execute(
-                take, {"name": name, "lease": lease_id, "owner": self.node_id, "ttl": ttl}
-            ).fetchone()
-            if row is not None:
-                return Lease(name, lease_id, int(row[0]), self.node_id, float(row[1])), 0.0
-            left = conn.execute(holder, (name,)).fetchone()
-            return None, float(left[0]) if left is not None else 0.0
-
-        return self._run(attempt)
 
     def try_acquire(self, name: str, ttl: float | None = None) -> Deferred[Lease | None]:
         """Take the lock of ``name`` if it is free; ``None`` if a live lease holds it."""
@@ -1022,7 +514,8 @@ class PostgresStore:
             canonical, real_ttl = _lock_request(self, name, ttl)
         except ConfigurationError:
             return fail()
-        return self._try(canonical, real_ttl, os.urandom(16).hex()).addCallback(lambda r: r[0])
+        attempt = self._run(self._sql.take_lock, canonical, real_ttl, os.urandom(16).hex())
+        return attempt.addCallback(lambda taken: taken[0])
 
     def acquire(
         self, name: str, ttl: float | None = None, timeout: float | None = None
@@ -1038,9 +531,9 @@ class PostgresStore:
         lease_id = os.urandom(16).hex()
         return Deferred.fromCoroutine(
             acquire_loop(
-                lambda: self._try(canonical, real_ttl, lease_id),
+                lambda: self._run(self._sql.take_lock, canonical, real_ttl, lease_id),
                 self._waits,
-                self._reactor,
+                self._clock,
                 canonical,
                 wait,
             )
@@ -1048,58 +541,19 @@ class PostgresStore:
 
     def renew(self, lease: Lease, ttl: float | None = None) -> Deferred[Lease]:
         """Extend ``lease`` by ``ttl`` from now; :class:`LockLost` if it lapsed."""
-        from psycopg import sql
-
         try:
             real_ttl = _lease_ttl(self, ttl)
         except ConfigurationError:
             return fail()
-        query = sql.SQL(
-            "UPDATE {} SET expires_at = clock_timestamp() + make_interval(secs => %s) "
-            "WHERE name = %s AND lease_id = %s AND expires_at > clock_timestamp() "
-            "RETURNING extract(epoch FROM expires_at)"
-        ).format(self._locks)
-
-        def update(conn: psycopg.Connection[Any]) -> Lease:
-            row = conn.execute(query, (real_ttl, lease.name, lease.lease_id)).fetchone()
-            if row is None:
-                raise LockLost(f"the lease on {lease.name} was lost")
-            return Lease(lease.name, lease.lease_id, lease.fence, lease.owner, float(row[0]))
-
-        return self._run(update)
+        return self._run(self._sql.renew_lock, lease, real_ttl)
 
     def release(self, lease: Lease) -> Deferred[bool]:
         """Give the lock back and wake waiting processes; ``False`` if it was lost."""
-        from psycopg import sql
-
-        query = sql.SQL(
-            "UPDATE {} SET lease_id = NULL, owner = NULL, expires_at = '-infinity' "
-            "WHERE name = %s AND lease_id = %s AND expires_at > clock_timestamp() RETURNING 1"
-        ).format(self._locks)
-
-        def update(conn: psycopg.Connection[Any]) -> bool:
-            with conn.transaction():
-                released = conn.execute(query, (lease.name, lease.lease_id)).fetchone() is not None
-                if released:
-                    self._notify(conn, {"k": "l", "n": lease.name})
-                return released
-
-        return self._run(update)
+        return self._run(self._sql.release_lock, lease)
 
     def holder(self, name: str) -> Deferred[tuple[str, int, float] | None]:
         """``(owner, fence, seconds left)`` of the live lease on ``name``, or ``None``."""
-        from psycopg import sql
-
-        query = sql.SQL(
-            "SELECT owner, fence, extract(epoch FROM expires_at - clock_timestamp()) FROM {} "
-            "WHERE name = %s AND expires_at > clock_timestamp()"
-        ).format(self._locks)
-
-        def read(conn: psycopg.Connection[Any]) -> tuple[str, int, float] | None:
-            row = conn.execute(query, (normalize_server_name(name),)).fetchone()
-            return None if row is None else (str(row[0]), int(row[1]), float(row[2]))
-
-        return self._run(read)
+        return self._run(self._sql.lock_holder, name)
 
     # -- challenges ------------------------------------------------------------------
 
@@ -1107,89 +561,22 @@ class PostgresStore:
         self, record: ChallengeRecord, ttl: float = DEFAULT_CHALLENGE_TTL
     ) -> Deferred[None]:
         """Write ``record``, expiring after ``ttl`` seconds; notify."""
-        from psycopg import sql
-
         try:
             record = _checked_record(record, self.node_id)
             real_ttl = _check_ttl(ttl)
         except ConfigurationError:
             return fail()
-        query = sql.SQL(
-            "INSERT INTO {} (challenge_type, identifier, token, key_authorization, owner, "
-            "expires_at) VALUES (%s, %s, %s, %s, %s, "
-            "clock_timestamp() + make_interval(secs => %s)) "
-            "ON CONFLICT (challenge_type, identifier, token) DO UPDATE SET "
-            "key_authorization = EXCLUDED.key_authorization, owner = EXCLUDED.owner, "
-            "expires_at = EXCLUDED.expires_at"
-        ).format(self._challenges)
-        purge = sql.SQL("DELETE FROM {} WHERE expires_at < clock_timestamp()").format(
-            self._challenges
-        )
-
-        def write(conn: psycopg.Connection[Any]) -> None:
-            with conn.transaction():
-                conn.execute(purge)
-                conn.execute(
-                    query,
-                    (
-                        record.challenge_type,
-                        record.identifier,
-                        record.token,
-                        record.key_authorization,
-                        record.owner,
-                        real_ttl,
-                    ),
-                )
-                self._notify(
-                    conn,
-                    {"k": "h", "n": record.identifier, "t": record.challenge_type,
-                     "tok": record.token},
-                )
-
-        return self._run(write)
+        return self._run(self._sql.put_challenge, record, real_ttl)
 
     def get_challenges(
         self, challenge_type: str, identifier: str | None = None, token: str | None = None
     ) -> Deferred[list[ChallengeRecord]]:
         """The unexpired records of ``challenge_type`` matching the filters."""
-        from psycopg import sql
-
-        query = sql.SQL(
-            "SELECT challenge_type, identifier, token, key_authorization, owner FROM {} "
-            "WHERE challenge_type = %s AND (%s::text IS NULL OR identifier = %s) "
-            "AND (%s::text IS NULL OR token = %s) AND expires_at > clock_timestamp()"
-        ).format(self._challenges)
-
-        def read(conn: psycopg.Connection[Any]) -> list[ChallengeRecord]:
-            rows = conn.execute(
-                query, (challenge_type, identifier, identifier, token, token)
-            ).fetchall()
-            return [ChallengeRecord(*row) for row in rows]
-
-        return self._run(read)
+        return self._run(self._sql.get_challenges, challenge_type, identifier, token)
 
     def delete_challenge(self, record: ChallengeRecord) -> Deferred[None]:
         """Delete ``record`` (no-op when gone); notify."""
-        from psycopg import sql
-
-        query = sql.SQL(
-            "DELETE FROM {} WHERE challenge_type = %s AND identifier = %s AND token = %s "
-            "RETURNING 1"
-        ).format(self._challenges)
-
-        def write(conn: psycopg.Connection[Any]) -> None:
-            with conn.transaction():
-                row = conn.execute(
-                    query, (record.challenge_type, record.identifier, record.token)
-                ).fetchone()
-                if row is not None:
-                    self._notify(
-                        conn,
-                        {"k": "h", "n": record.identifier, "t": record.challenge_type,
-                         "tok": record.token, "d": True},
-                    )
-
-        return self._run(write)
+        return self._run(self._sql.delete_challenge, record)
 
 
 __all__ = [

@@ -21,62 +21,74 @@ an endpoint string gives them) apply to the PostgreSQL store:
 
 Passwords in a URL are never logged nor put in error messages; prefer a
 ``~/.pgpass`` file or the ``PGPASSWORD`` environment variable anyway.
+
+May import the core modules and the rest of :mod:`txacme.stores` (the
+PostgreSQL store only when a ``postgresql:`` URL asks for it: psycopg is an
+optional extra).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import TypedDict, cast
 from urllib.parse import unquote, urlsplit
 
+from twisted.internet.interfaces import IReactorTime
+
 from txacme.errors import ConfigurationError
+from txacme.formats import parse_flag, parse_number
+from txacme.interfaces import ICertificateStore
+from txacme.stores.directory import DirectoryStore
+from txacme.stores.keysealing import KeyEncryption
+from txacme.stores.memory import MemoryStore
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 
-_POSTGRES_OPTIONS: dict[str, Callable[[str, Any], Any]] = {}
+_WHAT = "store option "
 
 
-def _number(kind: type[int] | type[float]) -> Callable[[str, Any], Any]:
-    def convert(name: str, value: Any) -> Any:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return kind(value)
-        try:
-            return kind(str(value))
-        except ValueError:
-            raise ConfigurationError(f"store option {name}={value!r} is not a number")
-
-    return convert
+def _integer(name: str, value: object) -> int:
+    return int(parse_number(name, value, integer=True, minimum=None, what=_WHAT))
 
 
-def _text(name: str, value: Any) -> str:
+def _number(name: str, value: object) -> float:
+    return parse_number(name, value, minimum=None, what=_WHAT)
+
+
+def _text(name: str, value: object) -> str:
     if not isinstance(value, str) or not value:
-        raise ConfigurationError(f"store option {name}={value!r} must be a non-empty string")
+        raise ConfigurationError(f"{_WHAT}{name}={value!r} must be a non-empty string")
     return value
 
 
-def _flag(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "yes", "true", "on"):
-        return True
-    if text in ("0", "no", "false", "off"):
-        return False
-    raise ConfigurationError(f"store option {name}={value!r} must be yes or no")
+def _flag(name: str, value: object) -> bool:
+    return parse_flag(name, value, what=_WHAT)
 
 
-_POSTGRES_OPTIONS.update(
-    {
-        "schema": _text,
-        "node_id": _text,
-        "pool_size": _number(int),
-        "lease_ttl": _number(float),
-        "lock_timeout": _number(float),
-        "connect_timeout": _number(float),
-        "listen": _flag,
-    }
-)
+class _PostgresOptions(TypedDict, total=False):
+    """The keyword arguments of ``PostgresStore`` that store options give."""
+
+    schema: str
+    node_id: str
+    pool_size: int
+    lease_ttl: float
+    lock_timeout: float
+    connect_timeout: float
+    listen: bool
+    key_encryption: KeyEncryption
+
+
+# Each option's converter gives the type _PostgresOptions names for it.
+_POSTGRES_OPTIONS: dict[str, Callable[[str, object], object]] = {
+    "schema": _text,
+    "node_id": _text,
+    "pool_size": _integer,
+    "lease_ttl": _number,
+    "lock_timeout": _number,
+    "connect_timeout": _number,
+    "listen": _flag,
+}
 
 
 def redact_url(url: str) -> str:
@@ -91,14 +103,18 @@ def redact_url(url: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
-def store_from_url(url: str, *, reactor: Any = None, **options: Any) -> Any:
+def store_from_url(
+    url: str, *, reactor: IReactorTime | None = None, **options: object
+) -> ICertificateStore:
     """
     The certificate store named by ``url`` (see the module documentation).
 
-    :param reactor: the reactor, for stores that need one.
+    :param reactor: the reactor; a PostgreSQL store needs it (see
+        :class:`~txacme.stores.postgres.PostgresStore`).
     :param options: store options; unknown ones are refused.
     :raises txacme.errors.ConfigurationError: naming the URL (without its
         password) or the option that is wrong.
+    :raises TypeError: for a PostgreSQL URL without a reactor.
     """
     if not isinstance(url, str) or not url:
         raise ConfigurationError("store URL is empty")
@@ -108,13 +124,9 @@ def store_from_url(url: str, *, reactor: Any = None, **options: Any) -> Any:
         return _postgres(url, reactor, options)
     if scheme == "memory":
         _no_options(url, options)
-        from txacme.testing import MemoryStore
-
         return MemoryStore()
     if scheme == "file" or (not scheme and url) or (len(scheme) == 1 and os.name == "nt"):
         _no_options(url, options)
-        from txacme.stores.directory import DirectoryStore
-
         if scheme == "file":
             if parts.netloc not in ("", "localhost"):
                 raise ConfigurationError(f"store={url!r}: file URLs must name a local path")
@@ -128,17 +140,19 @@ def store_from_url(url: str, *, reactor: Any = None, **options: Any) -> Any:
     )
 
 
-def _no_options(url: str, options: dict[str, Any]) -> None:
+def _no_options(url: str, options: Mapping[str, object]) -> None:
     if options:
         raise ConfigurationError(
             f"store={redact_url(url)!r} takes no options ({', '.join(sorted(options))})"
         )
 
 
-def _postgres(url: str, reactor: Any, options: dict[str, Any]) -> Any:
-    from txacme.stores.postgres import KeyEncryption, PostgresStore
+def _postgres(
+    url: str, reactor: IReactorTime | None, options: dict[str, object]
+) -> ICertificateStore:
+    from txacme.stores.postgres import PostgresStore  # only when asked for: psycopg
 
-    kwargs: dict[str, Any] = {}
+    converted: dict[str, object] = {}
     key_file = options.pop("key_file", None)
     old_key_files = options.pop("old_key_files", None)
     for name, value in options.items():
@@ -148,15 +162,29 @@ def _postgres(url: str, reactor: Any, options: dict[str, Any]) -> Any:
                 f"unknown PostgreSQL store option {name!r}; use key_file, old_key_files, "
                 f"{', '.join(sorted(_POSTGRES_OPTIONS))}"
             )
-        kwargs[name] = convert(name, value)
+        converted[name] = convert(name, value)
     if old_key_files and not key_file:
         raise ConfigurationError("old_key_files= needs key_file= (the current key)")
     if key_file:
-        old = old_key_files.split(",") if isinstance(old_key_files, str) else old_key_files or []
-        kwargs["key_encryption"] = KeyEncryption.from_files(
-            _text("key_file", key_file), *[p.strip() for p in old if p.strip()]
+        converted["key_encryption"] = KeyEncryption.from_files(
+            _text("key_file", key_file), *_old_key_files(old_key_files)
         )
-    return PostgresStore(url, reactor=reactor, **kwargs)
+    if reactor is None:
+        raise TypeError(f"store={redact_url(url)!r}: a PostgreSQL store needs the reactor")
+    return PostgresStore(url, reactor=reactor, **cast(_PostgresOptions, converted))
+
+
+def _old_key_files(value: object) -> list[str]:
+    """The paths of ``old_key_files=``: comma-separated text, or a list of paths."""
+    if not value:
+        return []
+    if isinstance(value, str):
+        paths = value.split(",")
+    elif isinstance(value, Iterable):
+        paths = [str(p) for p in value]
+    else:
+        raise ConfigurationError(f"{_WHAT}old_key_files={value!r} must name files")
+    return [p.strip() for p in paths if p.strip()]
 
 
 __all__ = ["POSTGRES_SCHEMES", "redact_url", "store_from_url"]

@@ -16,24 +16,22 @@ Built in:
 This module also holds the small types that the providers and the responder
 share: :class:`Nameserver` (an address and a port) and the :class:`DNSError`
 family.
+
+May import the core modules only (the responder imports this package, not the
+other way round).
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import attrs
 from twisted.internet.defer import Deferred
 from zope.interface import Interface
 
 from txacme.errors import ConfigurationError, TxACMEError
-
-if TYPE_CHECKING:
-    from twisted.internet.interfaces import IReactorTime
-
-    from txacme.interfaces import IResponder
 
 _T = TypeVar("_T")
 
@@ -147,21 +145,6 @@ def parse_nameserver(text: str, option: str = "dns_server") -> Nameserver:
     return Nameserver(address.compressed, port)
 
 
-def dns01_responder_from_options(
-    options: Mapping[str, str], *, clock: IReactorTime | None = None
-) -> IResponder:
-    """
-    Build a ``dns-01`` responder from endpoint-string options (``dns=rfc2136``...).
-
-    See :func:`txacme.challenges.dns01.dns01_responder_from_options` for the
-    options; this name is here so the endpoint parser need not import the
-    responder before it is used.
-    """
-    from txacme.challenges.dns01 import dns01_responder_from_options as build
-
-    return build(options, clock=clock)
-
-
 __all__ = [
     "DNSError",
     "DNSUpdateError",
@@ -169,6 +152,5 @@ __all__ = [
     "Nameserver",
     "RunInThread",
     "default_run_in_thread",
-    "dns01_responder_from_options",
     "parse_nameserver",
 ]

@@ -1,0 +1,370 @@
+"""
+Holding a TLS handshake until its ClientHello has been judged: the ClientHello
+parser and the connection factory that shows each ClientHello to a hook.
+
+OpenSSL asks for a certificate in callbacks that must answer at once (the SNI
+callback; the certificate callback ``SSL_CTX_set_cert_cb`` can pause a
+handshake, but pyOpenSSL does not expose it and Twisted's TLS protocol does not
+resume one). So txacme waits *before* OpenSSL: :class:`HelloHookFactory` wraps
+connections like ``TLSMemoryBIOFactory`` (it is one) and keeps the bytes
+received from the client until the whole ClientHello has arrived. It reads the
+server name and ALPN list from it (:func:`parse_client_hello`), asks a hook, and
+feeds the bytes to OpenSSL when the hook's ``Deferred`` fires, or after
+``timeout`` seconds, whichever is first. Nothing was sent to the client
+meanwhile, so the handshake then proceeds as if the ClientHello had just
+arrived: with the new certificate when it was obtained in time, otherwise with
+the default certificate, or a ``handshake_failure`` alert when there is none;
+the next handshake gets the certificate. Works with TLS 1.2 and 1.3 and needs
+no private OpenSSL bindings.
+
+A hook that returns ``None`` costs one parse of the ClientHello (a few
+microseconds), so known names are not slowed down. Bytes that are not a TLS
+ClientHello are handed to OpenSSL at once.
+
+The hooks are :meth:`txacme.issuing.ondemand.OnDemandIssuer.hello_hook` (on-demand
+issuance) and :meth:`txacme.serving.cluster.ClusterNode.hello_hook` (a cluster's
+challenge look-up).
+
+May import the core modules only.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IOpenSSLServerConnectionCreator,
+    IProtocolFactory,
+    IReactorTime,
+    ITransport,
+)
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+
+from txacme.errors import ConfigurationError
+
+log = Logger()
+
+MAX_HELLO_BYTES = 65536
+"""Bytes kept while waiting for a whole ClientHello; more is not TLS we wait for."""
+
+DEFAULT_HELLO_TIMEOUT = 10.0
+"""Seconds a handshake is held by default."""
+
+
+# ---------------------------------------------------------------------------
+# ClientHello
+# ---------------------------------------------------------------------------
+
+
+class ClientHello:
+    """
+    What the server needs from a TLS ClientHello before answering it.
+
+    :ivar server_name: the SNI host name, lower case, without a trailing dot;
+        ``None`` when absent or not ASCII.
+    :ivar alpn_protocols: the ALPN protocols offered, in the client's order.
+    """
+
+    __slots__ = ("server_name", "alpn_protocols")
+
+    def __init__(self, server_name: str | None, alpn_protocols: tuple[bytes, ...] = ()) -> None:
+        self.server_name = server_name
+        self.alpn_protocols = alpn_protocols
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ClientHello):
+            return NotImplemented
+        return (self.server_name, self.alpn_protocols) == (
+            other.server_name,
+            other.alpn_protocols,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.server_name, self.alpn_protocols))
+
+    def __repr__(self) -> str:
+        return f"ClientHello({self.server_name!r}, {self.alpn_protocols!r})"
+
+
+class _NeedMore(enum.Enum):
+    NEED_MORE = "NEED_MORE"
+
+    def __repr__(self) -> str:
+        return "NEED_MORE"
+
+
+NEED_MORE = _NeedMore.NEED_MORE
+"""Returned by :func:`parse_client_hello` when the ClientHello is incomplete."""
+
+
+def parse_client_hello(data: bytes) -> ClientHello | _NeedMore | None:
+    """
+    Parse the ClientHello at the start of ``data`` (TLS records as received).
+
+    :return: a :class:`ClientHello`; :data:`NEED_MORE` when more bytes are
+        needed; ``None`` when ``data`` does not start with a ClientHello (then
+        OpenSSL should see the bytes and fail the handshake itself).
+    """
+    size = len(data)
+    if size < 5:
+        return NEED_MORE if not size or data[0] == 22 else None
+    if data[0] != 22 or data[1] != 3:
+        return None
+    record_length = (data[3] << 8) | data[4]
+    if size >= 9 and record_length >= 4 and data[5] == 1:
+        end = 9 + ((data[6] << 16) | (data[7] << 8) | data[8])
+        if end <= 5 + record_length:
+            # The usual case: the whole ClientHello in the first record.
+            if size < end:
+                return NEED_MORE
+            try:
+                return _parse_hello_body(data, 9, end)
+            except (IndexError, ValueError):
+                return None
+    return _parse_fragmented(data)
+
+
+def _parse_fragmented(data: bytes) -> ClientHello | _NeedMore | None:
+    """A ClientHello spread over several records: reassemble, then parse."""
+    body = bytearray()
+    offset = 0
+    needed: int | None = None
+    while needed is None or len(body) < needed:
+        if len(data) < offset + 5:
+            return NEED_MORE if len(data) < MAX_HELLO_BYTES else None
+        content_type, major = data[offset], data[offset + 1]
+        length = (data[offset + 3] << 8) | data[offset + 4]
+        if content_type != 22 or major != 3 or length == 0 or length > 16384 + 2048:
+            return None
+        if len(data) < offset + 5 + length:
+            return NEED_MORE if len(data) < MAX_HELLO_BYTES else None
+        body += data[offset + 5 : offset + 5 + length]
+        offset += 5 + length
+        if needed is None and len(body) >= 4:
+            if body[0] != 1:  # not a ClientHello
+                return None
+            needed = 4 + int.from_bytes(body[1:4], "big")
+            if needed > MAX_HELLO_BYTES:
+                return None
+    try:
+        return _parse_hello_body(bytes(body), 4, needed)
+    except (IndexError, ValueError):
+        return None
+
+
+def _parse_hello_body(data: bytes, pos: int, end: int) -> ClientHello:
+    """
+    Parse the ClientHello body in ``data[pos:end]``: offsets, no copies, one
+    function (this runs for every handshake; it is written for speed).
+
+    :raises IndexError, ValueError: for a malformed ClientHello.
+    """
+    pos += 34  # legacy_version, random
+    pos += 1 + data[pos]  # session id
+    pos += 2 + ((data[pos] << 8) | data[pos + 1])  # cipher suites
+    pos += 1 + data[pos]  # compression methods
+    if pos >= end:
+        return ClientHello(None, ())
+    extensions_end = pos + 2 + ((data[pos] << 8) | data[pos + 1])
+    if extensions_end > end:
+        raise ValueError("extensions overrun the ClientHello")
+    pos += 2
+    server_name: str | None = None
+    alpn: tuple[bytes, ...] = ()
+    wanted = 2  # server_name and ALPN: stop looking once both were seen
+    while pos + 4 <= extensions_end:
+        ext_end = pos + 4 + ((data[pos + 2] << 8) | data[pos + 3])
+        if ext_end > extensions_end:
+            raise ValueError("an extension overruns the ClientHello")
+        if data[pos] == 0:
+            ext_type = data[pos + 1]
+            if ext_type == 0:  # server_name: list length, type 0 (host_name), length, name
+                wanted -= 1
+                length = (data[pos + 7] << 8) | data[pos + 8]
+                if data[pos + 6] == 0 and 0 < length <= 255 and pos + 9 + length <= ext_end:
+                    raw = data[pos + 9 : pos + 9 + length]
+                    if raw.isascii():
+                        server_name = raw.decode("ascii").lower()
+                        if server_name.endswith("."):
+                            server_name = server_name[:-1] or None
+            elif ext_type == 16:  # ALPN: list length, then length-prefixed names
+                wanted -= 1
+                protocols = []
+                item = pos + 6
+                while item < ext_end:
+                    length = data[item]
+                    protocols.append(bytes(data[item + 1 : item + 1 + length]))
+                    item += 1 + length
+                if item != ext_end:
+                    raise ValueError("malformed ALPN extension")
+                alpn = tuple(protocols)
+            if not wanted:
+                break
+        pos = ext_end
+    return ClientHello(server_name, alpn)
+
+
+HelloHook = Callable[[ClientHello], "Deferred[Any] | None"]
+"""Sees each ClientHello; a ``Deferred`` it returns holds the handshake until it fires."""
+
+
+def combine_hooks(*hooks: HelloHook | None) -> HelloHook:
+    """One hook calling each of ``hooks``; the handshake waits for all of them."""
+    active = [h for h in hooks if h is not None]
+
+    def hook(hello: ClientHello) -> Deferred[Any] | None:
+        waits: list[Deferred[Any]] = []
+        for each in active:
+            try:
+                result = each(hello)
+            except Exception:
+                log.failure("ClientHello hook {hook!r} failed", hook=each)
+                continue
+            if result is not None:
+                waits.append(result)
+        if not waits:
+            return None
+        if len(waits) == 1:
+            return waits[0]
+        return DeferredList(waits, consumeErrors=True)
+
+    return hook
+
+
+class HelloHookProtocol(BufferingTLSTransport):
+    """
+    A server TLS connection that shows the ClientHello to its factory's hook
+    before OpenSSL sees it (see the module documentation).
+    """
+
+    factory: HelloHookFactory
+
+    def makeConnection(self, transport: ITransport) -> None:  # noqa: N802
+        """Start holding received bytes until the ClientHello has been judged."""
+        self._hello_buffer = b""
+        self._hello_pending = True
+        self._hello_waiting: Deferred[Any] | None = None
+        self._hello_timer: IDelayedCall | None = None
+        super().makeConnection(transport)  # type: ignore[no-untyped-call]
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        """Feed OpenSSL, unless the ClientHello is still being read or judged."""
+        if not self._hello_pending:
+            super().dataReceived(data)  # type: ignore[no-untyped-call]
+            return
+        self._hello_buffer += data
+        if self._hello_waiting is not None:
+            if len(self._hello_buffer) > MAX_HELLO_BYTES:
+                self._release()
+            return
+        hello = parse_client_hello(self._hello_buffer)
+        if hello is NEED_MORE:
+            return
+        if hello is None:
+            self._release()
+            return
+        try:
+            waiting = self.factory.hook(hello)
+        except Exception:
+            log.failure("ClientHello hook failed")
+            waiting = None
+        if waiting is None or waiting.called:
+            if waiting is not None:
+                waiting.addErrback(lambda f: None)
+            self._release()
+            return
+        self._hello_waiting = waiting
+        self._hello_timer = self.factory.clock.callLater(
+            self.factory.timeout, self._timed_out, hello
+        )
+
+        def done(result: object) -> None:
+            if isinstance(result, Failure):
+                log.failure("waiting for the ClientHello hook", result)
+            self._release()
+
+        waiting.addBoth(done)
+
+    def _timed_out(self, hello: ClientHello) -> None:
+        self._hello_timer = None
+        log.info(
+            "handshake for {server_name} held {timeout} s; going on without waiting more",
+            server_name=hello.server_name,
+            timeout=self.factory.timeout,
+        )
+        self._release()
+
+    def _release(self) -> None:
+        if not self._hello_pending:
+            return
+        self._hello_pending = False
+        if self._hello_timer is not None and self._hello_timer.active():
+            self._hello_timer.cancel()
+        self._hello_timer = None
+        data, self._hello_buffer = self._hello_buffer, b""
+        if self._lostTLSConnection or self._tlsConnection is None or not self.connected:
+            return
+        if data:
+            super().dataReceived(data)  # type: ignore[no-untyped-call]
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
+        """Stop waiting (the hook's work goes on) and close as usual."""
+        if self._hello_pending:
+            self._hello_pending = False
+            if self._hello_timer is not None and self._hello_timer.active():
+                self._hello_timer.cancel()
+            self._hello_timer = None
+            self._hello_buffer = b""
+        super().connectionLost(reason)
+
+
+class HelloHookFactory(TLSMemoryBIOFactory):
+    """
+    ``TLSMemoryBIOFactory(creator, False, factory)`` whose connections are held
+    while ``hook(client_hello)`` works (at most ``timeout`` seconds).
+
+    :param creator: the server connection creator (e.g.
+        :class:`txacme.serving.tls.SNIConnectionCreator`).
+    :param wrapped_factory: the application's factory.
+    :param hook: a :data:`HelloHook` (see :func:`combine_hooks`).
+    :param timeout: the longest a handshake is held, in seconds.
+    :param clock: the reactor's time.
+    """
+
+    protocol = HelloHookProtocol
+
+    def __init__(
+        self,
+        creator: IOpenSSLServerConnectionCreator,
+        wrapped_factory: IProtocolFactory,
+        hook: HelloHook,
+        *,
+        timeout: float = DEFAULT_HELLO_TIMEOUT,
+        clock: IReactorTime,
+    ) -> None:
+        if not timeout > 0:
+            raise ConfigurationError(f"hello timeout={timeout!r} must be positive")
+        super().__init__(creator, False, wrapped_factory, clock=clock)
+        self.hook = hook
+        self.timeout = float(timeout)
+        self.clock: IReactorTime = clock
+
+
+__all__ = [
+    "DEFAULT_HELLO_TIMEOUT",
+    "MAX_HELLO_BYTES",
+    "NEED_MORE",
+    "ClientHello",
+    "HelloHook",
+    "HelloHookFactory",
+    "HelloHookProtocol",
+    "combine_hooks",
+    "parse_client_hello",
+]
