@@ -20,11 +20,11 @@ from typing import Any
 
 import pem
 from cryptography import x509
-from OpenSSL import crypto
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, TestCase
 
 import txacme
+from tests.harness import chains
 from tests.harness.pebble import EAB_KEYS, PebbleUnavailable, shared_pebble, start_pebble
 from txacme.cli import commands as cli
 from txacme.errors import ACMETimeout, IssuanceFailed, RateLimited, ServerInternal
@@ -60,20 +60,7 @@ def stored_certificate(path: str) -> x509.Certificate:
 
 def verify_entry(path: str, roots: list[bytes], name: str) -> x509.Certificate:
     """The entry is key + leaf + chain, the chain verifies to a root, the leaf is for ``name``."""
-    objects = pem.parse_file(path)
-    assert isinstance(objects[0], pem.PrivateKey), objects
-    certs = [x509.load_pem_x509_certificate(o.as_bytes()) for o in objects[1:]]
-    store = crypto.X509Store()
-    for root in roots:
-        store.add_cert(crypto.X509.from_cryptography(x509.load_pem_x509_certificate(root)))
-    crypto.X509StoreContext(
-        store,
-        crypto.X509.from_cryptography(certs[0]),
-        [crypto.X509.from_cryptography(c) for c in certs[1:]],
-    ).verify_certificate()
-    san = certs[0].extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert san.get_values_for_type(x509.DNSName) == [name], san
-    return certs[0]
+    return chains.verify_entry(path, roots, [name])
 
 
 class PebbleCLITestCase(TestCase):

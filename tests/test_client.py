@@ -44,6 +44,7 @@ from txacme.protocol.ari import ari_cert_id
 from txacme.protocol.client import Client
 from txacme.protocol.resources import EAB, CertificateChain, RenewalInfo, identifier_for
 from txacme.protocol.transport import parse_retry_after
+from txacme.testing import make_certificate
 
 BASE = "https://ca.test"
 PROBLEM = "urn:ietf:params:acme:error:"
@@ -1191,22 +1192,7 @@ class AccountTests(ClientTestMixin, unittest.TestCase):
 
 
 def cert_with(aki: bytes | None, serial: int) -> x509.Certificate:
-    key = ec_key()
-    now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name_("ari.example"))
-        .issuer_name(name_("Issuer"))
-        .public_key(key.public_key())
-        .serial_number(serial)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-    )
-    if aki is not None:
-        builder = builder.add_extension(
-            x509.AuthorityKeyIdentifier(aki, None, None), critical=False
-        )
-    return builder.sign(key, hashes.SHA256())
+    return make_certificate(["ari.example"], key=ec_key(), serial=serial, authority_key_id=aki)
 
 
 class OrderTests(ClientTestMixin, unittest.TestCase):

@@ -5,7 +5,6 @@ http-01 validation). Helpers here are shared with test_issuance_pebble.
 
 from __future__ import annotations
 
-import datetime
 import functools
 import json
 import ssl
@@ -14,16 +13,15 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-from cryptography.x509.verification import DNSName, IPAddress, PolicyBuilder, Store
 from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.defer import Deferred
 from twisted.protocols.policies import WrappingFactory
 from twisted.trial import unittest
 from twisted.web.server import Site
 
+from tests.harness import chains
 from txacme import errors
 from txacme.challenges.http01 import HTTP01Responder, http01_root
 from txacme.issuing.order import IssuedCertificate, obtain_certificate
@@ -31,6 +29,7 @@ from txacme.keys import generate_private_key, jwk_for
 from txacme.protocol.ari import ari_cert_id
 from txacme.protocol.client import Client
 from txacme.protocol.resources import EAB
+from txacme.testing import make_certificate
 
 try:
     from tests.harness.pebble import PebbleUnavailable, shared_pebble, start_pebble
@@ -111,21 +110,7 @@ class PebbleCase(unittest.TestCase):
 
 def verify_chain(pebble: Any, issued: IssuedCertificate, name: str) -> list[x509.Certificate]:
     """Verify the chain up to Pebble's current root for ``name`` (server auth)."""
-    roots = [x509.load_pem_x509_certificate(r) for r in pebble.roots()]
-    subject: Any
-    try:
-        import ipaddress
-
-        subject = IPAddress(ipaddress.ip_address(name))
-    except ValueError:
-        subject = DNSName(name)
-    verifier = (
-        PolicyBuilder()
-        .store(Store(roots))
-        .time(datetime.datetime.now(datetime.timezone.utc))
-        .build_server_verifier(subject)
-    )
-    return verifier.verify(issued.certificate, issued.chain)
+    return chains.verify_chain(issued.certificate, issued.chain, pebble.roots(), name)
 
 
 def cert_status(pebble: Any, cert: x509.Certificate) -> dict[str, Any]:
@@ -138,16 +123,7 @@ def cert_status(pebble: Any, cert: x509.Certificate) -> dict[str, Any]:
 
 def throwaway_ca_file(path: str) -> str:
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "not Pebble's CA")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
+    cert = make_certificate([], key=key, ca=True, common_name="not Pebble's CA")
     with open(path, "wb") as f:
         f.write(cert.public_bytes(serialization.Encoding.PEM))
     return path

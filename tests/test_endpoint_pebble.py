@@ -27,6 +27,7 @@ from twisted.web.static import Data
 
 from tests.harness.pebble import shared_pebble
 from tests.harness.tlsclient import http_get, tls_exchange
+from txacme.certificates import certificate_names
 from txacme.config.endpoint import EndpointConfig, endpoint_from_config
 from txacme.keys import generate_private_key, jwk_for
 from txacme.protocol.client import Client, Exchange
@@ -72,9 +73,7 @@ def request_counts(body: str) -> dict[tuple[str, str, str], float]:
     return counts
 
 
-def dns_names(cert: x509.Certificate) -> list[str]:
-    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    return list(san.get_values_for_type(x509.DNSName))
+dns_names = certificate_names
 
 
 class AutoTLSEndpointPebbleTests(TestCase):

@@ -31,6 +31,7 @@ from txacme.keys import (
     make_csr,
     private_key_pem,
 )
+from txacme.testing import make_certificate
 
 EXPECTED = {
     "ec256": (ec.EllipticCurvePrivateKey, 256, JWKEC, ES256),
@@ -179,20 +180,7 @@ class GenerateTests(TestCase):
 
 
 def _self_signed(key: Any) -> x509.Certificate:
-    import datetime
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test")])
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
+    return make_certificate(["test"], key=key)
 
 
 def _sans(csr: x509.CertificateSigningRequest) -> tuple[list[str], list[str]]:

@@ -25,6 +25,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
 from tests.harness.tlsclient import tls_exchange
+from txacme.certificates import certificate_names
 from txacme.errors import ConfigurationError
 from txacme.issuing.ondemand import OnDemandIssuer, OnDemandPolicy, RateLimiter
 from txacme.serving.hello import (
@@ -138,9 +139,7 @@ def handshake(port: int, name: str) -> x509.Certificate:
     return tls_exchange(port, name).certificate
 
 
-def san(cert: x509.Certificate) -> list[str]:
-    ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    return list(ext.get_values_for_type(x509.DNSName))
+san = certificate_names
 
 
 class HeldHandshakeTests(TestCase):

@@ -42,6 +42,7 @@ from twisted.web.static import Data
 from tests.harness.logcapture import captured_logs
 from tests.harness.pebble import free_port, start_pebble
 from tests.harness.tlsclient import BARE_GET, tls_exchange
+from txacme.certificates import certificate_names
 from txacme.challenges.tlsalpn01 import ACME_TLS_1, ID_PE_ACME_IDENTIFIER, TLSALPN01Registry
 from txacme.config.dns import dns01_responder_from_options
 from txacme.config.endpoint import parse_endpoint_string_parts
@@ -424,12 +425,7 @@ def memory_handshake(
     return client.get_peer_certificate(as_cryptography=True), client.get_alpn_proto_negotiated()
 
 
-def _names(certificate: x509.Certificate) -> list[str]:
-    try:
-        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except x509.ExtensionNotFound:
-        return []
-    return [str(n.value) for n in san.value]
+_names = certificate_names
 
 
 def _is_challenge(certificate: x509.Certificate | None) -> bool:

@@ -10,12 +10,12 @@ from datetime import datetime, timezone
 from typing import Any
 
 from cryptography import x509
-from OpenSSL import crypto
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.server import Site
 
+from tests.harness import chains
 from tests.harness.pebble import PebbleUnavailable, shared_pebble
 from txacme.challenges.http01 import HTTP01Responder, http01_root
 from txacme.issuing.events import Failed, Obtained, ServiceEvent
@@ -30,21 +30,7 @@ def verify_chain(pem_objects: list[Any], roots: list[bytes], names: list[str]) -
     Check that the stored entry is key + leaf + chain, that the chain verifies
     up to one of ``roots`` and that the leaf covers ``names``.
     """
-    certs = [
-        x509.load_pem_x509_certificate(obj.as_bytes()) for obj in pem_objects[1:]
-    ]
-    store = crypto.X509Store()
-    for root in roots:
-        store.add_cert(crypto.X509.from_cryptography(x509.load_pem_x509_certificate(root)))
-    context = crypto.X509StoreContext(
-        store,
-        crypto.X509.from_cryptography(certs[0]),
-        [crypto.X509.from_cryptography(c) for c in certs[1:]],
-    )
-    context.verify_certificate()  # raises X509StoreContextError if not
-    san = certs[0].extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert sorted(san.get_values_for_type(x509.DNSName)) == sorted(names), san
-    return certs[0]
+    return chains.verify_entry(pem_objects, roots, names)
 
 
 class ServicePebbleTests(TestCase):

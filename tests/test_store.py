@@ -10,7 +10,6 @@ from typing import Any
 import pem
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509.oid import NameOID
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ServerEndpoint
@@ -26,10 +25,9 @@ from txacme.certificates import validate_pem_objects
 from txacme.errors import ConfigurationError, InvalidServerName
 from txacme.interfaces import ICertificateStore
 from txacme.keys import PrivateKey, generate_private_key, private_key_pem
-from txacme.names import is_ip_address
 from txacme.stores import directory as store_module
 from txacme.stores.directory import DEFAULT_NAME, DirectoryStore, load_entry
-from txacme.testing import MemoryStore
+from txacme.testing import MemoryStore, make_certificate
 
 reactor: Any = _reactor
 
@@ -42,29 +40,15 @@ def _cert(
     issuer: tuple[PrivateKey, x509.Certificate] | None = None,
     ca: bool = False,
 ) -> x509.Certificate:
-    cn = subject_names[0] if subject_names else "Test CA"
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer[1].subject if issuer else subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - datetime.timedelta(hours=1))
-        .not_valid_after(NOW + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    return make_certificate(
+        subject_names,
+        NOW - datetime.timedelta(hours=1),
+        NOW + datetime.timedelta(days=30),
+        key=key,
+        issuer=issuer,
+        ca=ca,
+        authority_key_id=None,
     )
-    if subject_names:
-        sans: list[x509.GeneralName] = []
-        for name in subject_names:
-            if is_ip_address(name):
-                import ipaddress
-
-                sans.append(x509.IPAddress(ipaddress.ip_address(name)))
-            else:
-                sans.append(x509.DNSName(name))
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    return builder.sign(issuer[0] if issuer else key, hashes.SHA256())
 
 
 class CertAuthority:

@@ -38,6 +38,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
+from tests.harness import chains
 from txacme.errors import ConfigurationError
 from txacme.testca import (
     Profile,
@@ -233,16 +234,7 @@ def verify_chain(
     chain_pem: bytes, root_pem: bytes, name: str, when: datetime.datetime
 ) -> list[x509.Certificate]:
     """Verify a PEM chain for ``name`` against ``root_pem`` as a TLS client would."""
-    certs = x509.load_pem_x509_certificates(chain_pem)
-    store = verification.Store(x509.load_pem_x509_certificates(root_pem))
-    subject: Any = (
-        x509.IPAddress(ipaddress.ip_address(name)) if _is_ip(name) else x509.DNSName(name)
-    )
-    verifier = (
-        verification.PolicyBuilder().store(store).time(when).build_server_verifier(subject)  # type: ignore[arg-type]
-    )
-    verified: list[x509.Certificate] = verifier.verify(certs[0], certs[1:])
-    return verified
+    return chains.verify_pem_chain(chain_pem, [root_pem], name, when)
 
 
 # -- challenge responders for the tests -------------------------------------

@@ -42,6 +42,7 @@ from cryptography import x509 as _x509  # noqa: E402
 from cryptography.hazmat.primitives import hashes as _hashes  # noqa: E402
 from cryptography.hazmat.primitives import serialization as _serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec as _ec  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import rsa as _rsa  # noqa: E402
 from cryptography.x509.oid import NameOID as _NameOID  # noqa: E402
 
 _DEFAULT_AKI = b"txacme-test-authority-key"
@@ -59,19 +60,30 @@ def make_certificate(
     not_before: _datetime | None = None,
     not_after: _datetime | None = None,
     *,
-    key: _ec.EllipticCurvePrivateKey | None = None,
+    key: _rsa.RSAPrivateKey | _ec.EllipticCurvePrivateKey | None = None,
     serial: int | None = None,
     authority_key_id: bytes | None = _DEFAULT_AKI,
+    issuer: tuple[_rsa.RSAPrivateKey | _ec.EllipticCurvePrivateKey, _x509.Certificate]
+    | None = None,
+    ca: bool = False,
+    common_name: str | None = None,
 ) -> _x509.Certificate:
     """
-    A self-signed certificate for ``names`` (DNS names or IP addresses) valid
-    from ``not_before`` (default: an hour ago) to ``not_after`` (default: 90
-    days after ``not_before``), for tests of renewal scheduling and serving.
+    A certificate for ``names`` (DNS names or IP addresses; none for a CA)
+    valid from ``not_before`` (default: an hour ago) to ``not_after`` (default:
+    90 days after ``not_before``): the one certificate builder of txacme's tests,
+    and of yours.
 
     :param key: the certificate's key (default: a new P-256 key).
     :param serial: the serial number (default: random).
     :param authority_key_id: the authority key identifier extension, which ARI
-        needs, or ``None`` for a certificate without one.
+        needs, or ``None`` for a certificate without one. With ``issuer`` and
+        the default, it names the issuer's key.
+    :param issuer: the key and certificate of the CA that signs it (default:
+        self-signed).
+    :param ca: make it a CA certificate (basic constraints ``ca=True``).
+    :param common_name: the subject's common name (default: the first name, or
+        ``txacme test CA``).
     """
     if key is None:
         key = _ec.generate_private_key(_ec.SECP256R1())
@@ -79,24 +91,37 @@ def make_certificate(
         not_before = _datetime.now(_timezone.utc) - _timedelta(hours=1)
     if not_after is None:
         not_after = not_before + _timedelta(days=90)
-    subject = _x509.Name([_x509.NameAttribute(_NameOID.COMMON_NAME, names[0][:64])])
+    if common_name is None:
+        common_name = names[0][:64] if names else "txacme test CA"
+    subject = _x509.Name([_x509.NameAttribute(_NameOID.COMMON_NAME, common_name)])
+    signer = key if issuer is None else issuer[0]
     builder = (
         _x509.CertificateBuilder()
         .subject_name(subject)
-        .issuer_name(subject)
+        .issuer_name(subject if issuer is None else issuer[1].subject)
         .public_key(key.public_key())
         .serial_number(serial if serial is not None else _x509.random_serial_number())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
-        .add_extension(
+    )
+    if names:
+        builder = builder.add_extension(
             _x509.SubjectAlternativeName([_general_name(n) for n in names]), critical=False
         )
-    )
-    if authority_key_id is not None:
+    if ca:
+        builder = builder.add_extension(
+            _x509.BasicConstraints(ca=True, path_length=None), critical=True
+        )
+    if issuer is not None and authority_key_id is _DEFAULT_AKI:
+        builder = builder.add_extension(
+            _x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()),
+            critical=False,
+        )
+    elif authority_key_id is not None:
         builder = builder.add_extension(
             _x509.AuthorityKeyIdentifier(authority_key_id, None, None), critical=False
         )
-    return builder.sign(key, _hashes.SHA256())
+    return builder.sign(signer, _hashes.SHA256())
 
 
 def make_pem_objects(
