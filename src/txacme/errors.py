@@ -170,9 +170,11 @@ class ACMEProblem(TxACMEError):
         )
 
 
-def _problem(code: str, doc: str) -> type[ACMEProblem]:
-    name = code[0].upper() + code[1:]
-    return type(name, (ACMEProblem,), {"code_name": code, "__doc__": doc, "__module__": __name__})
+def _problem(code: str, doc: str, name: str | None = None) -> type[ACMEProblem]:
+    if name is None:
+        name = code[0].upper() + code[1:]
+    namespace = {"code_name": code, "__doc__": doc, "__module__": __name__, "__qualname__": name}
+    return type(name, (ACMEProblem,), namespace)
 
 
 # One class for each problem type of RFC 8555 section 6.7, RFC 8738, RFC 9773 and the
@@ -185,10 +187,10 @@ BadNonce = _problem("badNonce", "The nonce was not acceptable; retry with a fres
 BadPublicKey = _problem("badPublicKey", "The JWS was signed by an unsupported public key.")
 BadRevocationReason = _problem("badRevocationReason", "The revocation reason is not allowed.")
 BadSignatureAlgorithm = _problem("badSignatureAlgorithm", "The JWS algorithm is not supported.")
-CAA = _problem("caa", "CAA records forbid the CA from issuing.")
+CAA = _problem("caa", "CAA records forbid the CA from issuing.", "CAA")
 Compound = _problem("compound", "Several problems; see subproblems.")
 Connection = _problem("connection", "The CA could not connect to the validation target.")
-DNS = _problem("dns", "A DNS problem during validation.")
+DNS = _problem("dns", "A DNS problem during validation.", "DNS")
 ExternalAccountRequired = _problem(
     "externalAccountRequired", "The CA requires external account binding."
 )
@@ -200,7 +202,7 @@ OrderNotReady = _problem("orderNotReady", "The order is not ready to be finalize
 RateLimited = _problem("rateLimited", "A rate limit was exceeded; see retry_after.")
 RejectedIdentifier = _problem("rejectedIdentifier", "The CA will not issue for an identifier.")
 ServerInternal = _problem("serverInternal", "The CA had an internal error.")
-TLS = _problem("tls", "A TLS problem during validation.")
+TLS = _problem("tls", "A TLS problem during validation.", "TLS")
 Unauthorized = _problem("unauthorized", "The client lacks authorization.")
 UnsupportedContact = _problem("unsupportedContact", "A contact URL scheme is unsupported.")
 UnsupportedIdentifier = _problem("unsupportedIdentifier", "An identifier type is unsupported.")

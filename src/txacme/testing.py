@@ -179,8 +179,8 @@ class FakeIssuer:
     """
     A stand-in for ``txacme.issuing.order.obtain_certificate`` that records its calls.
 
-    Each call returns a ``Deferred`` that the test fires through :attr:`calls`
-    (``issuer.calls[0].succeed()``), or that fires at once when :attr:`auto`
+    Each call returns a ``Deferred`` that the test fires through ``calls``
+    (``issuer.calls[0].succeed()``), or that fires at once when ``auto``
     is ``"succeed"`` or an exception to fail with. Cancelling the ``Deferred``
     marks the call ``cancelled`` (and fails it with ``CancelledError``).
 
@@ -259,7 +259,7 @@ class FakeClient:
         return succeed(None)
 
     def renewal_info(self, certificate: _x509.Certificate) -> Deferred[FakeRenewalInfo]:
-        """Answer from :attr:`renewal_infos`."""
+        """Answer from ``renewal_infos``."""
         self.renewal_info_calls.append(certificate.serial_number)
         answer = self.renewal_infos.get(
             certificate.serial_number, KeyError(certificate.serial_number)

@@ -2,7 +2,7 @@
 The ``http-01`` challenge responder (RFC 8555 section 8.3).
 
 :class:`HTTP01Responder` keeps the key authorizations of the challenges being
-answered and serves them from :attr:`HTTP01Responder.resource`, a
+answered and serves them from ``HTTP01Responder.resource``, a
 ``twisted.web`` resource to mount at ``/.well-known/acme-challenge/`` (its
 children are the tokens). :func:`http01_root` builds a whole site root with it
 mounted, optionally in front of an existing resource tree, which suits a port-80

@@ -383,7 +383,7 @@ class TLSALPN01Responder:
     """
     Answers ``tls-alpn-01`` challenges through the TLS layer.
 
-    Give the same :attr:`registry` to :class:`txacme.serving.tls.SNIConnectionCreator`
+    Give the same ``registry`` to :class:`txacme.serving.tls.SNIConnectionCreator`
     (``SNIConnectionCreator(index, challenges=responder.registry)``) on the
     listener that the CA reaches on port 443.
 

@@ -360,7 +360,7 @@ class Client:
         self, email: str | None = None, *, eab: EAB | None = None, terms_agreed: bool = True
     ) -> Deferred[messages.RegistrationResource]:
         """
-        Create an account for the key (``newAccount``); sets :attr:`account`.
+        Create an account for the key (``newAccount``); sets ``account``.
 
         :param email: a contact address (``mailto:``), or ``None``.
         :param eab: external account binding credentials (required by some CAs);
@@ -398,7 +398,7 @@ class Client:
         return self._url("newAccount")
 
     def _set_account(self, reply: Reply, uri: str) -> messages.RegistrationResource:
-        """Make the account in ``reply`` (at ``uri``) :attr:`account`."""
+        """Make the account in ``reply`` (at ``uri``) ``account``."""
         self.account = messages.RegistrationResource(
             uri=uri,
             body=reply.decode(messages.Registration),
@@ -408,7 +408,7 @@ class Client:
 
     def lookup_account(self) -> Deferred[messages.RegistrationResource]:
         """
-        Find the existing account of the key (``onlyReturnExisting``); sets :attr:`account`.
+        Find the existing account of the key (``onlyReturnExisting``); sets ``account``.
 
         :raises txacme.errors.AccountDoesNotExist: when the CA knows no account for it.
         """
