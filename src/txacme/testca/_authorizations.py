@@ -146,7 +146,12 @@ class AuthorizationsMixin(CABase):
         key_authorization = f"{challenge.token}.{thumbprint}"
         if challenge.type == "http-01":
             d = self._validator.http01(
-                authz.value, challenge.token, key_authorization, self.http01_host, self.http01_port
+                authz.value,
+                challenge.token,
+                key_authorization,
+                self.http01_host,
+                self.http01_port,
+                self.tlsalpn01_port,
             )
         elif challenge.type == "tls-alpn-01":
             d = self._validator.tlsalpn01(

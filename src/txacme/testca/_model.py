@@ -244,6 +244,11 @@ def identifier_problem(id_type: str, value: str, detail: str) -> Problem:
 
 def check_dns_name(value: str) -> str:
     name = value.lower()
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(name.removeprefix("*.").strip("[]"))
+        raise identifier_problem(
+            "dns", value, 'an IP address, not a DNS name (send it with type "ip")'
+        )
     if len(name) > 253:
         raise identifier_problem("dns", value, "name is longer than 253 characters")
     base = name[2:] if name.startswith("*.") else name
@@ -255,10 +260,24 @@ def check_dns_name(value: str) -> str:
             raise identifier_problem("dns", value, f"label {label!r} is not a valid DNS label")
     if labels[-1].isdigit():
         raise identifier_problem("dns", value, "the last label is numeric")
-    with contextlib.suppress(ValueError):
-        ipaddress.ip_address(base)
-        raise identifier_problem("dns", value, "an IP address is not a DNS identifier")
     return name
+
+
+def human_duration(delta: datetime.timedelta) -> str:
+    """``delta`` in words: ``90 days``, ``160 hours``, ``1 hour 30 minutes``."""
+    seconds = int(delta.total_seconds())
+    if seconds and seconds % 86400 == 0:
+        return _plural(seconds // 86400, "day")
+    parts = []
+    for size, unit in ((3600, "hour"), (60, "minute"), (1, "second")):
+        if seconds >= size:
+            parts.append(_plural(seconds // size, unit))
+            seconds %= size
+    return " ".join(parts) or "0 seconds"
+
+
+def _plural(count: int, unit: str) -> str:
+    return f"{count} {unit}" if count == 1 else f"{count} {unit}s"
 
 
 def csr_names(csr: x509.CertificateSigningRequest) -> tuple[set[str], set[str]]:

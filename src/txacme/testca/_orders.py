@@ -30,6 +30,7 @@ from txacme.testca._model import (
     cert_id,
     check_dns_name,
     csr_names,
+    human_duration,
     identifier_problem,
     parse_time,
     rfc3339,
@@ -45,38 +46,61 @@ class OrdersMixin(AuthorizationsMixin):
     """The order handlers of :class:`~txacme.testca.TestCA`, and issuance."""
 
     def _check_identifiers(self, value: object) -> list[dict[str, str]]:
+        """
+        The order's identifiers, normalized. Every bad identifier is reported:
+        one alone as its own problem, several as one problem with a
+        ``subproblems`` entry each (RFC 8555 section 6.7.1).
+        """
         if not isinstance(value, list) or not value:
             raise Problem("malformed", "'identifiers' must be a non-empty list")
         if len(value) > MAX_IDENTIFIERS:
             raise Problem("rejectedIdentifier", f"at most {MAX_IDENTIFIERS} identifiers per order")
         result: list[dict[str, str]] = []
+        problems: list[Problem] = []
         for ident in value:
             if not isinstance(ident, dict) or not isinstance(ident.get("value"), str):
-                raise Problem("malformed", f"bad identifier {ident!r}")
-            id_type, raw = ident.get("type"), ident["value"]
-            if id_type == "dns":
-                name = check_dns_name(raw)
-                if name.startswith("*.") and "dns-01" not in self.challenge_types:
-                    raise identifier_problem(
-                        "dns", raw, "wildcards need dns-01, which this CA does not offer"
-                    )
-            elif id_type == "ip":
-                try:
-                    name = str(ipaddress.ip_address(raw))
-                except ValueError:
-                    raise identifier_problem("ip", raw, "not an IP address")
-            else:
-                raise Problem(
-                    "unsupportedIdentifier",
-                    f"identifier type {id_type!r} is not supported",
-                    identifier={"type": str(id_type), "value": raw},
-                )
-            if name in self.forbidden_names or name.removeprefix("*.") in self.forbidden_names:
-                raise identifier_problem(str(id_type), raw, "forbidden by the CA's policy")
-            entry = {"type": str(id_type), "value": name}
+                raise Problem("malformed", f"an identifier needs a string 'value': {ident!r}")
+            try:
+                entry = self._check_identifier(ident.get("type"), ident["value"])
+            except Problem as problem:
+                problems.append(problem)
+                continue
             if entry not in result:
                 result.append(entry)
+        if len(problems) == 1:
+            raise problems[0]
+        if problems:
+            codes = {p.code for p in problems}
+            code = codes.pop() if len(codes) == 1 else "malformed"
+            listed = "; ".join(p.detail for p in problems)
+            raise Problem(
+                code,
+                f"{len(problems)} of the {len(value)} identifiers were refused: {listed}",
+                extra={"subproblems": [p.to_json() for p in problems]},
+            )
         return result
+
+    def _check_identifier(self, id_type: object, raw: str) -> dict[str, str]:
+        if id_type == "dns":
+            name = check_dns_name(raw)
+            if name.startswith("*.") and "dns-01" not in self.challenge_types:
+                raise identifier_problem(
+                    "dns", raw, "wildcards need dns-01, which this CA does not offer"
+                )
+        elif id_type == "ip":
+            try:
+                name = str(ipaddress.ip_address(raw))
+            except ValueError:
+                raise identifier_problem("ip", raw, "not an IP address")
+        else:
+            raise Problem(
+                "unsupportedIdentifier",
+                f"identifier type {id_type!r} is not supported",
+                identifier={"type": str(id_type), "value": raw},
+            )
+        if name in self.forbidden_names or name.removeprefix("*.") in self.forbidden_names:
+            raise identifier_problem(str(id_type), raw, "forbidden by the CA's policy")
+        return {"type": str(id_type), "value": name}
 
     def _new_order(self, v: Verified) -> Reply:
         account = self._owned_account(v)
@@ -93,7 +117,11 @@ class OrdersMixin(AuthorizationsMixin):
             not_after = parse_time(payload["notAfter"], "notAfter")
         start = not_before or self.now()
         if not_after is not None and not (start < not_after <= start + lifetime):
-            raise Problem("malformed", f"notAfter must be after notBefore and within {lifetime}")
+            raise Problem(
+                "malformed",
+                f"notAfter must be after notBefore (or now) and at most "
+                f"{human_duration(lifetime)} later (the {profile!r} profile's lifetime)",
+            )
         replaces = self._check_replaces(payload.get("replaces"), account, identifiers)
         ident = secrets.token_urlsafe(9)
         now = self.now()

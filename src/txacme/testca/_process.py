@@ -77,7 +77,7 @@ class TestCAProcess:
         errors = tempfile.TemporaryFile()
         process = subprocess.Popen(
             [python, "-m", "txacme.testca", "--options", encoded],
-            stdin=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=errors,
             text=True,
@@ -110,11 +110,10 @@ class TestCAProcess:
         self.stop()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the child process (it deletes its PEM files)."""
+        """Stop the child process with SIGTERM (it deletes its PEM files)."""
         if self._process.poll() is not None:
             return
-        assert self._process.stdin is not None
-        self._process.stdin.close()
+        self._process.terminate()
         try:
             self._process.wait(timeout)
         except subprocess.TimeoutExpired:

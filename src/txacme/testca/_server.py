@@ -103,6 +103,9 @@ class TestCA(AccountsMixin, OrdersMixin, CertificatesMixin, ManagementMixin):
     ``http01_host:http01_port``, ``tls-alpn-01`` to
     ``tlsalpn01_host:tlsalpn01_port`` (whatever the identifier), and ``dns-01``
     asks the DNS server ``dns_server`` for ``_acme-challenge.<name>`` TXT.
+    ``http-01`` follows up to 10 redirects (RFC 8555 section 8.3) to ports 80
+    and 443, for which ``http01_port`` and ``tlsalpn01_port`` stand, or to
+    those two ports themselves.
 
     Time: every date the CA reasons about (certificate validity, ARI windows,
     order and authorization expiry) comes from :meth:`now`, which is ``clock``'s

@@ -5,6 +5,15 @@ Challenge validation done for real over the network: http-01 (RFC 8555 section
 The test CA never resolves the identifier: http-01 and tls-alpn-01 connect to a
 configured address (127.0.0.1 and a port by default) and send the identifier as
 the ``Host`` header or the TLS server name; dns-01 asks a configured DNS server.
+
+http-01 follows up to :data:`MAX_HTTP01_REDIRECTS` redirects to ``http`` and
+``https`` URLs. The test CA's stand-in for port 80 is its ``http01_port`` and for
+port 443 its ``tlsalpn01_port`` (where tls-alpn-01, a port-443 method, already
+connects): a redirect target on port 80 or 443 (explicit or by its scheme's
+default) connects there, and so does one naming either configured port itself;
+any other port is refused, as RFC 8555 section 10.2 advises. Redirect targets
+connect to the same validation address; ``https`` targets are not verified
+(the certificate may be self-signed or for another name).
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 from cryptography import x509
 from OpenSSL import SSL
@@ -41,6 +51,9 @@ from txacme.testca._problems import Problem
 ACME_TLS_1 = b"acme-tls/1"
 ID_PE_ACME_IDENTIFIER = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.31")
 MAX_HTTP01_BODY = 8192
+#: The most redirects one http-01 validation follows.
+MAX_HTTP01_REDIRECTS = 10
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 def dns01_txt_value(key_authorization: str) -> str:
@@ -58,7 +71,7 @@ def _endpoint(reactor: Any, host: str, port: int, timeout: float) -> IStreamClie
 
 @implementer(IAgentEndpointFactory)
 class _FixedAddress:
-    """Connect every request to one address, whatever the URL's host."""
+    """Connect every request to one address, whatever the URL's host; TLS for ``https``."""
 
     def __init__(self, reactor: Any, host: str, port: int, timeout: float) -> None:
         self._reactor = reactor
@@ -67,7 +80,15 @@ class _FixedAddress:
         self._timeout = timeout
 
     def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
-        return _endpoint(self._reactor, self._host, self._port, self._timeout)
+        endpoint = _endpoint(self._reactor, self._host, self._port, self._timeout)
+        if uri.scheme == b"https":
+            name = uri.host.decode("ascii")
+            try:
+                ipaddress.ip_address(name)
+            except ValueError:
+                return wrapClientTLS(_UnverifiedTLS(name.encode("ascii")), endpoint)
+            return wrapClientTLS(_UnverifiedTLS(None), endpoint)
+        return endpoint
 
 
 class _LimitedBody(Protocol):
@@ -97,20 +118,22 @@ class _LimitedBody(Protocol):
 
 
 @implementer(IOpenSSLClientConnectionCreator)
-class _ALPNProbeCreator:
-    """A TLS client that offers only ``acme-tls/1`` and verifies nothing."""
+class _UnverifiedTLS:
+    """A TLS client that verifies nothing, sends ``server_name`` and offers ``alpn``."""
 
-    def __init__(self, server_name: bytes) -> None:
+    def __init__(self, server_name: bytes | None, alpn: list[bytes] | None = None) -> None:
         self._server_name = server_name
         ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
         ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
         ctx.set_verify(SSL.VERIFY_NONE)
-        ctx.set_alpn_protos([ACME_TLS_1])
+        if alpn:
+            ctx.set_alpn_protos(alpn)
         self._ctx = ctx
 
     def clientConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
         connection = SSL.Connection(self._ctx, None)
-        connection.set_tlsext_host_name(self._server_name)
+        if self._server_name is not None:
+            connection.set_tlsext_host_name(self._server_name)
         return connection
 
 
@@ -144,7 +167,31 @@ def _connection_problem(failure: Failure, what: str) -> Problem:
         return Problem("connection", f"{what}: could not connect ({error})")
     if isinstance(error, SSL.Error):
         return Problem("tls", f"{what}: TLS error ({error})")
-    return Problem("connection", f"{what}: {error!r}")
+    return Problem("connection", f"{what}: {error or type(error).__name__}")
+
+
+def _redirect_target(url: str, location: bytes, stand_in: dict[int, int]) -> tuple[str, int]:
+    """The URL a redirect from ``url`` leads to, and the port to connect to for it."""
+    try:
+        target = urljoin(url, location.decode("ascii").strip())
+        parts = urlsplit(target)
+        url_port = parts.port
+    except (UnicodeDecodeError, ValueError):
+        raise Problem("connection", f"GET {url}: the redirect target {location!r} is not a URL")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Problem(
+            "connection", f"GET {url}: redirects go to http or https URLs only, not {target}"
+        )
+    if url_port is None:
+        url_port = 80 if parts.scheme == "http" else 443
+    allowed = set(stand_in) | set(stand_in.values())
+    if url_port not in allowed:
+        listed = ", ".join(str(p) for p in sorted(allowed))
+        raise Problem(
+            "connection",
+            f"GET {url}: redirected to {target}, but redirects may only go to ports {listed}",
+        )
+    return target, stand_in.get(url_port, url_port)
 
 
 class Validator:
@@ -168,37 +215,72 @@ class Validator:
         return d
 
     def http01(
-        self, value: str, token: str, key_authorization: str, host: str, port: int
+        self,
+        value: str,
+        token: str,
+        key_authorization: str,
+        host: str,
+        port: int,
+        https_port: int | None = None,
     ) -> defer.Deferred[None]:
-        """Fetch ``/.well-known/acme-challenge/<token>`` from ``host:port``."""
+        """
+        Fetch ``http://<value>/.well-known/acme-challenge/<token>`` from
+        ``host:port``, following redirects; ``https_port`` stands for port 443.
+        """
         return self._bounded(
-            defer.Deferred.fromCoroutine(self._http01(value, token, key_authorization, host, port)),
+            defer.Deferred.fromCoroutine(
+                self._http01(value, token, key_authorization, host, port, https_port)
+            ),
             f"http-01 for {value} at {host}:{port}",
         )
 
     async def _http01(
-        self, value: str, token: str, key_authorization: str, host: str, port: int
+        self,
+        value: str,
+        token: str,
+        key_authorization: str,
+        host: str,
+        port: int,
+        https_port: int | None,
     ) -> None:
         netloc = f"[{value}]" if ":" in value else value
         url = f"http://{netloc}/.well-known/acme-challenge/{token}"
-        agent = Agent.usingEndpointFactory(  # type: ignore[no-untyped-call]
-            self._reactor, _FixedAddress(self._reactor, host, port, self.timeout), pool=self._pool
-        )
-        response: IResponse = await agent.request(
-            b"GET", url.encode("ascii"), Headers({b"user-agent": [b"txacme-testca/1"]})
-        )
-        finished: defer.Deferred[bytes] = defer.Deferred()
-        response.deliverBody(  # type: ignore[no-untyped-call]
-            _LimitedBody(finished, MAX_HTTP01_BODY)
-        )
-        body = await finished
+        stand_in = {80: port, 443: port if https_port is None else https_port}
+        connect_to = port
+        for hop in range(MAX_HTTP01_REDIRECTS + 1):
+            agent = Agent.usingEndpointFactory(  # type: ignore[no-untyped-call]
+                self._reactor,
+                _FixedAddress(self._reactor, host, connect_to, self.timeout),
+                pool=self._pool,
+            )
+            response: IResponse = await agent.request(
+                b"GET", url.encode("ascii"), Headers({b"user-agent": [b"txacme-testca/1"]})
+            )
+            finished: defer.Deferred[bytes] = defer.Deferred()
+            response.deliverBody(  # type: ignore[no-untyped-call]
+                _LimitedBody(finished, MAX_HTTP01_BODY)
+            )
+            body = await finished
+            if response.code not in _REDIRECTS:
+                break
+            if hop == MAX_HTTP01_REDIRECTS:
+                raise Problem(
+                    "connection", f"GET {url}: more than {MAX_HTTP01_REDIRECTS} redirects"
+                )
+            location = response.headers.getRawHeaders(b"location")
+            if not location:
+                raise Problem(
+                    "connection", f"GET {url} answered HTTP {response.code} with no Location"
+                )
+            url, connect_to = _redirect_target(url, location[0], stand_in)
         if response.code != 200:
             raise Problem("unauthorized", f"GET {url} answered HTTP {response.code}")
         # RFC 8555 section 8.3: trailing whitespace is ignored.
         if body.rstrip(b" \t\r\n") != key_authorization.encode("ascii"):
+            shown = body[:100].decode("utf-8", "replace")
             raise Problem(
                 "incorrectResponse",
-                f"GET {url}: the body is not the key authorization: {body[:100]!r}",
+                f"GET {url}: the body is not the key authorization (it starts with {shown!r})",
             )
 
     def tlsalpn01(
@@ -221,7 +303,8 @@ class Validator:
         else:
             server_name = value.encode("ascii")
         endpoint = wrapClientTLS(
-            _ALPNProbeCreator(server_name), _endpoint(self._reactor, host, port, self.timeout)
+            _UnverifiedTLS(server_name, [ACME_TLS_1]),
+            _endpoint(self._reactor, host, port, self.timeout),
         )
         probe = _ALPNProbe()
         await endpoint.connect(Factory.forProtocol(lambda: probe))
