@@ -4,7 +4,7 @@ The operator's command line: ``txacme`` (or ``python -m txacme``).
 It works on a certificate directory, the one an ``le:`` / ``lets:`` /
 ``acme:`` endpoint uses::
 
-    txacme status   -C /srv/www/certs [NAME...] [--json] [--check]
+    txacme status   -C /srv/www/certs [NAME...] [--json] [--html FILE] [--check]
     txacme issue    -C /srv/www/certs --le --http01 tcp:80 NAME...
     txacme renew    -C /srv/www/certs --le --http01 tcp:80 [NAME...] [--force]
     txacme revoke   -C /srv/www/certs --le NAME [--reason keyCompromise]

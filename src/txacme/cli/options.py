@@ -188,6 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("names", nargs="*", metavar="NAME", help="only these names")
     status.add_argument("--json", action="store_true", help="print JSON for programs")
     status.add_argument(
+        "--html",
+        metavar="FILE",
+        help="also write the status page (one self-contained HTML file) to FILE ('-': "
+        "standard output, instead of the table)",
+    )
+    status.add_argument(
         "--check",
         action="store_true",
         help="exit with 3 when a certificate needs attention",

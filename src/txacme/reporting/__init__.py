@@ -1,4 +1,5 @@
-"""What the running service reports: Prometheus metrics and the per-name state file.
+"""What the running service reports: Prometheus metrics, the per-name state file and the
+status page (``metrics``, ``state``, ``statuspage``).
 
 Observers of the issuing service's events (:mod:`txacme.issuing.events`); may import the core
 modules, protocol, stores and issuing.

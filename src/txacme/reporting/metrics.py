@@ -36,6 +36,11 @@ Metrics (every timestamp is in seconds since the Unix epoch):
     HTTP exchanges with the CA, by ACME resource (``newOrder``,
     ``authorization``, ``finalize``...) and HTTP status (``error`` when no
     answer came); fed by :meth:`Metrics.observe_exchange`.
+``txacme_on_demand_requests_total{outcome}``
+    Names asked for on demand (a handshake for a name without a certificate),
+    by ``outcome``: ``issued``, ``refused`` by the policy, or ``limited`` by
+    the rate limits; read from the issuers given to
+    :meth:`Metrics.observe_on_demand`.
 
 Names are labels, so one series exists per store entry: fine for thousands of
 names, not for millions.
@@ -46,7 +51,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 from types import ModuleType
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 import pem
 from cryptography import x509
@@ -70,13 +75,22 @@ from txacme.issuing.events import (
     ServiceEvent,
 )
 from txacme.protocol.client import Exchange
+from txacme.reporting.state import StateFile
+from txacme.reporting.statuspage import LiveStatus
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
 log = Logger()
 
-__all__ = ["DURATION_BUCKETS", "Metrics", "MetricsPort", "serve_metrics"]
+__all__ = [
+    "DURATION_BUCKETS",
+    "ON_DEMAND_OUTCOMES",
+    "Metrics",
+    "MetricsPort",
+    "OnDemandCounts",
+    "serve_metrics",
+]
 
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 """Bucket bounds (seconds) of ``txacme_issuance_duration_seconds``."""
@@ -110,6 +124,37 @@ def _readable_certificate(pem_objects: list[pem.AbstractPEMObject]) -> x509.Cert
         return None
 
 
+class OnDemandCounts(Protocol):
+    """What :meth:`Metrics.observe_on_demand` reads (an ``OnDemandIssuer``)."""
+
+    issued: int
+    refused: int
+    limited: int
+
+
+ON_DEMAND_OUTCOMES = ("issued", "refused", "limited")
+"""The ``outcome`` labels of ``txacme_on_demand_requests_total``."""
+
+
+class _OnDemandCollector:
+    """Reads the counters of the on-demand issuers at each scrape."""
+
+    def __init__(self) -> None:
+        self.issuers: list[OnDemandCounts] = []
+
+    def collect(self) -> list[object]:
+        from prometheus_client.core import CounterMetricFamily
+
+        family = CounterMetricFamily(
+            "txacme_on_demand_requests",
+            "Names asked for on demand, by outcome (issued, refused, limited).",
+            labels=["outcome"],
+        )
+        for outcome in ON_DEMAND_OUTCOMES:
+            family.add_metric([outcome], sum(getattr(i, outcome) for i in self.issuers))
+        return [family]
+
+
 class _MetricsResource(Resource):
     """Renders a registry in the exposition format the scraper asks for."""
 
@@ -133,15 +178,18 @@ class _MetricsResource(Resource):
 
 
 class _Root(Resource):
-    """``/`` points to ``/metrics``."""
+    """``/`` points to ``/metrics`` (and ``/status``, ``/status.json`` when served)."""
 
-    def __init__(self) -> None:
+    def __init__(self, status: bool = False) -> None:
         Resource.__init__(self)  # type: ignore[no-untyped-call]
+        self.status = status
 
     def render_GET(self, request: Request) -> bytes:  # noqa: N802
         request.setHeader(  # type: ignore[no-untyped-call]
             b"content-type", b"text/plain; charset=utf-8"
         )
+        if self.status:
+            return b"txacme: /metrics, /status (a page), /status.json\n"
         return b"txacme metrics: /metrics\n"
 
 
@@ -229,6 +277,8 @@ class Metrics:
             ["endpoint", "method", "status"],
             registry=registry,
         )
+        self._on_demand = _OnDemandCollector()
+        registry.register(self._on_demand)  # type: ignore[arg-type]
 
     # -- feeding ---------------------------------------------------------------
 
@@ -336,6 +386,17 @@ class Metrics:
             "error" if status is None else str(status),
         ).inc()
 
+    def observe_on_demand(self, issuer: OnDemandCounts) -> Callable[[], None]:
+        """
+        Count the on-demand requests of ``issuer`` (a
+        :class:`~txacme.issuing.ondemand.OnDemandIssuer`) in
+        ``txacme_on_demand_requests_total``.
+
+        :return: a function that stops counting it.
+        """
+        self._on_demand.issuers.append(issuer)
+        return lambda: self._on_demand.issuers.remove(issuer)
+
     # -- serving -----------------------------------------------------------------
 
     def resource(self) -> Resource:
@@ -382,15 +443,20 @@ def serve_metrics(
     *,
     metrics: Metrics | None = None,
     store: ICertificateStore | None = None,
+    state: StateFile | None = None,
 ) -> Deferred[MetricsPort]:
     """
     Listen on the endpoint ``description`` (e.g. ``tcp:9100:interface=127.0.0.1``)
-    and serve the metrics of ``service`` at ``/metrics``.
+    and serve the metrics of ``service`` at ``/metrics``; with ``store``, also
+    the status page at ``/status`` and its JSON at ``/status.json``
+    (:mod:`txacme.reporting.statuspage`).
 
     :param metrics: the :class:`Metrics` to feed and serve (default: a new one
         with its own registry).
     :param store: the service's certificate store, read once for the expiry of
-        the certificates it already holds.
+        the certificates it already holds, and at each request for ``/status``.
+    :param state: the state file the service's recorder keeps, for the
+        status page's history; by default the events seen since listening.
     :return: a ``Deferred`` firing with the :class:`MetricsPort`.
     :raises txacme.errors.ConfigurationError: (in the ``Deferred``) for a bad
         description or a missing ``prometheus-client``, naming the input.
@@ -404,11 +470,20 @@ def serve_metrics(
         except (ValueError, TypeError, KeyError) as e:
             raise ConfigurationError(f"metrics={description!r} is not an endpoint: {e}")
         served = metrics if metrics is not None else Metrics(clock=reactor)
-        detach = served.attach(service)
+        detaches = [served.attach(service)]
+
+        def detach() -> None:
+            for undo in detaches:
+                undo()
+
         try:
+            root = _Root(status=store is not None)
             if store is not None:
                 await served.observe_store(store)
-            root = _Root()
+                live = LiveStatus(store, reactor, state)
+                detaches.append(live.attach(service))
+                for path, child in live.resources().items():
+                    root.putChild(path, child)
             root.putChild(b"metrics", served.resource())
             port = await endpoint.listen(Site(root))  # type: ignore[no-untyped-call]
         except BaseException:
