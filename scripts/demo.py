@@ -99,6 +99,12 @@ def start_ca(choice: str) -> LocalCA:
     return start_txacme_ca()
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    """Turn SIGTERM into KeyboardInterrupt (once: cleaning up is not interrupted again)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="txacme's demo: twistd web on an acme: endpoint")
     parser.add_argument(
@@ -106,11 +112,14 @@ def main() -> int:
         help="which local CA to use (default: Pebble when installed, else txacme's test CA)",
     )
     args = parser.parse_args()
-    ca = start_ca(args.ca)
-    ca_name = ca.name
+    # SIGTERM unwinds like Ctrl-C, through the finally below that stops and removes everything.
+    signal.signal(signal.SIGTERM, _interrupted)
+    ca: LocalCA | None = None
     work = Path(tempfile.mkdtemp(prefix="txacme-demo-"))
     procs: list[subprocess.Popen[bytes]] = []
     try:
+        ca = start_ca(args.ca)
+        ca_name = ca.name
         certs = work / "certs"
         certs.mkdir()
         (certs / f"{NAME}.pem").write_bytes(b"")  # empty: "issue this name at start-up"
@@ -173,7 +182,9 @@ def main() -> int:
                     proc.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     proc.kill()
-        ca.stop()
+                    proc.wait()
+        if ca is not None:
+            ca.stop()
         if not os.environ.get("TXACME_DEMO_KEEP"):
             import shutil
 
@@ -181,4 +192,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted; everything the demo started was stopped and removed", file=sys.stderr)
+        sys.exit(130)
