@@ -73,6 +73,13 @@ class ParseTests(SynchronousTestCase):
             parse("le:/c:tcp:443:key=dsa1024")
         self.assertEqual(parse("le:/c:tcp:443:key=RSA3072").key_type, "rsa3072")
 
+    def test_watch_mode(self) -> None:
+        """watch= chooses how a directory is watched; anything else is named in the error."""
+        self.assertEqual(parse("le:/c:tcp:443").watch, "auto")
+        self.assertEqual(parse("le:/c:tcp:443:watch=scan").watch, "scan")
+        with self.assertRaisesRegex(ConfigurationError, "watch='poll' must be one of"):
+            parse("le:/c:tcp:443:watch=poll")
+
     def test_bad_numbers_named(self) -> None:
         for bad in ("timeout=abc", "timeout=-1", "timeout=nan", "check_interval=0"):
             with self.assertRaisesRegex(ConfigurationError, bad.split("=")[0]):

@@ -25,7 +25,7 @@ from twisted.logger import Logger
 
 from txacme.config.responders import challenge_responders
 from txacme.errors import ConfigurationError
-from txacme.formats import parse_number
+from txacme.formats import parse_flag, parse_number
 from txacme.interfaces import ICertificateStore
 from txacme.issuing.ondemand import OnDemandPolicy
 from txacme.keys import KEY_TYPES, load_or_create_client_key
@@ -34,7 +34,9 @@ from txacme.protocol.resources import EAB
 from txacme.protocol.transport import Exchange
 from txacme.reporting.state import STATE_FILENAME
 from txacme.serving.endpoint import AutoTLSEndpoint, ClientCreator
+from txacme.serving.reuseport import reuse_port_endpoint, reuse_port_supported
 from txacme.stores.directory import DirectoryStore
+from txacme.stores.dirlocks import CoordinatingDirectoryStore
 from txacme.stores.url import store_from_url
 
 log = Logger()
@@ -67,12 +69,14 @@ OWN_KEYWORDS = frozenset(
         "http01",
         "check_interval",
         "watch_interval",
+        "watch",
         "alpn",
         "metrics",
         "store",
         "on_demand",
         "on_demand_ask",
         "on_demand_rate",
+        "reuse_port",
     }
 )
 #: Keyword prefix of the options of ``store=`` (``store_key_file=``...).
@@ -121,6 +125,7 @@ class EndpointConfig:
     dns_options: Mapping[str, str] = attrs.field(factory=dict, repr=_redacted)
     check_interval: float = DEFAULT_CHECK_INTERVAL
     watch_interval: float = DEFAULT_WATCH_INTERVAL
+    watch: str = "auto"
     alpn: tuple[bytes, ...] = (b"http/1.1",)
     metrics: str | None = None
     store: str | None = attrs.field(default=None, repr=False)  # a URL may hold a password
@@ -128,6 +133,7 @@ class EndpointConfig:
     on_demand: tuple[str, ...] = ()
     on_demand_ask: str | None = None
     on_demand_rate: int = DEFAULT_ON_DEMAND_RATE
+    reuse_port: bool = False
 
 
 # ---------------------------------------------------------------------------
@@ -219,6 +225,7 @@ class _Fields(TypedDict, total=False):
     dns_options: Mapping[str, str]
     check_interval: float
     watch_interval: float
+    watch: str
     alpn: tuple[bytes, ...]
     metrics: str | None
     store: str | None
@@ -226,6 +233,7 @@ class _Fields(TypedDict, total=False):
     on_demand: tuple[str, ...]
     on_demand_ask: str | None
     on_demand_rate: int
+    reuse_port: bool
 
 
 def _key(parts: _Parts) -> _Fields:
@@ -294,6 +302,18 @@ def _intervals(parts: _Parts) -> _Fields:
         "check_interval": _seconds(parts, "check_interval", DEFAULT_CHECK_INTERVAL),
         "watch_interval": _seconds(parts, "watch_interval", DEFAULT_WATCH_INTERVAL),
     }
+
+
+WATCH_MODES = ("auto", "inotify", "scan")
+"""How a certificate directory is watched (``watch=``): ``auto`` is inotify on Linux and a stat scan
+elsewhere; ``scan`` is for file systems inotify cannot see (NFS, SMB, FUSE)."""
+
+
+def _watch(parts: _Parts) -> _Fields:
+    mode = parts.own.get("watch", "auto")
+    if mode not in WATCH_MODES:
+        raise ConfigurationError(f"watch={mode!r} must be one of {', '.join(WATCH_MODES)}")
+    return {"watch": mode}
 
 
 def _challenges(parts: _Parts) -> _Fields:
@@ -370,18 +390,29 @@ def _on_demand(parts: _Parts) -> _Fields:
     }
 
 
+def _reuse_port(parts: _Parts) -> _Fields:
+    reuse_port = parse_flag("reuse_port", parts.own.get("reuse_port", "no"))
+    if reuse_port:
+        why = reuse_port_supported()
+        if why is not None:
+            raise ConfigurationError(why)
+    return {"reuse_port": reuse_port}
+
+
 _VALIDATORS: tuple[Callable[[_Parts], _Fields], ...] = (
     _key,
     _email,
     _eab,
     _ca_file,
     _intervals,
+    _watch,
     _challenges,
     _alpn,
     _metrics,
     _store,
     _on_demand,
     _profile,
+    _reuse_port,
 )
 """The keyword validators, in the order their errors are reported."""
 
@@ -432,6 +463,16 @@ def _server_endpoint(reactor: IReactorTime, description: str, what: str) -> IStr
     return endpoint
 
 
+def _listening_endpoint(
+    reactor: IReactorTime, config: EndpointConfig, description: str, what: str
+) -> IStreamServerEndpoint:
+    """The endpoint for ``description``; shared with other processes under ``reuse_port=yes``."""
+    endpoint = _server_endpoint(reactor, description, what)
+    if config.reuse_port:
+        return reuse_port_endpoint(reactor, endpoint, what)
+    return endpoint
+
+
 def endpoint_from_string_parts(
     reactor: IReactorTime,
     prefix: str,
@@ -450,6 +491,9 @@ def _store_for(reactor: IReactorTime, config: EndpointConfig) -> ICertificateSto
             config.store, reactor=reactor, **config.store_options
         )
         return store
+    if config.reuse_port:
+        # Several processes share this directory: one order per name at a time.
+        return CoordinatingDirectoryStore(config.cert_dir, clock=reactor)
     return DirectoryStore(config.cert_dir)
 
 
@@ -504,10 +548,12 @@ def endpoint_from_config(reactor: IReactorTime, config: EndpointConfig) -> AutoT
     responders = challenge_responders(
         config.challenges, dns_options=config.dns_options, clock=reactor
     )
-    sub_endpoint = _server_endpoint(reactor, config.sub_endpoint, f"{config.prefix}: sub-endpoint")
+    sub_endpoint = _listening_endpoint(
+        reactor, config, config.sub_endpoint, f"{config.prefix}: sub-endpoint"
+    )
     http01_endpoint = None
     if config.http01_endpoint is not None:
-        http01_endpoint = _server_endpoint(reactor, config.http01_endpoint, "http01=")
+        http01_endpoint = _listening_endpoint(reactor, config, config.http01_endpoint, "http01=")
     return AutoTLSEndpoint(
         reactor,
         sub_endpoint,
@@ -518,6 +564,7 @@ def endpoint_from_config(reactor: IReactorTime, config: EndpointConfig) -> AutoT
         profile=config.profile,
         check_interval=config.check_interval,
         watch_interval=config.watch_interval,
+        watch_mode=config.watch,
         tls_alpn=responders.tls_alpn01 or False,
         http01_endpoint=http01_endpoint if responders.http01 is not None else None,
         http01_responder=responders.http01,
@@ -527,7 +574,7 @@ def endpoint_from_config(reactor: IReactorTime, config: EndpointConfig) -> AutoT
         metrics=config.metrics,
         on_demand=on_demand,
         on_demand_rate=config.on_demand_rate,
-        close_store=bool(config.store),
+        close_store=bool(config.store) or isinstance(store, CoordinatingDirectoryStore),
     )
 
 

@@ -101,7 +101,7 @@ the other issuing modules.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, cast
 
@@ -167,6 +167,9 @@ __all__ = ["AcmeIssuingService"]
 
 log = Logger()
 
+EntrySource = Callable[[], AsyncIterator[Mapping[str, Sequence[pem.AbstractPEMObject]]]]
+"""What a check reads: every entry of the store, in batches (``entry_source=``)."""
+
 #: Reasons that mean "this name has no certificate one can rely on".
 _URGENT_REASONS = frozenset({"missing", "expired", "emergency", "names"})
 
@@ -217,6 +220,12 @@ class AcmeIssuingService(Service):
     :param on_stored: ``on_stored(server_name, pem_objects)``, called (and
         waited for if it returns a ``Deferred``) after each certificate is
         stored, e.g. to update a TLS index at once.
+    :param entry_source: what each check reads instead of
+        ``cert_store.as_dict()``: a function returning an async iterator of
+        batches ``{server_name: pem_objects}`` (empty lists for wanted names),
+        which together hold every entry; names in no batch are forgotten. A
+        serving endpoint passes its loader's, so a large directory is read off
+        the reactor thread and once at start-up.
     :param issuing: the settings of the orders
         (:class:`~txacme.issuing.settings.IssuingSettings`), instead of the
         ``key_type``, ``profile``, ``names``, ``issue`` and ``generate_key``
@@ -260,6 +269,7 @@ class AcmeIssuingService(Service):
         on_stored: StoredCallback | None = None,
         issuing: IssuingSettings | None = None,
         scheduling: SchedulingSettings | None = None,
+        entry_source: EntrySource | None = None,
         **options: Unpack[ServiceOptions],
     ) -> None:
         if (client_creator is None) == (client is None):
@@ -277,6 +287,7 @@ class AcmeIssuingService(Service):
             )
         # ICertificateStore documents these result types; the interface cannot say them.
         self._cert_store = cast(EntryStore, cert_store)
+        self._entry_source = entry_source or self._whole_store
         self._clients = ClientKeeper(client_creator, client, email)
         self._clock = clock
         self._responders = list(responders)
@@ -411,29 +422,37 @@ class AcmeIssuingService(Service):
     def _periodic_check(self) -> Deferred[None]:
         return self._spawn(self._check())
 
+    async def _whole_store(self) -> AsyncIterator[Mapping[str, Sequence[pem.AbstractPEMObject]]]:
+        """The default entry source: the whole store, as one batch."""
+        yield await self._cert_store.as_dict()
+
     async def _check(self) -> None:
         initial = not self._initial_done
         urgent: list[Deferred[IssuedCertificate]] = []
+        seen: set[str] = set()
+        client: ServiceClient | None = None
+        asked = False
         try:
             try:
-                entries = await self._cert_store.as_dict()
+                async for entries in self._entry_source():
+                    seen.update(entries)
+                    if not asked and any(entries.values()):
+                        client = await self._ari_client()
+                        asked = True
+                    for name, pem_objects in entries.items():
+                        plan = await self._plan(name, pem_objects, client)
+                        if plan is None:
+                            continue
+                        issuing = self._schedule(name, plan)
+                        if initial and issuing is not None and plan.reason in _URGENT_REASONS:
+                            urgent.append(issuing)
             except CancelledError:
                 raise
             except Exception:
                 log.failure("could not read the certificate store")
                 return
-            for gone in set(self._states) - set(entries):
+            for gone in set(self._states) - seen:
                 self._forget(gone)
-            client = None
-            if any(entries.values()):
-                client = await self._ari_client()
-            for name, pem_objects in entries.items():
-                plan = await self._plan(name, pem_objects, client)
-                if plan is None:
-                    continue
-                issuing = self._schedule(name, plan)
-                if initial and issuing is not None and plan.reason in _URGENT_REASONS:
-                    urgent.append(issuing)
         finally:
             if initial:
                 # Not awaited: the next periodic check need not wait for issuance.

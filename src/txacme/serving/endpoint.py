@@ -21,6 +21,8 @@ from twisted.internet.interfaces import (
     IAddress,
     IListeningPort,
     IProtocolFactory,
+    IReactorCore,
+    IReactorThreads,
     IReactorTime,
     IStreamServerEndpoint,
 )
@@ -44,9 +46,11 @@ from txacme.reporting.state import StateFile, StateRecorder
 from txacme.serving.cluster import ClusterNode
 from txacme.serving.hello import HelloHook, HelloHookFactory, combine_hooks
 from txacme.serving.index import CertificateIndex, StoreEntries
+from txacme.serving.loader import StoreLoader
 from txacme.serving.tls import SNIConnectionCreator, tls_server_factory
 from txacme.serving.watcher import StoreWatcher
 from txacme.stores.coordination import provides_coordination
+from txacme.stores.directory import DirectoryStore
 
 log = Logger()
 
@@ -125,9 +129,16 @@ class AutoTLSEndpoint:
     :param key_type: the type of certificate keys (``ec256``, ``rsa2048``...).
     :param profile: the ACME profile to request, if any.
     :param check_interval: seconds between full checks of the store.
-    :param watch_interval: seconds between reloads of the store into the TLS
-        index, which serves certificates another process wrote and issues names
-        whose (empty) entry appeared; ``None`` to not watch.
+    :param watch_interval: for a directory store, seconds between the
+        safety-net stat scans behind the change notifications (inotify, or a
+        stat scan every second where there is none): a changed file is read
+        again, alone, off the reactor thread, and a new empty entry is issued
+        at once. For other stores, seconds between full reloads into the TLS
+        index. Either way certificates another process wrote are served and
+        names whose (empty) entry appeared are issued; ``None`` to not watch.
+    :param watch_mode: how a directory store is watched: ``"auto"`` (inotify
+        on Linux, else stat scans), ``"inotify"`` or ``"scan"`` (for NFS and
+        other file systems inotify cannot see).
     :param tls_alpn: answer ``tls-alpn-01`` on ``sub_endpoint`` (default), or
         the :class:`~txacme.challenges.tlsalpn01.TLSALPN01Responder` that does.
     :param http01_endpoint: also listen here (port 80) and answer ``http-01``.
@@ -175,6 +186,7 @@ class AutoTLSEndpoint:
         profile: str | None = None,
         check_interval: float | timedelta = timedelta(hours=12),
         watch_interval: float | None = 60.0,
+        watch_mode: str = "auto",
         tls_alpn: bool | TLSALPN01Responder = True,
         http01_endpoint: IStreamServerEndpoint | None = None,
         http01_responder: HTTP01Responder | None = None,
@@ -207,6 +219,7 @@ class AutoTLSEndpoint:
         self.profile = profile
         self.check_interval = check_interval
         self.watch_interval = watch_interval
+        self.watch_mode = watch_mode
         self.tls_alpn = tls_alpn
         self.http01_endpoint = http01_endpoint
         self.http01_responder = http01_responder
@@ -224,6 +237,7 @@ class AutoTLSEndpoint:
         self.close_store = close_store
         self.service: AcmeIssuingService | None = None
         self.index: CertificateIndex | None = None
+        self.loader: StoreLoader | None = None
         self._on_exchange: Callable[[Exchange], object] | None = None
 
     def _client_creator(self) -> Deferred[Client]:
@@ -318,6 +332,7 @@ class AutoTLSEndpoint:
             check_interval=self.check_interval,
             panic=self.panic,
             on_stored=index.update,
+            entry_source=self.loader.batches if self.loader is not None else None,
             **self.service_options,
         )
         self.service = service
@@ -335,6 +350,7 @@ class AutoTLSEndpoint:
         index: CertificateIndex,
         service: AcmeIssuingService,
         cluster: ClusterNode | None,
+        metrics: Metrics | None,
         started: _Started,
     ) -> list[HelloHook]:
         """Starts the cluster node; what looks at each ClientHello before OpenSSL."""
@@ -353,6 +369,8 @@ class AutoTLSEndpoint:
                 clock=self.reactor,
             )
             hooks.append(on_demand.hello_hook)
+            if metrics is not None:
+                started.stoppers.append(metrics.observe_on_demand(on_demand))
         return hooks
 
     def _tls_factory(
@@ -383,8 +401,9 @@ class AutoTLSEndpoint:
     ) -> None:
         if self.metrics is None:
             return
+        state = StateFile(self.state_file) if self.state_file is not None else None
         self.metrics_port = await serve_metrics(
-            self.reactor, self.metrics, service, metrics=metrics, store=self.cert_store
+            self.reactor, self.metrics, service, metrics=metrics, store=self.cert_store, state=state
         )
         started.stoppers.append(self.metrics_port.stopListening)
 
@@ -396,7 +415,12 @@ class AutoTLSEndpoint:
         cluster: ClusterNode | None,
         started: _Started,
     ) -> None:
-        """A coordinating store notifies changes; others are polled."""
+        """
+        A coordinating store notifies changes; a directory store is followed by
+        its loader; others are polled.
+        """
+        if self.loader is not None:
+            return
         if self.watch_interval is None or cluster is not None:
             return
         watcher = StoreWatcher(
@@ -425,7 +449,7 @@ class AutoTLSEndpoint:
         service, cluster = self._make_service(index, responders, registry, http_responder)
         self._record_state(service, started)
         tls_factory = self._tls_factory(
-            creator, factory, self._hello_hooks(index, service, cluster, started)
+            creator, factory, self._hello_hooks(index, service, cluster, metrics, started)
         )
         await self._listen_http01(http_responder, cluster, started)
         started.port = await self.sub_endpoint.listen(tls_factory)
@@ -439,11 +463,44 @@ class AutoTLSEndpoint:
             after.append(self.cert_store.close)
         return AutoTLSPort(started.port, service, started.stoppers, after=after)
 
+    def _make_loader(self, index: CertificateIndex) -> StoreLoader | None:
+        """A directory store (not coordinating) is loaded lazily and followed by hints."""
+        store = self.cert_store
+        if not isinstance(store, DirectoryStore) or provides_coordination(store):
+            return None
+        if not (IReactorThreads.providedBy(self.reactor) and IReactorCore.providedBy(self.reactor)):
+            return None  # a test clock: read the store in full, on the spot
+        return StoreLoader(
+            index,
+            store,
+            self.reactor,
+            watch=self.watch_mode if self.watch_interval is not None else None,
+            rescan_interval=self.watch_interval or 60.0,
+            feed_batches=True,
+            on_change=self._store_changed,
+        )
+
+    def _store_changed(self, name: str, objects: list[Any] | None) -> None:
+        """
+        The loader's ``on_change``: an entry found empty after a change (a new
+        ``<name>.pem``, or one emptied) is issued at once.
+        """
+        if objects == [] and self.service is not None:
+            log.info("new empty entry {name}: issuing", name=name)
+            self.service.issue_cert(name).addErrback(lambda _: None)
+
     async def _listen(self, factory: IProtocolFactory) -> AutoTLSPort:
         index = CertificateIndex()
-        loaded = await index.load_from(self.cert_store)
+        loader = self.loader = self._make_loader(index)
+        loaded: StoreEntries = {}
+        if loader is None:
+            loaded = await index.load_from(self.cert_store)
+        else:
+            loader.start()
         self.index = index
         started = _Started()
+        if loader is not None:
+            started.stoppers.append(loader.stop)
         try:
             return await self._start(factory, index, loaded, started)
         except BaseException:

@@ -6,8 +6,12 @@ checked, by server name, for the TLS layer to look up at each handshake.
 issuing service calls it after storing a certificate),
 :meth:`~CertificateIndex.load_from` (a full rebuild from a store) and
 :meth:`~CertificateIndex.watch` (a :class:`~txacme.serving.watcher.StoreWatcher`
-polling a store another process writes to). A malformed entry is logged with its
-name and not served; a name keeps its previous good entry.
+polling a store another process writes to), or lazily: names known only from
+file names (:meth:`~CertificateIndex.add_unloaded`) are parsed by a loader
+(:class:`txacme.serving.loader.StoreLoader`) in the background and installed
+with :meth:`~CertificateIndex.put`; a handshake for one of them before that
+parses it on the spot. A malformed entry is logged with its name and not
+served; a name keeps its previous good entry.
 
 May import the core modules, :mod:`txacme.challenges.tlsalpn01` (key kinds) and
 :mod:`txacme.serving.watcher`.
@@ -16,7 +20,7 @@ May import the core modules, :mod:`txacme.challenges.tlsalpn01` (key kinds) and
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import cast
 
 import pem
@@ -139,18 +143,29 @@ class CertificateIndex:
         self._chain_certificates: dict[bytes, x509.Certificate] = {}
         self._listeners: list[Callable[[CertificateEntry], object]] = []
         self._rejected: dict[str, bytes] = {}
+        self._unloaded: set[str] = set()
+        self._load: Callable[[str], CertificateEntry | None] | None = None
 
     # -- reading ------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._entries) + len(self._unloaded)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return name in self._entries or name in self._unloaded
 
     def names(self) -> Iterator[str]:
-        """The server names that have a certificate (not the default)."""
-        return iter(list(self._entries))
+        """The server names that have (or may have, not parsed yet) a certificate."""
+        return iter(list(self._entries) + sorted(self._unloaded))
+
+    @property
+    def unloaded(self) -> frozenset[str]:
+        """The names known from their file name only (not parsed yet)."""
+        return frozenset(self._unloaded)
+
+    def is_unloaded(self, name: str) -> bool:
+        """Whether ``name`` is known from its file name only (not parsed yet)."""
+        return name in self._unloaded
 
     @property
     def default(self) -> CertificateEntry | None:
@@ -171,9 +186,28 @@ class CertificateIndex:
         entry = entries.get(name)
         if entry is None:
             _, dot, parent = name.partition(".")
-            if dot and parent:
-                entry = entries.get("*." + parent)
+            wildcard = "*." + parent if dot and parent else None
+            if wildcard is not None:
+                entry = entries.get(wildcard)
+            if entry is None and self._unloaded:
+                entry = self._load_now(name, wildcard)
         return entry
+
+    def _load_now(self, name: str, wildcard: str | None) -> CertificateEntry | None:
+        """A name not parsed yet is asked for: parse its entry now (one file)."""
+        for candidate in (name, wildcard):
+            if candidate is None or candidate not in self._unloaded or self._load is None:
+                continue
+            self._unloaded.discard(candidate)
+            try:
+                entry = self._load(candidate)
+            except Exception:
+                log.failure("loading the certificate of {server_name}", server_name=candidate)
+                entry = None
+            if entry is not None:
+                self._entries.setdefault(candidate, entry)
+                return self._entries[candidate]
+        return None
 
     def lookup(self, name: str | None) -> CertificateEntry | None:
         """
@@ -219,16 +253,23 @@ class CertificateIndex:
         return found
 
     def parse(
-        self, name: str, pem_objects: PEMObjects, fingerprint: bytes | None = None
+        self,
+        name: str,
+        pem_objects: PEMObjects,
+        fingerprint: bytes | None = None,
+        *,
+        validated: bool = False,
     ) -> CertificateEntry:
         """
         Check and parse one entry: one private key, the certificate, the chain
-        (:func:`txacme.certificates.validate_pem_objects`).
+        (:func:`txacme.certificates.validate_pem_objects`, skipped when
+        ``validated``: the objects come from a store that checked them).
+        Safe to call from a thread.
 
         :raises txacme.errors.ConfigurationError: naming ``name`` and the problem.
         """
         try:
-            objects = validate_pem_objects(pem_objects, name)
+            objects = list(pem_objects) if validated else validate_pem_objects(pem_objects, name)
         except (ValueError, UnsupportedAlgorithm) as e:
             if isinstance(e, ConfigurationError):
                 raise
@@ -278,6 +319,39 @@ class CertificateIndex:
 
     # -- writing ------------------------------------------------------------
 
+    def set_loader(self, load: Callable[[str], CertificateEntry | None] | None) -> None:
+        """
+        ``load(name)`` reads and parses the entry of a name known only from its
+        file name, synchronously (:meth:`find` calls it for such a name); it
+        returns ``None`` when there is nothing to serve.
+        """
+        self._load = load
+
+    def add_unloaded(self, names: Iterable[str]) -> None:
+        """Names whose entries exist but are not parsed yet (see :meth:`set_loader`)."""
+        self._unloaded.update(n for n in names if n not in self._entries)
+
+    def put(self, name: str, entry: CertificateEntry | None) -> None:
+        """
+        Serve ``entry`` (already parsed, e.g. in a thread) for the canonical
+        ``name``; ``None`` stops serving it.
+        """
+        self._unloaded.discard(name)
+        previous = self._entries.get(name)
+        if entry is previous:
+            return
+        if entry is None:
+            self._entries.pop(name, None)
+        else:
+            self._entries[name] = entry
+        self._forget(previous)
+
+    def put_default(self, entry: CertificateEntry | None) -> None:
+        """Serve ``entry`` (already parsed) when no name matches; ``None`` removes it."""
+        previous, self._default = self._default, entry
+        if entry is not previous:
+            self._forget(previous)
+
     def update(self, name: str, pem_objects: PEMObjects) -> bool:
         """
         Serve ``pem_objects`` (key, certificate, chain) for ``name`` from the
@@ -288,6 +362,7 @@ class CertificateIndex:
         :raises txacme.errors.InvalidServerName: for a bad name.
         """
         canonical = normalize_server_name(name)
+        self._unloaded.discard(canonical)
         objects = list(pem_objects)
         if not objects:
             self.remove(canonical)
@@ -306,6 +381,7 @@ class CertificateIndex:
             canonical = normalize_server_name(name)
         except InvalidServerName:
             return
+        self._unloaded.discard(canonical)
         self._forget(self._entries.pop(canonical, None))
 
     def set_default(self, pem_objects: PEMObjects | None) -> bool:
@@ -355,6 +431,7 @@ class CertificateIndex:
             if entry is not None:
                 new[canonical] = entry
         self._entries = new
+        self._unloaded.clear()
         self._rejected = {
             name: fp for name, fp in self._rejected.items()
             if name in entries or name == DEFAULT_ENTRY_NAME

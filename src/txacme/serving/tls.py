@@ -71,8 +71,8 @@ name whose context is cached costs the same as with a plain Twisted
 times as much on the server side (``bench/handshake.py`` measures both). Give a
 cache larger than the number of names that receive regular traffic.
 
-May import the core modules, :mod:`txacme.challenges.tlsalpn01` and
-:mod:`txacme.serving.index`.
+May import the core modules, :mod:`txacme.challenges.tlsalpn01`,
+:mod:`txacme.serving.hello` and :mod:`txacme.serving.index`.
 """
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ import ipaddress
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, cast
+from weakref import WeakKeyDictionary
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -105,6 +106,7 @@ from txacme.challenges.tlsalpn01 import (
     TLSALPN01Registry,
 )
 from txacme.errors import ConfigurationError
+from txacme.serving.hello import ServerTLSFactory
 from txacme.serving.index import CertificateEntry, CertificateIndex
 
 if TYPE_CHECKING:
@@ -144,43 +146,49 @@ class HandshakeRefused(SSL.Error):
 
 class _ServerConnection(SSL.Connection):
     """
-    An ``SSL.Connection`` with the state our callbacks share, and that carries
-    no application data once marked as a challenge (or placeholder) connection.
+    An ``SSL.Connection`` with the state our callbacks share. The defaults are
+    class attributes, so that making one costs no more than a plain
+    ``SSL.Connection``.
     """
 
-    def __init__(self, context: SSL.Context) -> None:
-        super().__init__(context, None)
-        self.txacme_name: str | None = None
-        self.txacme_kind: KeyKind | None = None
-        self.txacme_protocols: tuple[bytes, ...] = ()
-        self.txacme_placeholder = False
-        self.txacme_no_data = False
+    txacme_name: str | None = None
+    txacme_kind: KeyKind | None = None
+    txacme_protocols: tuple[bytes, ...] = ()
+    txacme_placeholder = False
+    txacme_no_data = False
+
+
+class _NoDataConnection(_ServerConnection):
+    """
+    A challenge (or placeholder) connection, which carries no application
+    data: a connection becomes one when marked (:func:`_mark_no_data`), so
+    ordinary connections keep pyOpenSSL's own ``recv`` and ``send``.
+    """
+
+    txacme_no_data = True
 
     def recv(self, bufsiz: int, flags: int | None = None) -> bytes:
-        if self.txacme_no_data:
-            # As if the client had closed: Twisted answers with close_notify
-            # and closes, and nothing reaches the application.
-            raise SSL.ZeroReturnError()
-        return super().recv(bufsiz, flags)
+        # As if the client had closed: Twisted answers with close_notify
+        # and closes, and nothing reaches the application.
+        raise SSL.ZeroReturnError()
 
     read = recv
 
     def recv_into(self, buffer: Any, nbytes: int | None = None, flags: int | None = None) -> int:
-        if self.txacme_no_data:
-            raise SSL.ZeroReturnError()
-        return super().recv_into(buffer, nbytes, flags)
+        raise SSL.ZeroReturnError()
 
     def send(self, buf: bytes | bytearray | memoryview, flags: int = 0) -> int:
-        if self.txacme_no_data:
-            return len(memoryview(buf))
-        return super().send(buf, flags)
+        return len(memoryview(buf))
 
     write = send
 
     def sendall(self, buf: bytes | bytearray | memoryview, flags: int = 0) -> int:
-        if self.txacme_no_data:
-            return len(memoryview(buf))
-        return super().sendall(buf, flags)
+        return len(memoryview(buf))
+
+
+def _mark_no_data(connection: _ServerConnection) -> None:
+    """From now on, ``connection`` carries no application data."""
+    connection.__class__ = _NoDataConnection
 
 
 def default_context() -> SSL.Context:
@@ -306,6 +314,9 @@ class SNIConnectionCreator:
         self._cache_size = context_cache_size
         self._contexts: OrderedDict[CertificateEntry, SSL.Context] = OrderedDict()
         self._placeholder: SSL.Context | None = None
+        self._protocol_cache: WeakKeyDictionary[object, tuple[bytes, ...]] = (
+            WeakKeyDictionary()
+        )
         self._base = self._new_context()
         self._base.set_tlsext_servername_callback(self._on_server_name)
         index.subscribe(self._forget)
@@ -350,7 +361,23 @@ class SNIConnectionCreator:
     # -- IOpenSSLServerConnectionCreator --------------------------------------
 
     def _protocols_for(self, tls_protocol: TLSMemoryBIOProtocol) -> tuple[bytes, ...]:
-        factory = getattr(getattr(tls_protocol, "factory", None), "wrappedFactory", None)
+        """
+        The ALPN protocols to offer on ``tls_protocol``'s connections: asked
+        once per TLS factory (its wrapped factory's are fixed when it is made).
+        """
+        tls_factory = getattr(tls_protocol, "factory", None)
+        try:
+            return self._protocol_cache[tls_factory]
+        except (KeyError, TypeError):
+            pass
+        protocols = self._ask_protocols(getattr(tls_factory, "wrappedFactory", None))
+        try:
+            self._protocol_cache[tls_factory] = protocols
+        except TypeError:
+            pass  # not weakly referenceable or not hashable: ask every time
+        return protocols
+
+    def _ask_protocols(self, factory: object) -> tuple[bytes, ...]:
         negotiation = IProtocolNegotiationFactory(factory, None)
         if negotiation is None:
             return self.acceptable_protocols
@@ -369,7 +396,7 @@ class SNIConnectionCreator:
         self, tlsProtocol: TLSMemoryBIOProtocol  # noqa: N803
     ) -> SSL.Connection:
         """Make the ``SSL.Connection`` for one accepted connection."""
-        connection = _ServerConnection(self._base)
+        connection = _ServerConnection(self._base, None)
         connection.txacme_protocols = self._protocols_for(tlsProtocol)
         return connection
 
@@ -407,7 +434,7 @@ class SNIConnectionCreator:
             connection.set_context(self._placeholder_context())
             connection.txacme_kind = DEFAULT_KIND
             connection.txacme_placeholder = True
-            connection.txacme_no_data = True
+            _mark_no_data(connection)
             return
         log.debug("no certificate for {sni!r}; refusing the handshake", sni=raw)
 
@@ -443,7 +470,7 @@ class SNIConnectionCreator:
         certificate, key = pending.certificate_for(kind)
         connection.use_certificate(certificate)
         connection.use_privatekey(key)
-        connection.txacme_no_data = True
+        _mark_no_data(connection)
         log.info("serving the tls-alpn-01 challenge certificate for {identifier}",
                  identifier=pending.identifier)
         return ACME_TLS_1
@@ -481,7 +508,7 @@ def tls_server_factory(
     any stream endpoint with the result. The application's factory is used as
     it is: ``acme-tls/1`` connections never deliver data to it.
     """
-    return TLSMemoryBIOFactory(creator, False, factory)
+    return ServerTLSFactory(creator, factory)
 
 
 __all__ = [

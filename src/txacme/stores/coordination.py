@@ -424,7 +424,7 @@ async def acquire_loop(
     """
     Call ``try_acquire()`` until it gives a lease, sleeping between attempts
     until a release of ``name`` or the holder's lease end (at most
-    :data:`MAX_LOCK_POLL` seconds). ``try_acquire`` fires with ``(lease,
+    ``MAX_LOCK_POLL`` seconds). ``try_acquire`` fires with ``(lease,
     seconds_left_on_the_holders_lease)``.
 
     :raises LockTimeout: after ``timeout`` seconds.

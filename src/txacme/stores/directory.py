@@ -34,9 +34,9 @@ Validation: :meth:`DirectoryStore.store` accepts only exactly one private key
 plus at least one certificate, the key matching the first certificate, and
 nothing else (no CSRs, public keys, parameters), as
 :func:`txacme.certificates.validate_pem_objects` checks. The objects are written in the
-order given. Reading a non-empty file applies the same checks: :meth:`get`
+order given. Reading a non-empty file applies the same checks: ``get``
 fails with :class:`~txacme.errors.ConfigurationError` naming the file, and
-:meth:`as_dict` logs the file and leaves it out, so one damaged file never hides
+``as_dict`` logs the file and leaves it out, so one damaged file never hides
 the others. A file that becomes damaged after this store read or wrote a good
 version of it (a botched manual edit, a non-atomic copy by another tool) is
 logged each time it is read, and the last good version is returned instead, so
@@ -312,9 +312,9 @@ class DirectoryStore:
         Read every entry file afresh, synchronously, for tools that report on
         the directory (``txacme status``): by server name, the entry's PEM
         objects, or the :class:`~txacme.errors.ConfigurationError` naming a
-        damaged file, where :meth:`as_dict` logs it and leaves it out (or keeps
+        damaged file, where ``as_dict`` logs it and leaves it out (or keeps
         its last good version). Stale temporary files are removed first, as by
-        :meth:`as_dict`; files that are not entries are skipped without a word.
+        ``as_dict``; files that are not entries are skipped without a word.
         """
         result: dict[str, list[pem.AbstractPEMObject] | ConfigurationError] = {}
         self.remove_stale_temporary_files()
@@ -362,7 +362,7 @@ class DirectoryStore:
         """
         Remove the temporary files (``.<name>.pem.<random>.tmp``) that
         interrupted writes left more than :data:`STALE_TEMP_AGE` seconds ago,
-        logging each; :meth:`as_dict` calls this.
+        logging each; ``as_dict`` calls this.
 
         :return: the paths removed.
         """
