@@ -17,6 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import getChildForRequest
 from twisted.web.test.requesthelper import DummyRequest
 
+from tests.harness import leases
 from txacme.challenges.http01 import HTTP01Responder
 from txacme.challenges.tlsalpn01 import TLSALPN01Responder
 from txacme.errors import ConfigurationError
@@ -31,7 +32,6 @@ from txacme.stores.coordination import (
     ChallengeRecord,
     ICoordinatingStore,
     LockLost,
-    LockTimeout,
     StoreChange,
     run_locked,
 )
@@ -70,54 +70,24 @@ class FakeResponse:
     key_authorization: str
 
 
-class LeaseTests(SynchronousTestCase):
+class LeaseTests(leases.LeaseContract, SynchronousTestCase):
+    """The lease contract (tests/harness/leases.py) and what only the memory store does."""
+
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(T0)
         self.a = MemoryCoordinatingStore(clock=self.clock, node_id="a", lease_ttl=30)
         self.b = MemoryCoordinatingStore(node_id="b", shared_with=self.a)
 
+    def assert_not_stored(self, name: str) -> None:
+        self.assertNotIn(name, self.a.certs)
+
     def test_provides_both_interfaces(self) -> None:
         """The memory store is a certificate store and a coordinating store."""
         self.assertTrue(ICertificateStore.providedBy(self.a))
         self.assertTrue(ICoordinatingStore.providedBy(self.a))
 
-    def test_try_acquire_busy_then_free(self) -> None:
-        """A held lock is refused to others until released; fences grow."""
-        lease = self.successResultOf(self.a.try_acquire("Example.COM"))
-        self.assertEqual((lease.name, lease.owner, lease.fence), ("example.com", "a", 1))
-        self.assertEqual(lease.expires_at, T0 + 30)
-        self.assertIsNone(self.successResultOf(self.b.try_acquire("example.com")))
-        self.assertTrue(self.successResultOf(self.a.release(lease)))
-        second = self.successResultOf(self.b.try_acquire("example.com"))
-        self.assertEqual((second.owner, second.fence), ("b", 2))
-        self.assertNotEqual(second.lease_id, lease.lease_id)
-
-    def test_lease_lapses(self) -> None:
-        """An unrenewed lease lapses: another holder gets the lock, the old one is fenced."""
-        old = self.successResultOf(self.a.try_acquire("x.example", ttl=10))
-        self.clock.advance(9.9)
-        self.assertIsNone(self.successResultOf(self.b.try_acquire("x.example")))
-        self.clock.advance(0.1)
-        new = self.successResultOf(self.b.try_acquire("x.example"))
-        self.assertEqual(new.fence, 2)
-        self.failureResultOf(self.a.renew(old), LockLost)
-        self.failureResultOf(self.a.store_fenced(old, entry(self.clock, "x.example")), LockLost)
-        self.assertNotIn("x.example", self.a.certs)
-        self.assertFalse(self.successResultOf(self.a.release(old)))
-        self.assertEqual(self.a.holder("x.example"), new)
-
-    def test_renew_extends(self) -> None:
-        """Renewing moves the expiry to ttl from now and keeps id and fence."""
-        lease = self.successResultOf(self.a.try_acquire("x.example", ttl=10))
-        self.clock.advance(8)
-        renewed = self.successResultOf(self.a.renew(lease, ttl=10))
-        self.assertEqual((renewed.lease_id, renewed.fence), (lease.lease_id, lease.fence))
-        self.assertEqual(renewed.expires_at, T0 + 18)
-        self.clock.advance(5)
-        self.assertIsNone(self.successResultOf(self.b.try_acquire("x.example")))
-
-    def test_fenced_store(self) -> None:
+    def test_fenced_store_notifies(self) -> None:
         """A write under a live lease is stored and notified."""
         changes: list[StoreChange] = []
         self.b.subscribe(changes.append)
@@ -126,17 +96,6 @@ class LeaseTests(SynchronousTestCase):
         self.successResultOf(self.a.store_fenced(lease, objects))
         self.assertEqual(self.successResultOf(self.b.get("x.example")), objects)
         self.assertEqual(changes, [StoreChange("certificate", "x.example", origin="a")])
-
-    def test_acquire_waits_for_release(self) -> None:
-        """acquire() waits while the lock is held and gets it at the release."""
-        lease = self.successResultOf(self.a.try_acquire("x.example"))
-        waiting = self.b.acquire("x.example")
-        self.assertNoResult(waiting)
-        self.clock.advance(1)
-        self.assertNoResult(waiting)
-        self.successResultOf(self.a.release(lease))
-        got = self.successResultOf(waiting)
-        self.assertEqual((got.owner, got.fence), ("b", 2))
 
     def test_acquire_waits_for_lapse(self) -> None:
         """A holder that never releases is taken over when its lease lapses."""
@@ -147,15 +106,6 @@ class LeaseTests(SynchronousTestCase):
         self.clock.pump([1] * 2)
         self.assertEqual(self.successResultOf(waiting).owner, "b")
 
-    def test_acquire_timeout(self) -> None:
-        """acquire() gives up after its timeout with LockTimeout."""
-        self.successResultOf(self.a.try_acquire("x.example", ttl=100))
-        waiting = self.b.acquire("x.example", timeout=3)
-        self.clock.pump([0.5] * 5)
-        self.assertNoResult(waiting)
-        self.clock.pump([0.5] * 2)
-        self.failureResultOf(waiting, LockTimeout)
-
     def test_acquire_cancel(self) -> None:
         """Cancelling acquire() stops waiting; no timer is left behind."""
         self.successResultOf(self.a.try_acquire("x.example", ttl=100))
@@ -164,10 +114,8 @@ class LeaseTests(SynchronousTestCase):
         self.failureResultOf(waiting, CancelledError)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
-    def test_bad_ttl(self) -> None:
-        """A ttl that is not a positive number is a ConfigurationError."""
-        self.failureResultOf(self.a.try_acquire("x.example", ttl=0), ConfigurationError)
-        self.failureResultOf(self.a.acquire("x.example", ttl=-1), ConfigurationError)
+    def test_bad_lease_ttl_option(self) -> None:
+        """A lease_ttl that is not a positive number is a ConfigurationError."""
         self.assertRaises(ConfigurationError, MemoryCoordinatingStore, lease_ttl=float("nan"))
 
     def test_mark_wanted_and_remove_notify(self) -> None:

@@ -25,6 +25,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from tests.harness import leases
 from txacme.challenges.http01 import HTTP01Responder
 from txacme.errors import ConfigurationError
 from txacme.interfaces import ICertificateStore
@@ -32,8 +33,6 @@ from txacme.issuing.service import AcmeIssuingService
 from txacme.stores.coordination import (
     ChallengeRecord,
     ICoordinatingStore,
-    LockLost,
-    LockTimeout,
     StoreChange,
     run_locked,
 )
@@ -54,7 +53,9 @@ def make_dir(case: SynchronousTestCase) -> str:
     return path
 
 
-class LeaseTests(SynchronousTestCase):
+class LeaseTests(leases.LeaseContract, SynchronousTestCase):
+    """The lease contract (tests/harness/leases.py) and what only the directory store does."""
+
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(T0)
@@ -75,13 +76,9 @@ class LeaseTests(SynchronousTestCase):
         self.assertEqual(os.stat(os.path.join(self.dir, ".txacme")).st_mode & 0o777, 0o700)
         self.assertEqual(self.successResultOf(self.a.as_dict()), {})
 
-    def test_try_acquire_busy_then_free(self) -> None:
-        """A held lock is refused to the other until released; fences grow."""
+    def test_one_store_conflicts_with_itself(self) -> None:
+        """Two attempts from one store object conflict too (flock per open file)."""
         lease = self.successResultOf(self.a.try_acquire("Example.COM"))
-        self.assertEqual((lease.name, lease.owner, lease.fence), ("example.com", "a", 1))
-        self.assertEqual(lease.expires_at, T0 + 30)
-        self.assertIsNone(self.successResultOf(self.b.try_acquire("example.com")))
-        # Two attempts from one store object conflict too (flock per open file).
         self.assertIsNone(self.successResultOf(self.a.try_acquire("example.com")))
         self.assertEqual(self.b.holder("example.com"), lease)
         self.assertTrue(self.successResultOf(self.a.release(lease)))
@@ -90,63 +87,22 @@ class LeaseTests(SynchronousTestCase):
         self.assertEqual((second.owner, second.fence), ("b", 2))
         self.assertFalse(self.successResultOf(self.a.release(lease)))
 
-    def test_lease_lapses(self) -> None:
-        """An unrenewed lease lapses: the holder unlocks and is fenced out."""
-        old = self.successResultOf(self.a.try_acquire("x.example", ttl=10))
-        self.clock.advance(9.9)
-        self.assertIsNone(self.successResultOf(self.b.try_acquire("x.example")))
-        self.clock.advance(0.1)
-        new = self.successResultOf(self.b.try_acquire("x.example"))
-        self.assertEqual(new.fence, 2)
-        self.failureResultOf(self.a.renew(old), LockLost)
-        self.failureResultOf(self.a.store_fenced(old, entry(self.clock, "x.example")), LockLost)
-        self.failureResultOf(self.a.get("x.example"), KeyError)
-        self.assertFalse(self.successResultOf(self.a.release(old)))
-        self.assertEqual(self.a.holder("x.example"), new)
-
-    def test_renew_extends(self) -> None:
-        """Renewing moves the expiry and keeps id and fence; the file shows it."""
+    def test_renew_shows_in_the_lock_file(self) -> None:
+        """A renewed lease is written to its lock file: owner, pid, expiry."""
         lease = self.successResultOf(self.a.try_acquire("x.example", ttl=10))
         self.clock.advance(8)
-        renewed = self.successResultOf(self.a.renew(lease, ttl=10))
-        self.assertEqual((renewed.lease_id, renewed.fence), (lease.lease_id, lease.fence))
-        self.assertEqual(renewed.expires_at, T0 + 18)
-        self.clock.advance(5)
-        self.assertIsNone(self.successResultOf(self.b.try_acquire("x.example")))
+        self.successResultOf(self.a.renew(lease, ttl=10))
         with open(os.path.join(self.dir, ".txacme", "locks", "x.example.lock")) as f:
             info = json.load(f)
         self.assertEqual(
             (info["owner"], info["pid"], info["expires_at"]), ("a", os.getpid(), T0 + 18)
         )
 
-    def test_fenced_store(self) -> None:
-        """A write under a live lease lands in <name>.pem for every reader."""
+    def test_fenced_store_file_mode(self) -> None:
+        """A write under a live lease lands in <name>.pem, mode 0600."""
         lease = self.successResultOf(self.a.try_acquire("x.example"))
-        objects = entry(self.clock, "x.example")
-        self.successResultOf(self.a.store_fenced(lease, objects))
-        self.assertEqual(self.successResultOf(self.b.get("x.example")), objects)
+        self.successResultOf(self.a.store_fenced(lease, entry(self.clock, "x.example")))
         self.assertEqual(os.stat(os.path.join(self.dir, "x.example.pem")).st_mode & 0o777, 0o600)
-
-    def test_acquire_waits_for_release(self) -> None:
-        """acquire() waits while another holds the lock and gets it once released."""
-        lease = self.successResultOf(self.a.try_acquire("x.example"))
-        waiting = self.b.acquire("x.example")
-        self.assertNoResult(waiting)
-        self.clock.advance(1)
-        self.assertNoResult(waiting)
-        self.successResultOf(self.a.release(lease))
-        self.clock.advance(2)
-        got = self.successResultOf(waiting)
-        self.assertEqual((got.owner, got.fence), ("b", 2))
-
-    def test_acquire_timeout(self) -> None:
-        """acquire() gives up after its timeout with LockTimeout."""
-        self.successResultOf(self.a.try_acquire("x.example", ttl=100))
-        waiting = self.b.acquire("x.example", timeout=3)
-        self.clock.pump([0.5] * 5)
-        self.assertNoResult(waiting)
-        self.clock.pump([0.5] * 2)
-        self.failureResultOf(waiting, LockTimeout)
 
     def test_run_locked_renews_and_releases(self) -> None:
         """run_locked keeps the lease alive through long work, then unlocks."""
