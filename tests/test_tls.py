@@ -62,6 +62,15 @@ OPENSSL = shutil.which("openssl")
 # ---------------------------------------------------------------------------
 
 
+def start_watching(
+    index: CertificateIndex, store: Any, interval: float, clock: Any
+) -> StoreWatcher:
+    """A running StoreWatcher re-reading ``store`` into ``index`` every ``interval`` seconds."""
+    watcher = StoreWatcher(index, store, interval, clock)
+    watcher.startService()
+    return watcher
+
+
 class TestCA:
     """A throw-away CA issuing leaf certificates, with its certificate as the chain."""
 
@@ -498,7 +507,7 @@ class CertificateIndexTests(unittest.TestCase):
         store = MemoryStore()
         index = CertificateIndex()
         self.successResultOf(index.load_from(store))
-        watcher = index.watch(store, 30, clock)
+        watcher = start_watching(index, store, 30, clock)
         self.addCleanup(watcher.stopService)
         objects = self.ca.issue(["late.example"])
         store.certs["late.example"] = objects
@@ -528,7 +537,7 @@ class CertificateIndexTests(unittest.TestCase):
 
         store = SlowStore()
         index = CertificateIndex()
-        watcher = index.watch(store, 10, clock)
+        watcher = start_watching(index, store, 10, clock)
         self.addCleanup(watcher.stopService)
         clock.advance(10)
         clock.advance(10)
@@ -579,7 +588,9 @@ class CertificateIndexTests(unittest.TestCase):
         self.assertEqual(self.flushLoggedErrors(defer.CancelledError), [])
 
     def test_watch_interval_must_be_positive(self) -> None:
-        self.assertRaises(ConfigurationError, CertificateIndex().watch, MemoryStore(), 0, Clock())
+        self.assertRaises(
+            ConfigurationError, start_watching, CertificateIndex(), MemoryStore(), 0, Clock()
+        )
 
 
 class SNINameTests(unittest.TestCase):
@@ -872,7 +883,7 @@ class HandshakeTests(TLSServerMixin, unittest.TestCase):
         index, creator = make_creator({})
         yield index.load_from(store)
         clock = Clock()
-        watcher = index.watch(DirectoryStore(path), 60, clock)
+        watcher = start_watching(index, DirectoryStore(path), 60, clock)
         self.addCleanup(watcher.stopService)
         self.listen(creator)
         objects = self.ca.issue(["shared.example"])

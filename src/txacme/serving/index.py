@@ -4,17 +4,16 @@ checked, by server name, for the TLS layer to look up at each handshake.
 
 :class:`CertificateIndex` is filled by :meth:`~CertificateIndex.update` (the
 issuing service calls it after storing a certificate),
-:meth:`~CertificateIndex.load_from` (a full rebuild from a store) and
-:meth:`~CertificateIndex.watch` (a :class:`~txacme.serving.watcher.StoreWatcher`
-polling a store another process writes to), or lazily: names known only from
+:meth:`~CertificateIndex.load_from` (a full rebuild from a store, which a
+:class:`~txacme.serving.watcher.StoreWatcher` repeats for a store another
+process writes to), or lazily: names known only from
 file names (:meth:`~CertificateIndex.add_unloaded`) are parsed by a loader
 (:class:`txacme.serving.loader.StoreLoader`) in the background and installed
 with :meth:`~CertificateIndex.put`; a handshake for one of them before that
 parses it on the spot. A malformed entry is logged with its name and not
 served; a name keeps its previous good entry.
 
-May import the core modules, :mod:`txacme.challenges.tlsalpn01` (key kinds) and
-:mod:`txacme.serving.watcher`.
+May import the core modules and :mod:`txacme.challenges.tlsalpn01` (key kinds).
 """
 
 from __future__ import annotations
@@ -29,7 +28,6 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from txacme.certificates import covers, validate_pem_objects
@@ -37,7 +35,6 @@ from txacme.challenges.tlsalpn01 import KeyKind, key_kind
 from txacme.errors import ConfigurationError, InvalidServerName
 from txacme.interfaces import DefaultCertificateStore, ICertificateStore
 from txacme.names import normalize_server_name
-from txacme.serving.watcher import StoreWatcher
 
 log = Logger()
 
@@ -127,8 +124,9 @@ class CertificateIndex:
     :meth:`lookup` looks a name up: the exact name, then the wildcard one label
     up, then the :attr:`default` entry. Entries are added by :meth:`update` (the
     issuing service calls it after storing a certificate), :meth:`load_from`
-    (a full rebuild from an ``ICertificateStore``) and :meth:`watch` (polling
-    a store that another process writes to).
+    (a full rebuild from an ``ICertificateStore``, repeated by a
+    :class:`~txacme.serving.watcher.StoreWatcher` for a store that another
+    process writes to).
 
     A malformed entry (not exactly one readable private key, no readable
     certificate, or a key that does not match the first certificate) is logged
@@ -476,22 +474,6 @@ class CertificateIndex:
         self.replace_all(entries, default)
         log.debug("certificate index holds {count} names", count=len(self._entries))
         return entries
-
-    def watch(
-        self, store: ICertificateStore, interval: float, clock: IReactorTime
-    ) -> StoreWatcher:
-        """
-        Re-read ``store`` every ``interval`` seconds (first after one interval:
-        call :meth:`load_from` first), so certificates written by another
-        process sharing the store are served.
-
-        :param clock: the reactor's time.
-        :return: the running :class:`~txacme.serving.watcher.StoreWatcher`; call
-            its ``stopService()``.
-        """
-        watcher = StoreWatcher(self, store, interval, clock)
-        watcher.startService()
-        return watcher
 
 
 __all__ = [
