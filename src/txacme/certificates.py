@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from txacme.errors import ConfigurationError
 
 __all__ = [
+    "check_ca_file",
     "IGNORED_KEY_TYPES",
     "certificate_names",
     "covers",
@@ -134,3 +135,33 @@ def covers(certificate: x509.Certificate, name: str) -> bool:
         return True
     _, dot, parent = name.partition(".")
     return bool(dot and parent) and not name.startswith("*.") and "*." + parent in present
+
+
+def check_ca_file(path: str, what: str = "ca_file=") -> str:
+    """
+    Check a file of trusted CA certificates (``ca_file=``, ``--ca-file``,
+    ``$TXACME_CA_FILE``): a readable file holding at least one PEM certificate
+    that parses. Returns ``path``.
+
+    :raises ConfigurationError: one line naming ``what`` and ``path``.
+    """
+    label = f"{what}{path!r}" if what.endswith("=") else f"{what} {path!r}"
+    try:
+        with open(path, "rb") as f:
+            data = f.read(16 * 1024 * 1024)
+    except IsADirectoryError:
+        raise ConfigurationError(f"{label} is a directory, not a file of PEM certificates")
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "strerror", None) or str(e)
+        raise ConfigurationError(f"{label} cannot be read: {reason}") from None
+    found = [o for o in pem.parse(data) if isinstance(o, pem.Certificate)]
+    if not found:
+        raise ConfigurationError(
+            f"{label} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+        )
+    for obj in found:
+        try:
+            x509.load_pem_x509_certificate(obj.as_bytes())
+        except ValueError:
+            raise ConfigurationError(f"{label} holds a certificate that does not parse")
+    return path

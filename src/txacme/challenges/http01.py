@@ -19,14 +19,32 @@ Behaviour:
   challenge; the body is ``response.key_authorization``.
 * ``start_responding`` and ``stop_responding`` take effect at once and return
   ``None``; stopping a challenge that is not active does nothing.
+
+:class:`HTTP01Site` is the ``twisted.web`` site of the endpoints' ``http01=``
+listener. On top of the resources it:
+
+* answers every method but ``GET`` and ``HEAD`` with ``405`` and
+  ``Allow: GET, HEAD`` (never Twisted's ``501``);
+* refuses a request body over :data:`MAX_BODY` bytes with ``413`` as soon as
+  its ``Content-Length`` (or the chunks received) say so, without buffering
+  it, and closes the connection;
+* answers ``HEAD`` without a body and without a warning in the log;
+* with ``redirect`` set (``http01_redirect=``), answers every request outside
+  ``/.well-known/acme-challenge/`` with a permanent redirect to the same host
+  and request target over HTTPS: ``301`` for ``GET`` and ``HEAD``, ``308``
+  (which keeps the method and body) for the others. Any port in the ``Host``
+  header is dropped; ``redirect`` is the HTTPS port to name in the location
+  (443 is left out). A request without a usable ``Host`` answers ``400``.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from twisted.logger import Logger
 from twisted.web.resource import IResource, Resource
+from twisted.web.server import Request, Site
 from zope.interface import implementer
 
 from txacme.errors import ConfigurationError, ProtocolError
@@ -50,7 +68,15 @@ class _NotFound(Resource):
     def render(self, request: Any) -> bytes:
         request.setResponseCode(404)
         request.setHeader(b"content-type", b"text/plain; charset=us-ascii")
-        return b"not found\n"
+        return _body(request, b"not found\n")
+
+
+def _body(request: Any, body: bytes) -> bytes:
+    """``body``, or for ``HEAD`` its length only (twisted.web warns about a HEAD body)."""
+    if request.method == b"HEAD":
+        request.setHeader(b"content-length", b"%d" % len(body))
+        return b""
+    return body
 
 
 _NOT_FOUND = _NotFound()
@@ -70,7 +96,7 @@ class _KeyAuthorization(Resource):
             return _NOT_FOUND.render(request)
         request.setHeader(b"content-type", b"text/plain; charset=us-ascii")
         request.setHeader(b"cache-control", b"no-store")
-        return self._body
+        return _body(request, self._body)
 
 
 class _ChallengeDirectory(Resource):
@@ -205,4 +231,115 @@ def http01_root(responder: HTTP01Responder, fallback: IResource | None = None) -
     return _Overlay({WELL_KNOWN: well_known}, fallback)
 
 
-__all__ = ["HTTP01Responder", "http01_root"]
+MAX_BODY = 64 * 1024
+"""The largest request body :class:`HTTP01Site` accepts (no challenge request has one)."""
+
+_CHALLENGE_PREFIX = b"/" + WELL_KNOWN + b"/" + ACME_CHALLENGE + b"/"
+_HOST = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:[0-9]*)?")
+_READ_METHODS = (b"GET", b"HEAD")
+
+
+class _HTTP01Request(Request):
+    """A request of :class:`HTTP01Site`: methods, body size and redirects first."""
+
+    _refused = False
+    _received = 0
+
+    def _site(self) -> HTTP01Site:
+        channel: Any = self.channel
+        site: HTTP01Site = channel.site
+        return site
+
+    def gotLength(self, length: int | None) -> None:  # noqa: N802
+        if length is not None and length > self._site().max_body:
+            self._refuse_body()
+            return
+        Request.gotLength(self, length)  # type: ignore[no-untyped-call]
+
+    def handleContentChunk(self, data: bytes) -> None:  # noqa: N802
+        if self._refused:
+            return
+        self._received += len(data)
+        if self._received > self._site().max_body:
+            self._refuse_body()
+            return
+        Request.handleContentChunk(self, data)  # type: ignore[no-untyped-call]
+
+    def _refuse_body(self) -> None:
+        """Answer 413 now and close: the body is never read."""
+        if self._refused:
+            return
+        self._refused = True
+        body = b"request body too large\n"
+        transport: Any = self.channel.transport
+        transport.write(
+            b"HTTP/1.1 413 Content Too Large\r\n"
+            b"Content-Type: text/plain; charset=us-ascii\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        transport.loseConnection()
+
+    def process(self) -> None:
+        if self._refused:
+            return
+        site = self._site()
+        path = self.path
+        if site.redirect is not None and not path.startswith(_CHALLENGE_PREFIX):
+            self._redirect(site.redirect)
+            return
+        if self.method not in _READ_METHODS:
+            self._answer(405, b"method not allowed\n", (b"allow", b"GET, HEAD"))
+            return
+        Request.process(self)  # type: ignore[no-untyped-call]
+
+    def _answer(self, code: int, body: bytes, *headers: tuple[bytes, bytes]) -> None:
+        request: Any = self  # twisted.web's Request is untyped
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", b"text/plain; charset=us-ascii")
+        for key, value in headers:
+            request.setHeader(key, value)
+        request.setHeader(b"content-length", b"%d" % len(body))
+        if self.method != b"HEAD":
+            request.write(body)
+        request.finish()
+
+    def _redirect(self, port: int) -> None:
+        host = self.getHeader(b"host")
+        match = _HOST.fullmatch(host or b"")
+        if match is None:
+            self._answer(400, b"a redirect to HTTPS needs a valid Host header\n")
+            return
+        target = self.uri
+        if not target.startswith(b"/"):  # absolute-form: keep the path and query only
+            rest = target.split(b"://", 1)[-1]
+            slash = rest.find(b"/")
+            target = rest[slash:] if slash >= 0 else b"/"
+        authority = match.group(1).lower()
+        if port != 443:
+            authority += b":%d" % port
+        location = b"https://" + authority + target
+        code = 301 if self.method in _READ_METHODS else 308
+        self._answer(code, b"moved to " + location + b"\n", (b"location", location))
+
+
+class HTTP01Site(Site):
+    """
+    The site of an ``http-01`` listener (see the module docs).
+
+    :param root: the resource tree, usually :func:`http01_root`.
+    :param redirect: redirect non-challenge requests to HTTPS on this port,
+        or ``None`` to answer them from ``root``.
+    :param max_body: the largest request body accepted, in bytes.
+    """
+
+    requestFactory = _HTTP01Request
+
+    def __init__(
+        self, root: IResource, *, redirect: int | None = None, max_body: int = MAX_BODY
+    ) -> None:
+        Site.__init__(self, root)  # type: ignore[no-untyped-call]
+        self.redirect = redirect
+        self.max_body = max_body
+
+
+__all__ = ["MAX_BODY", "HTTP01Responder", "HTTP01Site", "http01_root"]

@@ -66,7 +66,6 @@ listeners of one command), :mod:`txacme.cli.status` (``status``) and this module
 May import anything in the library (the command line is the top layer).
 """
 
-
 from __future__ import annotations
 
 import argparse
@@ -126,8 +125,10 @@ from txacme.cli.status import certificate_serial, cmd_status
 from txacme.cli.ui import UI, short_time
 from txacme.formats import b64url
 from txacme.interfaces import IResponder, WantedStore
+from txacme.issuing.hooks import DeployHook, parse_hook_command
 from txacme.issuing.order import obtain_certificate
 from txacme.issuing.policy import plan_renewal
+from txacme.issuing.provenance import IssuerRecords
 from txacme.keys import (
     KEY_TYPES,
     PrivateKey,
@@ -140,7 +141,7 @@ from txacme.keys import (
 from txacme.protocol.ari import ari_certificate_id
 from txacme.protocol.client import Client, RenewalInfo
 from txacme.reporting.state import RevocationRecord, error_record
-from txacme.stores.directory import write_entry
+from txacme.stores.directory import DirectoryStore, write_entry
 
 log = Logger()
 
@@ -193,6 +194,10 @@ async def _obtain(
     args = command.args
     now = command.now()
     previous = command.state.get(name)
+    try:
+        previous_cert = first_certificate(await command.entry_store.get(name)) is not None
+    except (KeyError, ValueError, errors.TxACMEError):
+        previous_cert = False
     _record(command, lambda: command.state.record_attempt(name, now))
     command.ui.step(name, "ordering")
     try:
@@ -203,9 +208,11 @@ async def _obtain(
             key_type=args.key_type,
             profile=args.profile,
             replaces=replaces,
+            preferred_chain=args.preferred_chain,
         )
         command.ui.step(name, "storing")
         await command.entry_store.store(name, issued.pem_objects)
+        _issuer_records(command).stored(name, list(issued.pem_objects))
     except Exception as e:
         command.ui.done(name)
         attempt = previous.last_error.attempt + 1 if previous.last_error else 1
@@ -213,9 +220,8 @@ async def _obtain(
         _record(command, lambda: command.state.record_failure(name, record))
         command.ui.error(f"{name}: failed: {describe(e)}")
         if not isinstance(e, errors.TxACMEError):
-            log.failure(
-                "obtaining a certificate for {name}", Failure(), name=name  # type: ignore[no-untyped-call]
-            )
+            failure = Failure()  # type: ignore[no-untyped-call]
+            log.failure("obtaining a certificate for {name}", failure, name=name)
         return exit_code(e)
     command.ui.done(name)
     _record(command, lambda: command.state.record_success(name, command.now(), issued.not_after))
@@ -223,7 +229,57 @@ async def _obtain(
         f"{name}: obtained, valid until {short_time(issued.not_after)} "
         f"(serial {certificate_serial(issued.certificate)})"
     )
-    return EXIT_OK
+    return await _run_deploy_hook(command, name, "renewed" if previous_cert else "obtained")
+
+
+def _issuer_records(command: Command) -> IssuerRecords:
+    return IssuerRecords.in_directory(command.cert_dir, command.ca.require())
+
+
+def deploy_hook(command: Command) -> DeployHook | None:
+    """The ``--deploy-hook`` of ``issue``/``renew``, checked, or ``None``."""
+    text = getattr(command.args, "deploy_hook", None)
+    if not text:
+        return None
+    timeout = command.args.deploy_hook_timeout
+    if not timeout > 0 or timeout == float("inf"):
+        raise UsageError(f"--deploy-hook-timeout {timeout!r}: must be a positive number of seconds")
+    try:
+        argv = parse_hook_command(text, "--deploy-hook")
+    except errors.ConfigurationError as e:
+        raise UsageError(str(e))
+    store = command.store
+    pem_path = (
+        (lambda name: os.path.join(store.path.path, name + ".pem"))
+        if isinstance(store, DirectoryStore)
+        else None
+    )
+    return DeployHook(command.reactor, argv, timeout=timeout, pem_path=pem_path)
+
+
+async def _run_deploy_hook(command: Command, name: str, event: str) -> int:
+    """Run the deploy hook (if any) and wait for it: the command's exit waits, no server does."""
+    hook = deploy_hook(command)
+    if hook is None:
+        return EXIT_OK
+    command.ui.step(name, "running the deploy hook")
+    try:
+        result = await hook.run(name, [name], event)
+    finally:
+        command.ui.done(name)
+    if result.succeeded:
+        return EXIT_OK
+    how = (
+        f"killed after {hook.timeout:g} s"
+        if result.timed_out
+        else f"exit status {result.exit_code}"
+        if result.exit_code is not None
+        else f"signal {result.signal}"
+        if result.signal is not None
+        else "could not start"
+    )
+    command.ui.error(f"{name}: the deploy hook failed ({how}); the certificate is stored")
+    return EXIT_FAILURE
 
 
 def _record(command: Command, write: Callable[[], None]) -> None:
@@ -249,6 +305,7 @@ async def cmd_issue(command: Command) -> int:
     """``txacme issue NAME...``."""
     names = server_names(command.args.names)
     command.ca.require()
+    deploy_hook(command)  # a bad hook is a usage error before anything is ordered
     responders = await command.responders()
     entries = await command.entries()
     now = command.now()
@@ -300,10 +357,16 @@ async def _due(
 ) -> dict[str, str | None]:
     """The names to renew now (due, revoked, or all with ``--force``) and what each replaces."""
     records = command.state.read()
+    issuers = _issuer_records(command)
     now = command.now()
     todo: dict[str, str | None] = {}
     for name, entry in entries.items():
         certificate = first_certificate(entry)
+        other_ca = issuers.stale(name, certificate) if certificate is not None else None
+        if other_ca is not None and not command.args.force:
+            command.ui.result(f"{name}: renewing now: the certificate was {other_ca}")
+            todo[name] = None
+            continue
         ari = await _renewal_info(command, client, name, certificate, now)
         plan = plan_renewal(name, certificate, now, ari)
         record = records.get(name)
@@ -329,6 +392,7 @@ async def cmd_renew(command: Command) -> int:
     """``txacme renew [NAME...] [--force]``."""
     entries = await command.selected(command.args.names)
     command.ca.require()
+    deploy_hook(command)
     if not entries:
         command.ui.hint(f"no certificate entries in {command.where}")
         return EXIT_OK
@@ -501,14 +565,21 @@ async def _account_create(command: Command) -> int:
         except errors.AccountDoesNotExist:
             await client.new_account(command.ca.email, eab=command.ca.eab)
             created = True
+        change = "unchanged"
         if not created and command.ca.email:
-            contacts = set(_account(client).body.contact or ())
-            if f"mailto:{command.ca.email}" not in contacts:
+            before = list(_account(client).body.contact or ())
+            if f"mailto:{command.ca.email}" not in before:
                 await client.update_account(command.ca.email)
+                after = list(_account(client).body.contact or ())
+                shown = ", ".join(c.removeprefix("mailto:") for c in before) or "none"
+                now = ", ".join(c.removeprefix("mailto:") for c in after) or command.ca.email
+                change = f"contact updated from {shown} to {now}"
     finally:
         command.ui.done("account")
-    verb = "created" if created else "already exists"
-    command.ui.result(f"account {_account(client).uri} {verb}")
+    if created:
+        command.ui.result(f"account {_account(client).uri} created")
+    else:
+        command.ui.result(f"account {_account(client).uri} exists; {change}")
     if created and client.terms_of_service:
         command.ui.hint(f"(you agreed to the CA's terms of service: {client.terms_of_service})")
     return EXIT_OK

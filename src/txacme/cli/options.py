@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import attrs
 
 from txacme import __version__, errors
+from txacme.certificates import check_ca_file
 from txacme.cli.failures import UsageError
 from txacme.keys import KEY_TYPES
 from txacme.names import normalize_server_name
@@ -106,7 +107,9 @@ def _add_ca(parser: argparse.ArgumentParser, *, certificates: bool) -> None:
     group.add_argument(
         "--ca-file",
         metavar="PEM",
-        help="trust only these certificates for the CA's HTTPS (default: the system's)",
+        default=_env_default("TXACME_CA_FILE"),
+        help="trust only these certificates for the CA's HTTPS "
+        "(default: $TXACME_CA_FILE, else the system's)",
     )
     group.add_argument("--email", metavar="ADDRESS", help="the account's contact address")
     group.add_argument("--eab-kid", metavar="KID", help="external account binding key id")
@@ -130,6 +133,25 @@ def _add_ca(parser: argparse.ArgumentParser, *, certificates: bool) -> None:
             help=f"type of new certificate keys: {', '.join(KEY_TYPES)} (default: ec256)",
         )
         certs.add_argument("--profile", metavar="NAME", help="the ACME profile to ask for")
+        certs.add_argument(
+            "--preferred-chain",
+            metavar="ISSUER",
+            help="the issuer common name of the chain to prefer among the CA's alternates "
+            "(as preferred_chain= on the endpoint string)",
+        )
+        certs.add_argument(
+            "--deploy-hook",
+            metavar="COMMAND",
+            help="run COMMAND (split like a shell command line, no shell) after each "
+            "certificate is stored; see the deploy hooks documentation",
+        )
+        certs.add_argument(
+            "--deploy-hook-timeout",
+            metavar="SECONDS",
+            type=float,
+            default=60.0,
+            help="kill the deploy hook after this many seconds (default: 60)",
+        )
         certs.add_argument(
             "--concurrency",
             metavar="N",
@@ -161,8 +183,7 @@ def _add_ca(parser: argparse.ArgumentParser, *, certificates: bool) -> None:
             metavar="KEY=VALUE",
             action="append",
             default=[],
-            help="a dns-01 option as in endpoint strings, e.g. dns_server=192.0.2.53 "
-            "(repeatable)",
+            help="a dns-01 option as in endpoint strings, e.g. dns_server=192.0.2.53 (repeatable)",
         )
 
 
@@ -300,8 +321,13 @@ def ca_options(args: argparse.Namespace) -> CAOptions:
         if not url.startswith("https://"):
             raise UsageError(f"--directory {url!r}: an ACME directory URL starts with https://")
     ca_file = args.ca_file
-    if ca_file is not None and not os.path.isfile(ca_file):
-        raise UsageError(f"--ca-file {ca_file!r}: no such file")
+    if ca_file is not None:
+        from_env = ca_file == os.environ.get("TXACME_CA_FILE")
+        what = "$TXACME_CA_FILE" if from_env else "--ca-file"
+        try:
+            check_ca_file(ca_file, what)
+        except errors.ConfigurationError as e:
+            raise UsageError(str(e))
     email = args.email
     if email is not None and ("@" not in email or any(c.isspace() for c in email)):
         raise UsageError(f"--email {email!r}: not an e-mail address")
@@ -341,10 +367,31 @@ def endpoint_description(option: str, value: str) -> str:
     """The endpoint description of a listener option (a bare number means ``tcp:N``)."""
     value = value.strip()
     if value.isdigit():
-        return f"tcp:{value}"
+        value = f"tcp:{value}"
     if not value:
         raise UsageError(f"{option}: needs an endpoint description, e.g. tcp:80")
+    check_endpoint_description(option, value)
     return value
+
+
+def check_endpoint_description(option: str, description: str) -> None:
+    """
+    A usage error, in one line, for a server endpoint description Twisted cannot
+    use (an unknown type, a port out of range, a bad keyword...).
+    """
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import serverFromString
+
+    head, _, rest = description.partition(":")
+    if head in ("tcp", "tcp6", "ssl") and rest:
+        port = rest.split(":", 1)[0]
+        if "=" not in port and not (port.isdigit() and 0 <= int(port) <= 65535):
+            raise UsageError(f"{option} {description!r}: port {port!r} is not 0-65535")
+    try:
+        serverFromString(reactor, description)  # type: ignore[no-untyped-call]
+    except Exception as e:
+        reason = str(e) or type(e).__name__
+        raise UsageError(f"{option} {description!r} is not a usable endpoint: {reason}")
 
 
 def revocation_reason(value: str) -> tuple[int, str]:

@@ -19,7 +19,15 @@ from datetime import datetime
 from txacme import errors
 from txacme.certificates import first_certificate
 from txacme.cli.context import Command, Entries
-from txacme.cli.failures import EXIT_ATTENTION, EXIT_OK, UsageError, describe
+from txacme.cli.failures import (
+    EXIT_ATTENTION,
+    EXIT_FAILURE,
+    EXIT_OK,
+    CommandFailed,
+    UsageError,
+    describe,
+    exit_code,
+)
 from txacme.cli.ui import relative_time, short_time
 from txacme.formats import parse_time
 from txacme.protocol.client import RenewalInfo
@@ -66,7 +74,11 @@ async def cmd_status(command: Command) -> int:
     """``txacme status``."""
     args = command.args
     entries = await command.selected(args.names)
-    infos, ari_errors = await _fetch_ari(command, entries)
+    ca_failure: BaseException | None = None
+    try:
+        infos, ari_errors = await _fetch_ari(command, entries)
+    except Exception as e:  # the local table is printed all the same
+        infos, ari_errors, ca_failure = {}, {}, e
     records = command.state.read()
     now = command.now()
     rows = [
@@ -95,8 +107,30 @@ async def cmd_status(command: Command) -> int:
     else:
         command.ui.result(status_table(rows, now))
     if args.check and attention:
-        return EXIT_ATTENTION
-    return EXIT_OK
+        code = EXIT_ATTENTION
+    else:
+        code = EXIT_OK
+    if ca_failure is not None:
+        # After the table: the CA's state is reported apart from the certificates'.
+        untrusted, line = _ca_problem(command, ca_failure)
+        command.ui.error(f"CA: {line}")
+        if code == EXIT_OK:
+            # Untrusted is a setting to fix (--ca-file), not a passing trouble.
+            code = EXIT_FAILURE if untrusted else exit_code(ca_failure)
+    return code
+
+
+def _ca_problem(command: Command, error: BaseException) -> tuple[bool, str]:
+    """One line: the directory and why it could not be asked (unreachable, untrusted...)."""
+    text = str(error) if isinstance(error, CommandFailed) else describe(error)
+    url = command.ca.directory_url or ""
+    if url and url not in text:
+        text = f"{url}: {text}"
+    lowered = text.lower()
+    if "certificate verify" in lowered or "untrusted" in lowered:
+        fix = "give the CA's certificate with --ca-file or $TXACME_CA_FILE"
+        return True, f"untrusted: {text} ({fix})"
+    return False, f"unreachable: {text}; renewal information was not checked"
 
 
 def _write_page(path: str, page: str) -> None:

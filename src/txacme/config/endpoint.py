@@ -23,10 +23,13 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
 from twisted.logger import Logger
 
+from txacme.certificates import check_ca_file
+from txacme.config.operations import operations
 from txacme.config.responders import challenge_responders
 from txacme.errors import ConfigurationError
 from txacme.formats import parse_flag, parse_number
 from txacme.interfaces import ICertificateStore
+from txacme.issuing.hooks import DEFAULT_HOOK_TIMEOUT, parse_hook_command
 from txacme.issuing.ondemand import OnDemandPolicy
 from txacme.keys import KEY_TYPES, load_or_create_client_key
 from txacme.protocol.client import Client
@@ -77,6 +80,10 @@ OWN_KEYWORDS = frozenset(
         "on_demand_ask",
         "on_demand_rate",
         "reuse_port",
+        "deploy_hook",
+        "deploy_hook_timeout",
+        "http01_redirect",
+        "preferred_chain",
     }
 )
 #: Keyword prefix of the options of ``store=`` (``store_key_file=``...).
@@ -134,6 +141,10 @@ class EndpointConfig:
     on_demand_ask: str | None = None
     on_demand_rate: int = DEFAULT_ON_DEMAND_RATE
     reuse_port: bool = False
+    deploy_hook: tuple[str, ...] | None = None
+    deploy_hook_timeout: float = DEFAULT_HOOK_TIMEOUT
+    http01_redirect: int | None = None
+    preferred_chain: str | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -234,6 +245,10 @@ class _Fields(TypedDict, total=False):
     on_demand_ask: str | None
     on_demand_rate: int
     reuse_port: bool
+    deploy_hook: tuple[str, ...] | None
+    deploy_hook_timeout: float
+    http01_redirect: int | None
+    preferred_chain: str | None
 
 
 def _key(parts: _Parts) -> _Fields:
@@ -284,8 +299,8 @@ def _eab(parts: _Parts) -> _Fields:
 
 def _ca_file(parts: _Parts) -> _Fields:
     ca_file = parts.own.get("ca_file") or None
-    if ca_file is not None and not os.path.isfile(ca_file):
-        raise ConfigurationError(f"ca_file={ca_file!r} is not a readable file")
+    if ca_file is not None:
+        check_ca_file(ca_file, "ca_file=")
     return {"ca_file": ca_file}
 
 
@@ -399,6 +414,37 @@ def _reuse_port(parts: _Parts) -> _Fields:
     return {"reuse_port": reuse_port}
 
 
+def _operations(parts: _Parts) -> _Fields:
+    """``deploy_hook=``, ``deploy_hook_timeout=``, ``http01_redirect=``, ``preferred_chain=``."""
+    own = parts.own
+    hook = parse_hook_command(own["deploy_hook"]) if own.get("deploy_hook") else None
+    timeout = _seconds(parts, "deploy_hook_timeout", DEFAULT_HOOK_TIMEOUT)
+    if "deploy_hook_timeout" in own and hook is None:
+        raise ConfigurationError("deploy_hook_timeout= given without deploy_hook=")
+    if not timeout > 0:
+        raise ConfigurationError(
+            f"deploy_hook_timeout={own['deploy_hook_timeout']!r} must be positive"
+        )
+    redirect: int | None = None
+    text = own.get("http01_redirect", "no").strip()
+    if text.isdigit() and text not in ("0", "1"):
+        redirect = int(text)
+        if not 1 <= redirect <= 65535:
+            raise ConfigurationError(
+                f"http01_redirect={text!r}: give yes, no or the HTTPS port (1-65535)"
+            )
+    elif parse_flag("http01_redirect", text):
+        redirect = 443
+    if redirect is not None and not own.get("http01"):
+        raise ConfigurationError("http01_redirect= needs the http01=<endpoint> listener")
+    return {
+        "deploy_hook": hook,
+        "deploy_hook_timeout": timeout,
+        "http01_redirect": redirect,
+        "preferred_chain": own.get("preferred_chain") or None,
+    }
+
+
 _VALIDATORS: tuple[Callable[[_Parts], _Fields], ...] = (
     _key,
     _email,
@@ -413,6 +459,7 @@ _VALIDATORS: tuple[Callable[[_Parts], _Fields], ...] = (
     _on_demand,
     _profile,
     _reuse_port,
+    _operations,
 )
 """The keyword validators, in the order their errors are reported."""
 
@@ -554,6 +601,7 @@ def endpoint_from_config(reactor: IReactorTime, config: EndpointConfig) -> AutoT
     http01_endpoint = None
     if config.http01_endpoint is not None:
         http01_endpoint = _listening_endpoint(reactor, config, config.http01_endpoint, "http01=")
+    service_options, subscribers = operations(reactor, config, store)
     return AutoTLSEndpoint(
         reactor,
         sub_endpoint,
@@ -568,6 +616,9 @@ def endpoint_from_config(reactor: IReactorTime, config: EndpointConfig) -> AutoT
         tls_alpn=responders.tls_alpn01 or False,
         http01_endpoint=http01_endpoint if responders.http01 is not None else None,
         http01_responder=responders.http01,
+        http01_redirect=config.http01_redirect,
+        service_options=service_options,
+        subscribers=subscribers,
         responders=[responders.dns01] if responders.dns01 is not None else [],
         acceptable_protocols=config.alpn,
         state_file=os.path.join(config.cert_dir, STATE_FILENAME),

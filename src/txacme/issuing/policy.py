@@ -80,7 +80,7 @@ __all__ = [
 
 #: Why a renewal is planned. ``"names"`` means the stored certificate does not
 #: cover every name configured for its store entry.
-Reason = Literal["missing", "names", "ari", "lifetime", "emergency", "expired"]
+Reason = Literal["missing", "names", "ari", "lifetime", "emergency", "expired", "ca_changed"]
 
 #: Nominal failure backoff in seconds after 1, 2, 3 consecutive failures; later
 #: failures wait :data:`MAX_BACKOFF`.

@@ -138,6 +138,7 @@ from txacme.issuing.events import (
 from txacme.issuing.locked import coordinated_issue
 from txacme.issuing.order import IssuedCertificate
 from txacme.issuing.policy import RenewalPlan, backoff_delay, plan_renewal
+from txacme.issuing.provenance import IssuerRecords
 from txacme.issuing.settings import (
     ClientCreator,
     IssuingSettings,
@@ -234,6 +235,9 @@ class AcmeIssuingService(Service):
         (:class:`~txacme.issuing.settings.SchedulingSettings`), instead of the
         ``check_interval``, ``max_concurrent``, ``renewal_fraction``,
         ``emergency_fraction`` and ``rng`` keywords.
+    :param issuer_records: where the issuing directory of each stored
+        certificate is recorded (:class:`~txacme.issuing.provenance.IssuerRecords`);
+        a certificate recorded from another directory is renewed at once.
     :param options: the settings as keywords
         (:class:`~txacme.issuing.settings.ServiceOptions`):
 
@@ -270,6 +274,7 @@ class AcmeIssuingService(Service):
         issuing: IssuingSettings | None = None,
         scheduling: SchedulingSettings | None = None,
         entry_source: EntrySource | None = None,
+        issuer_records: IssuerRecords | None = None,
         **options: Unpack[ServiceOptions],
     ) -> None:
         if (client_creator is None) == (client is None):
@@ -293,6 +298,7 @@ class AcmeIssuingService(Service):
         self._responders = list(responders)
         self._panic = panic
         self._on_stored = on_stored
+        self._issuer_records = issuer_records
         self._semaphore = DeferredSemaphore(self._scheduling.max_concurrent)
         self._states: dict[str, NameState] = {}
         self._subscribers: list[Callable[[ServiceEvent], object]] = []
@@ -509,6 +515,10 @@ class AcmeIssuingService(Service):
         )
         if plan.replaces is not None and plan.replaces == self._state(name).skip_replaces:
             plan = attrs.evolve(plan, replaces=None)
+        records = self._issuer_records
+        if certificate is not None and records is not None and plan.reason not in _URGENT_REASONS:
+            if records.stale(name, certificate) is not None:  # another CA: renew now
+                plan = attrs.evolve(plan, due_at=self._now(), reason="ca_changed", replaces=None)
         return plan
 
     async def _plan(
@@ -696,6 +706,8 @@ class AcmeIssuingService(Service):
             self._failed(name, plan, managed, Failure())  # type: ignore[no-untyped-call]
             raise
         state.succeeded()
+        if self._issuer_records is not None:
+            self._issuer_records.stored(name, pem_objects)
         if self._on_stored is not None:
             try:
                 await maybeDeferred(self._on_stored, name, pem_objects)

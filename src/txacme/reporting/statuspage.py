@@ -224,6 +224,11 @@ def status_of(
         and record.revoked.serial == certificate_serial(certificate)
     )
     row["revoked"] = record.revoked.to_json() if revoked and record.revoked else None
+    if revoked and plan is not None:  # a revoked certificate is replaced at once
+        row["renewal_at"] = format_time(now)
+        row["renewal_reason"] = "revoked"
+        row["renewal_source"] = "policy"
+        row["due"] = True
     if "state" not in row:
         state = _state_of(certificate, plan, record, revoked, bool(row.get("due")), now)
         row["state"] = state

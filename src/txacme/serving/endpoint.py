@@ -28,10 +28,9 @@ from twisted.internet.interfaces import (
 )
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.server import Site
 from zope.interface import implementer
 
-from txacme.challenges.http01 import HTTP01Responder, http01_root
+from txacme.challenges.http01 import HTTP01Responder, HTTP01Site, http01_root
 from txacme.challenges.tlsalpn01 import TLSALPN01Registry, TLSALPN01Responder
 from txacme.errors import ConfigurationError
 from txacme.interfaces import ClosableStore, ICertificateStore, IResponder
@@ -145,6 +144,9 @@ class AutoTLSEndpoint:
     :param http01_responder: the
         :class:`~txacme.challenges.http01.HTTP01Responder` to serve on
         ``http01_endpoint`` (default: a new one).
+    :param http01_redirect: redirect every other request on ``http01_endpoint``
+        to HTTPS on this port (:class:`~txacme.challenges.http01.HTTP01Site`),
+        or ``None`` to answer them ``404``.
     :param responders: further responders (``dns-01``).
     :param acceptable_protocols: ALPN protocols of the application, most
         preferred first (the factory's own, if it declares them, come first).
@@ -190,6 +192,7 @@ class AutoTLSEndpoint:
         tls_alpn: bool | TLSALPN01Responder = True,
         http01_endpoint: IStreamServerEndpoint | None = None,
         http01_responder: HTTP01Responder | None = None,
+        http01_redirect: int | None = None,
         responders: Sequence[IResponder] = (),
         acceptable_protocols: Sequence[bytes] = (),
         panic: Callable[[Failure, str], object] | None = None,
@@ -223,6 +226,7 @@ class AutoTLSEndpoint:
         self.tls_alpn = tls_alpn
         self.http01_endpoint = http01_endpoint
         self.http01_responder = http01_responder
+        self.http01_redirect = http01_redirect
         self.responders = list(responders)
         self.acceptable_protocols = tuple(acceptable_protocols)
         self.panic = panic
@@ -393,7 +397,8 @@ class AutoTLSEndpoint:
         # A cluster node answers for the challenges any node started.
         shared = cluster.http01 if cluster is not None else None
         root = http01_root(shared or http_responder)
-        http_port = await self.http01_endpoint.listen(Site(root))  # type: ignore[no-untyped-call]
+        site = HTTP01Site(root, redirect=self.http01_redirect)
+        http_port = await self.http01_endpoint.listen(site)
         started.stoppers.append(http_port.stopListening)
 
     async def _serve_metrics(

@@ -30,6 +30,7 @@ optional extra).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import TypedDict, cast
 from urllib.parse import unquote, urlsplit
@@ -91,16 +92,29 @@ _POSTGRES_OPTIONS: dict[str, Callable[[str, object], object]] = {
 }
 
 
+_CONNINFO_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+
+
 def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for messages)."""
+    """
+    ``url`` with every form of password replaced by ``***`` (for messages): the
+    ``user:password@`` of a URL, a ``password=`` query parameter, and
+    ``password=...`` in a ``key=value`` connection string.
+    """
+    text = _QUERY_PASSWORD.sub(r"\1***", url)
+    if "://" not in text:
+        return _CONNINFO_PASSWORD.sub(r"\1***", text)
     try:
-        parts = urlsplit(url)
+        parts = urlsplit(text)
+        password = parts.password
     except ValueError:
         return "<unparsable URL>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+    if password is None:
+        return text
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
 
 
 def store_from_url(

@@ -1,0 +1,693 @@
+"""
+What an operator uses day to day (issue 14 points 3-6, issue 17 point 6): deploy
+hooks, the http-01 listener's redirect to HTTPS and its answers to other
+methods and large bodies, a change of CA noticed, and the command line's
+``status``, ``account create``, ``TXACME_CA_FILE``, redaction and usage errors.
+
+The real parts run for real: Pebble issues, ``twistd`` and ``txacme`` run as
+subprocesses, HTTP requests go to the listener over loopback.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.x509.verification import VerificationError
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.logger import formatEvent
+from twisted.trial.unittest import SkipTest, TestCase
+
+from tests.harness import chains
+from tests.harness.logcapture import captured_logs
+from tests.harness.pebble import Pebble, PebbleUnavailable, shared_pebble, start_pebble
+from tests.test_cli import SRC, run_cli, stored_certificate
+from tests.test_twistd_plugin import TWISTD, quote, subprocess_env
+from txacme.certificates import check_ca_file
+from txacme.cli import commands as cli
+from txacme.config.endpoint import parse_endpoint_string_parts
+from txacme.errors import ConfigurationError
+from txacme.issuing.hooks import DeployHook, parse_hook_command
+from txacme.issuing.provenance import ISSUERS_FILENAME, IssuerRecords
+from txacme.stores.url import redact_url
+
+# Records the hook's TXACME_* environment (one JSON line per run) in argv[1].
+HOOK_SCRIPT = """\
+import json, os, sys
+with open(sys.argv[1], "a") as f:
+    f.write(json.dumps({k: v for k, v in os.environ.items() if k.startswith("TXACME_")}) + "\\n")
+print("hook ran for", os.environ["TXACME_NAME"])
+"""
+
+
+def run_with_env(extra: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m txacme ARGS`` with this checkout's txacme and the ``extra`` environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TXACME_")}
+    env["PYTHONPATH"] = os.pathsep.join([SRC, *filter(None, [env.get("PYTHONPATH")])])
+    env.pop("TERM", None)
+    env.update(extra)
+    return subprocess.run(
+        [sys.executable, "-m", "txacme", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def hook_runs(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def write_hook(directory: Path) -> tuple[str, Path]:
+    """The hook command line and the file it records into."""
+    script = directory / "record-env.py"
+    script.write_text(HOOK_SCRIPT)
+    out = directory / "hook-runs.jsonl"
+    return f"{sys.executable} {script} {out}", out
+
+
+def wait_for(predicate: Any, what: str, timeout: float = 60, log: Any = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}\n{log() if log else ''}")
+
+
+def http_request(
+    port: int, method: str, path: str, host: str | None = "www.ops.example", **kw: Any
+) -> http.client.HTTPResponse:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    headers = dict(kw.pop("headers", {}))
+    if host is not None:
+        headers["Host"] = host
+    conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+    for key, value in headers.items():
+        conn.putheader(key, value)
+    conn.endheaders(kw.pop("body", None))
+    response = conn.getresponse()
+    response.read()
+    conn.close()
+    return response
+
+
+# ---------------------------------------------------------------------------
+# Deploy hooks, in process with the real reactor
+# ---------------------------------------------------------------------------
+
+
+class DeployHookTests(TestCase):
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.dir = Path(self.mktemp())
+        self.dir.mkdir()
+
+    @inlineCallbacks
+    def test_environment_and_output(self) -> Any:
+        """The hook gets every variable; its output is kept; no shell is involved."""
+        command, out = write_hook(self.dir)
+        hook = DeployHook(
+            reactor,
+            parse_hook_command(command),
+            pem_path=lambda name: f"/srv/certs/{name}.pem",
+        )
+        result = yield hook.run("a.example", ["www.a.example", "a.example"], "renewed")
+        self.assertTrue(result.succeeded, result)
+        self.assertEqual(result.output, b"hook ran for a.example\n")
+        [env] = hook_runs(out)
+        self.assertEqual(
+            env,
+            {
+                "TXACME_NAME": "a.example",
+                "TXACME_NAMES": "a.example www.a.example",
+                "TXACME_EVENT": "renewed",
+                "TXACME_PEM": "/srv/certs/a.example.pem",
+            },
+        )
+        # Shell syntax is an argument like any other: no expansion, no pipe.
+        marker = self.dir / "marker"
+        hook = DeployHook(reactor, parse_hook_command(f"echo $HOME ; touch {marker}"))
+        result = yield hook.run("a.example", ["a.example"], "obtained")
+        self.assertEqual(result.output, f"$HOME ; touch {marker}\n".encode())
+        self.assertFalse(marker.exists())
+
+    @inlineCallbacks
+    def test_timeout_kills_the_process_group(self) -> Any:
+        """After the time limit the hook and what it started are killed (SIGKILL)."""
+        pid_file = self.dir / "child.pid"
+        argv = ["sh", "-c", f"sleep 30 & echo $! > {pid_file}; wait"]
+        hook = DeployHook(reactor, argv, timeout=0.5)
+        started = time.monotonic()
+        result = yield hook.run("slow.example", ["slow.example"], "obtained")
+        self.assertLess(time.monotonic() - started, 10)
+        self.assertTrue(result.timed_out)
+        self.assertEqual(result.signal, signal.SIGKILL)
+        self.assertFalse(result.succeeded)
+        child = int(pid_file.read_text())
+        wait_for(lambda: not _alive(child), "the hook's child to die", timeout=5)
+
+    @inlineCallbacks
+    def test_failure_logged(self) -> Any:
+        """A failing hook is one error line with its exit status and output."""
+        with captured_logs() as events:
+            hook = DeployHook(reactor, ["sh", "-c", "echo broken >&2; exit 3"])
+            result = yield hook.run("x.example", ["x.example"], "obtained")
+        self.assertEqual(result.exit_code, 3)
+        lines = [e for e in events if e.get("event") == "deploy_hook"]
+        self.assertEqual(len(lines), 1, events)
+        self.assertEqual(
+            formatEvent(lines[0]), "deploy hook for x.example failed (exit status 3): broken"
+        )
+
+    def test_bad_commands(self) -> None:
+        """Bad hook commands are refused at configuration time, in one line."""
+        for text, needle in [
+            ("", "names no command"),
+            ("'unbalanced", "No closing quotation"),
+            ("no-such-program-xyz --now", "not an executable program on PATH"),
+            ("/no/such/dir/prog", "'/no/such/dir/prog' is not an executable program"),
+        ]:
+            with self.assertRaisesRegex(ConfigurationError, needle):
+                parse_hook_command(text)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "State:\tZ" not in f.read()
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------------------
+# Endpoint keywords and shared checks
+# ---------------------------------------------------------------------------
+
+
+def parse(description: str) -> Any:
+    from twisted.internet.endpoints import _parse  # noqa: PLC0415
+
+    prefix, rest = description.split(":", 1)
+    args, kwargs = _parse(rest)
+    return parse_endpoint_string_parts(
+        prefix, "https://ca.example/dir" if prefix == "le" else None, args, kwargs
+    )
+
+
+class KeywordTests(TestCase):
+    def test_operations_keywords(self) -> None:
+        config = parse(
+            "le:/c:tcp:443:challenge=http-01:http01=tcp\\:80:http01_redirect=yes"
+            ":deploy_hook=sh -c 'systemctl reload nginx':deploy_hook_timeout=5"
+            ":preferred_chain=ISRG Root X1"
+        )
+        self.assertEqual(config.deploy_hook, ("sh", "-c", "systemctl reload nginx"))
+        self.assertEqual(config.deploy_hook_timeout, 5.0)
+        self.assertEqual(config.http01_redirect, 443)
+        self.assertEqual(config.preferred_chain, "ISRG Root X1")
+        self.assertEqual(config.sub_endpoint, "tcp:443")
+        port = parse("le:/c:tcp:443:challenge=http-01:http01=tcp\\:80:http01_redirect=8443")
+        self.assertEqual(port.http01_redirect, 8443)
+        self.assertIsNone(parse("le:/c:tcp:443").http01_redirect)
+
+    def test_operations_keyword_errors(self) -> None:
+        for description, needle in [
+            ("le:/c:tcp:443:http01_redirect=yes", "needs the http01="),
+            (
+                "le:/c:tcp:443:challenge=http-01:http01=tcp\\:80:http01_redirect=maybe",
+                "http01_redirect='maybe' must be yes or no",
+            ),
+            (
+                "le:/c:tcp:443:challenge=http-01:http01=tcp\\:80:http01_redirect=70000",
+                "the HTTPS port",
+            ),
+            ("le:/c:tcp:443:deploy_hook=no-such-program-xyz", "not an executable program"),
+            ("le:/c:tcp:443:deploy_hook_timeout=5", "without deploy_hook="),
+            (
+                "le:/c:tcp:443:deploy_hook=true:deploy_hook_timeout=0",
+                "deploy_hook_timeout='0' must be above 0",
+            ),
+            ("le:/c:tcp:443:ca_file=/etc/passwd", "ca_file='/etc/passwd' holds no PEM"),
+            ("le:/c:tcp:443:ca_file=/no/such.pem", "ca_file='/no/such.pem' cannot be read"),
+        ]:
+            with self.assertRaisesRegex(ConfigurationError, needle, msg=description):
+                parse(description)
+
+    def test_ca_file_shared_check(self) -> None:
+        """One check for the endpoint and the CLI: a readable file with a PEM certificate."""
+        with self.assertRaisesRegex(ConfigurationError, "^--ca-file '/etc/passwd' holds no PEM"):
+            check_ca_file("/etc/passwd", "--ca-file")
+        with self.assertRaisesRegex(ConfigurationError, "is a directory"):
+            check_ca_file("/etc", "--ca-file")
+        bad = Path(self.mktemp())
+        bad.write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+        with self.assertRaisesRegex(ConfigurationError, "does not parse"):
+            check_ca_file(str(bad))
+
+    def test_redaction(self) -> None:
+        """Every form of a PostgreSQL password is hidden."""
+        for url in [
+            "postgresql://txacme:s3cret@db.example/certs",
+            "postgresql://db.example/certs?password=s3cret&sslmode=require",
+            "postgresql://db.example/certs?sslmode=require&Password=s3cret",
+            "host=db.example password=s3cret dbname=certs",
+            "host=db.example password = 's3 cret' dbname=certs",
+        ]:
+            shown = redact_url(url)
+            self.assertNotIn("s3", shown, url)
+            self.assertIn("***", shown, url)
+        self.assertEqual(redact_url("/srv/certs"), "/srv/certs")
+
+
+# ---------------------------------------------------------------------------
+# The CLI against Pebble
+# ---------------------------------------------------------------------------
+
+
+class CLIOperationsTests(TestCase):
+    timeout = 300
+
+    def setUp(self) -> None:
+        try:
+            self.pebble = shared_pebble()
+        except PebbleUnavailable as e:
+            raise SkipTest(str(e))
+        self.work = Path(tempfile.mkdtemp(prefix="txacme-ops-"))
+        self.addCleanup(shutil.rmtree, self.work, True)
+        self.dir = self.work / "certs"
+        self.dir.mkdir()
+        self.ca = ["--directory", self.pebble.directory_url, "--ca-file", self.pebble.ca_file]
+        self.http01 = ["--http01", f"tcp:{self.pebble.http_port}:interface=127.0.0.1"]
+
+    def txacme(
+        self, *args: str, expect: int = 0, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        result = run_with_env(env or {}, *args, "-C", str(self.dir))
+        self.assertEqual(result.returncode, expect, f"{args}: {result.stdout}\n{result.stderr}")
+        return result
+
+    def test_deploy_hook_after_issue_and_renew(self) -> None:
+        """
+        ``--deploy-hook`` runs after Pebble's certificate is stored, with every
+        variable: ``obtained`` for a new name, ``renewed`` for a replacement.
+        """
+        command, out = write_hook(self.work)
+        name = "hook.cli.example"
+        self.txacme("issue", *self.ca, *self.http01, "--deploy-hook", command, name)
+        pem_path = str(self.dir / f"{name}.pem")
+        chains.verify_entry(pem_path, self.pebble.roots(), [name])
+        self.assertEqual(
+            hook_runs(out),
+            [
+                {
+                    "TXACME_NAME": name,
+                    "TXACME_NAMES": name,
+                    "TXACME_EVENT": "obtained",
+                    "TXACME_PEM": pem_path,
+                }
+            ],
+        )
+        self.txacme("renew", *self.ca, *self.http01, "--force", "--deploy-hook", command)
+        self.assertEqual(hook_runs(out)[1]["TXACME_EVENT"], "renewed")
+        self.assertEqual(len(hook_runs(out)), 2)
+
+    def test_deploy_hook_timeout_through_the_cli(self) -> None:
+        """A hook over its time limit is killed; the command says so and exits 1."""
+        name = "slowhook.cli.example"
+        started = time.monotonic()
+        result = self.txacme(
+            "issue",
+            *self.ca,
+            *self.http01,
+            "--deploy-hook",
+            "sleep 60",
+            "--deploy-hook-timeout",
+            "1",
+            name,
+            expect=cli.EXIT_FAILURE,
+        )
+        self.assertLess(time.monotonic() - started, 50)
+        self.assertIn(f"{name}: the deploy hook failed (killed after 1 s)", result.stderr)
+        self.assertTrue((self.dir / f"{name}.pem").stat().st_size)  # stored all the same
+
+    def test_ca_change_renews_through_the_cli(self) -> None:
+        """``renew`` against another CA replaces a certificate that is not due, saying why."""
+        name = "switch.cli.example"
+        self.txacme("issue", *self.ca, *self.http01, name)
+        records = json.loads((self.dir / ISSUERS_FILENAME).read_text())
+        self.assertEqual(records["certificates"][name]["directory"], self.pebble.directory_url)
+        before = stored_certificate(str(self.dir / f"{name}.pem"))
+        # Nothing due at the same CA.
+        quiet = self.txacme("renew", *self.ca, *self.http01)
+        self.assertEqual(quiet.stdout, "")
+        other = self.pebble.directory_url.replace("/dir", "/dir?ca=b")  # another URL, same CA
+        result = self.txacme(
+            "renew", "--directory", other, "--ca-file", self.pebble.ca_file, *self.http01
+        )
+        self.assertIn(
+            f"{name}: renewing now: the certificate was issued by {self.pebble.directory_url}, "
+            f"not the configured {other}",
+            result.stdout,
+        )
+        after = stored_certificate(str(self.dir / f"{name}.pem"))
+        self.assertNotEqual(after.serial_number, before.serial_number)
+        records = json.loads((self.dir / ISSUERS_FILENAME).read_text())
+        self.assertEqual(records["certificates"][name]["directory"], other)
+
+    def test_status_without_the_ca_and_revoked(self) -> None:
+        """
+        ``status`` prints the local table even when the CA is unreachable or
+        untrusted, and says so apart; a revoked certificate shows "now".
+        """
+        name = "status.cli.example"
+        self.txacme("issue", *self.ca, *self.http01, name)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            url = f"https://127.0.0.1:{s.getsockname()[1]}/dir"
+            down = self.txacme("status", "--directory", url, expect=cli.EXIT_TEMPORARY)
+        self.assertIn(name, down.stdout)
+        self.assertIn("NAME", down.stdout)
+        self.assertEqual(len(down.stderr.strip().splitlines()), 1, down.stderr)
+        self.assertTrue(down.stderr.startswith("CA: unreachable: "), down.stderr)
+        self.assertIn(url, down.stderr)
+
+        # Pebble's own TLS certificate is not trusted without its CA file.
+        untrusted = self.txacme(
+            "status", "--directory", self.pebble.directory_url, expect=cli.EXIT_FAILURE
+        )
+        self.assertIn(name, untrusted.stdout)
+        self.assertIn("CA: untrusted:", untrusted.stderr)
+        self.assertIn("--ca-file", untrusted.stderr)
+
+        self.txacme("revoke", *self.ca, name)
+        table = self.txacme("status", *self.ca).stdout
+        row = next(line for line in table.splitlines() if line.startswith(name))
+        self.assertIn("revoked", row)
+        self.assertIn(" now ", row + " ")
+        self.assertNotIn("60d", row)
+        document = json.loads(self.txacme("status", "--json", *self.ca).stdout)
+        [cert] = document["certificates"]
+        self.assertEqual((cert["renewal_reason"], cert["due"]), ("revoked", True))
+
+    def test_ca_file_from_the_environment(self) -> None:
+        """``TXACME_CA_FILE`` goes with ``TXACME_DIRECTORY``; a bad one is a usage error."""
+        env = {"TXACME_DIRECTORY": self.pebble.directory_url, "TXACME_CA_FILE": self.pebble.ca_file}
+        self.txacme("issue", *self.http01, "env.cli.example", env=env)
+        env["TXACME_CA_FILE"] = "/etc/passwd"
+        bad = self.txacme("status", env=env, expect=cli.EXIT_USAGE)
+        self.assertEqual(
+            bad.stderr.strip(),
+            "txacme: error: $TXACME_CA_FILE '/etc/passwd' holds no PEM certificate "
+            "(-----BEGIN CERTIFICATE-----)",
+        )
+        bad = self.txacme("status", "--ca-file", "/etc/group", env=env, expect=cli.EXIT_USAGE)
+        self.assertIn("--ca-file '/etc/group' holds no PEM certificate", bad.stderr)
+
+    def test_account_create_says_what_changed(self) -> None:
+        created = self.txacme("account", "create", *self.ca, "--email", "one@cli.example")
+        self.assertRegex(created.stdout, r"account \S+ created")
+        same = self.txacme("account", "create", *self.ca, "--email", "one@cli.example")
+        self.assertRegex(same.stdout.strip(), r"^account \S+ exists; unchanged$")
+        changed = self.txacme("account", "create", *self.ca, "--email", "two@cli.example")
+        self.assertRegex(
+            changed.stdout.strip(),
+            r"^account \S+ exists; contact updated from one@cli.example to two@cli.example$",
+        )
+
+    def test_preferred_chain_option(self) -> None:
+        """``--preferred-chain`` picks Pebble's alternate chain by its root's name."""
+        pebble = start_pebble(env={"PEBBLE_ALTERNATE_ROOTS": "1"})
+        self.addCleanup(pebble.stop)
+        ca = ["--directory", pebble.directory_url, "--ca-file", pebble.ca_file]
+        http01 = ["--http01", f"tcp:{pebble.http_port}:interface=127.0.0.1"]
+        roots = [pebble._mgmt_get(f"/roots/{i}") for i in (0, 1)]
+        names = [
+            x509.load_pem_x509_certificate(r)
+            .subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0]
+            .value
+            for r in roots
+        ]
+        for index, name in [(1, "alt.cli.example"), (0, "default.cli.example")]:
+            self.txacme("issue", *ca, *http01, "--preferred-chain", str(names[index]), name)
+            path = str(self.dir / f"{name}.pem")
+            chains.verify_entry(path, [roots[index]], [name])
+            with self.assertRaises(VerificationError):
+                chains.verify_entry(path, [roots[1 - index]], [name])
+
+
+class UsageTests(TestCase):
+    def test_bad_endpoint_descriptions(self) -> None:
+        """Bad listener descriptions are one-line usage errors (2), never a traceback."""
+        d = self.mktemp()
+        os.makedirs(d)
+        ca = ["--directory", "https://ca.invalid/dir"]
+        for listener, needle in [
+            ("tcp:99999", "--http01 'tcp:99999': port '99999' is not 0-65535"),
+            ("99999", "--http01 'tcp:99999': port '99999' is not 0-65535"),
+            ("tcp:80:bogus=1", "--http01 'tcp:80:bogus=1' is not a usable endpoint"),
+            ("nonsense:1", "--http01 'nonsense:1' is not a usable endpoint"),
+        ]:
+            result = run_cli("issue", "-C", d, *ca, "--http01", listener, "a.example")
+            self.assertEqual(result.returncode, cli.EXIT_USAGE, result.stderr)
+            self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
+            self.assertIn(needle, result.stderr)
+            self.assertNotIn("Traceback", result.stderr)
+        result = run_cli(
+            "issue", "-C", d, *ca, "--http01", "80", "--deploy-hook", "nope-xyz", "a.example"
+        )
+        self.assertEqual(result.returncode, cli.EXIT_USAGE, result.stderr)
+        self.assertIn("--deploy-hook='nope-xyz'", result.stderr)
+
+    def test_store_password_never_echoed(self) -> None:
+        d = self.mktemp()
+        os.makedirs(d)
+        for url in [
+            "postgresql://u:s3cret@127.0.0.1:1/db?connect_timeout=1",
+            "postgresql://127.0.0.1:1/db?password=s3cret&connect_timeout=1",
+            "postgresql://127.0.0.1:1/db?bogus_option=1&password=s3cret",
+        ]:
+            result = run_cli("status", "-C", d, "--store", url, "--json")
+            self.assertNotIn("s3cret", result.stdout + result.stderr, url)
+
+
+# ---------------------------------------------------------------------------
+# twistd against Pebble
+# ---------------------------------------------------------------------------
+
+
+class TwistdOperationsTests(TestCase):
+    timeout = 240
+
+    def setUp(self) -> None:
+        try:
+            self.pebble = shared_pebble()
+        except PebbleUnavailable as e:
+            raise SkipTest(str(e))
+        self.work = Path(tempfile.mkdtemp(prefix="txacme-ops-twistd-"))
+        self.addCleanup(shutil.rmtree, self.work, True)
+        self.certs = self.work / "certs"
+        self.certs.mkdir()
+        self.site = self.work / "site"
+        self.site.mkdir()
+        (self.site / "index.html").write_text("ok\n")
+        self.logs: list[Path] = []
+
+    def start_twistd(self, description: str) -> subprocess.Popen[bytes]:
+        log_path = self.work / f"twistd-{len(self.logs)}.log"
+        self.logs.append(log_path)
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [
+                    TWISTD,
+                    "-n",
+                    "--pidfile=",
+                    "web",
+                    "--port",
+                    description,
+                    "--path",
+                    str(self.site),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=str(self.work),
+                env=subprocess_env(),
+            )
+
+        def stop() -> None:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+        self.addCleanup(stop)
+        return proc
+
+    def log_text(self) -> str:
+        return self.logs[-1].read_text(errors="replace") if self.logs else ""
+
+    def description(self, pebble: Pebble, *extra: str) -> str:
+        return ":".join(
+            [
+                f"acme:{quote(str(self.certs))}:tcp:{pebble.tls_port}:interface=127.0.0.1",
+                f"directory={quote(pebble.directory_url)}",
+                f"ca_file={quote(pebble.ca_file)}",
+                *extra,
+            ]
+        )
+
+    def test_hook_and_http01_listener(self) -> None:
+        """
+        Under twistd: the deploy hook records its environment after Pebble's
+        certificate (validated over http-01) is stored; the http-01 listener
+        redirects to HTTPS, answers 405 with Allow, refuses a large body at
+        once with 413 and logs no warning for HEAD.
+        """
+        name = "www.ops.example"
+        (self.certs / f"{name}.pem").write_bytes(b"")
+        command, out = write_hook(self.work)
+        http_port = self.pebble.http_port
+        proc = self.start_twistd(
+            self.description(
+                self.pebble,
+                "challenge=http-01",
+                f"http01={quote(f'tcp:{http_port}:interface=127.0.0.1')}",
+                "http01_redirect=8443",
+                f"deploy_hook={quote(command)}",
+            )
+        )
+
+        def hooked() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"twistd exited {proc.returncode}\n{self.log_text()}")
+            return bool(hook_runs(out))
+
+        wait_for(hooked, "the deploy hook", log=self.log_text)
+        pem_path = str(self.certs / f"{name}.pem")
+        chains.verify_entry(pem_path, self.pebble.roots(), [name])
+        self.assertEqual(
+            hook_runs(out),
+            [
+                {
+                    "TXACME_NAME": name,
+                    "TXACME_NAMES": name,
+                    "TXACME_EVENT": "obtained",
+                    "TXACME_PEM": pem_path,
+                }
+            ],
+        )
+        wait_for(
+            lambda: "deploy hook for www.ops.example finished" in self.log_text(),
+            "the hook's log line",
+            log=self.log_text,
+        )
+        self.assertIn(f"hook ran for {name}", self.log_text())
+
+        # The redirect: same host (port dropped, the HTTPS port named), path and query.
+        response = http_request(
+            http_port, "GET", "/some/page?a=1&b=2", host=f"{name.upper()}:{http_port}"
+        )
+        self.assertEqual(response.status, 301)
+        self.assertEqual(response.getheader("location"), f"https://{name}:8443/some/page?a=1&b=2")
+        head = http_request(http_port, "HEAD", "/")
+        self.assertEqual((head.status, head.getheader("location")), (301, f"https://{name}:8443/"))
+        post = http_request(
+            http_port, "POST", "/form", body=b"x=1", headers={"Content-Length": "3"}
+        )
+        self.assertEqual(post.status, 308)
+        self.assertEqual(http_request(http_port, "GET", "/", host=None).status, 400)
+        self.assertEqual(http_request(http_port, "GET", "/", host="evil.example/x").status, 400)
+        # Challenge paths are not redirected: an unknown token is a plain 404 (HEAD too).
+        token = "/.well-known/acme-challenge/unknownToken"
+        self.assertEqual(http_request(http_port, "GET", token).status, 404)
+        self.assertEqual(http_request(http_port, "HEAD", token).status, 404)
+        for method in ("PUT", "DELETE", "OPTIONS", "TRACE", "POST"):
+            response = http_request(http_port, method, token)
+            self.assertEqual(response.status, 405, method)
+            self.assertEqual(response.getheader("allow"), "GET, HEAD", method)
+
+        # A 10 MB body is refused from its Content-Length, before any of it is sent.
+        with socket.create_connection(("127.0.0.1", http_port), timeout=10) as s:
+            s.sendall(
+                f"POST {token} HTTP/1.1\r\nHost: {name}\r\n"
+                "Content-Length: 10485760\r\n\r\n".encode()
+            )
+            answer = s.recv(4096)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer)
+        self.assertNotIn("I think I'll eat it", self.log_text())
+        self.assertNotIn("Traceback", self.log_text())
+
+    def test_ca_switch_renews_at_once(self) -> None:
+        """
+        A certificate issued by CA A is replaced as soon as twistd starts
+        configured for CA B, with one log line saying why.
+        """
+        name = "switch.ops.example"
+        (self.certs / f"{name}.pem").write_bytes(b"")
+        first = self.start_twistd(self.description(self.pebble, "watch_interval=0.2"))
+        path = self.certs / f"{name}.pem"
+        wait_for(
+            lambda: path.stat().st_size > 0 or first.poll() is not None,
+            "issuance by A",
+            log=self.log_text,
+        )
+        chains.verify_entry(str(path), self.pebble.roots(), [name])
+        wait_for(lambda: (self.certs / ISSUERS_FILENAME).exists(), "the issuer record")
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=20)
+        before = stored_certificate(str(path))
+        self.assertEqual(
+            IssuerRecords.in_directory(str(self.certs), "x").directory_of(name, before),
+            self.pebble.directory_url,
+        )
+
+        try:
+            other = Pebble(tls_port=self.pebble.tls_port, http_port=self.pebble.http_port)
+        except PebbleUnavailable as e:
+            raise SkipTest(str(e))
+        self.addCleanup(other.stop)
+        second = self.start_twistd(self.description(other, "watch_interval=0.2"))
+
+        def replaced() -> bool:
+            if second.poll() is not None:
+                raise AssertionError(f"twistd exited\n{self.log_text()}")
+            try:
+                return stored_certificate(str(path)).serial_number != before.serial_number
+            except (StopIteration, ValueError, OSError):
+                return False
+
+        wait_for(replaced, "renewal by B", log=self.log_text)
+        chains.verify_entry(str(path), other.roots(), [name])
+        wait_for(lambda: "obtained a certificate for" in self.log_text(), "the obtained line")
+        lines = [line for line in self.log_text().splitlines() if "renewing it now" in line]
+        self.assertEqual(len(lines), 1, self.log_text())
+        self.assertIn(
+            f"certificate for {name} was issued by {self.pebble.directory_url}, "
+            f"not the configured {other.directory_url}: renewing it now",
+            lines[0],
+        )
+        after = stored_certificate(str(path))
+        self.assertEqual(
+            IssuerRecords.in_directory(str(self.certs), "x").directory_of(name, after),
+            other.directory_url,
+        )
