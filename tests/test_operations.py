@@ -177,6 +177,24 @@ class DeployHookTests(TestCase):
             formatEvent(lines[0]), "deploy hook for x.example failed (exit status 3): broken"
         )
 
+    def test_subscriber_never_waits(self) -> None:
+        """The service's callback starts the hook and returns at once."""
+        from datetime import datetime, timezone  # noqa: PLC0415
+
+        from txacme.issuing.events import Obtained, Obtaining  # noqa: PLC0415
+
+        hook = DeployHook(reactor, ["sleep", "30"], timeout=30)
+        started = time.monotonic()
+        hook.subscriber(Obtaining("n.example", ("n.example",), "lifetime", 1))
+        hook.subscriber(Obtained("n.example", ("n.example",), datetime.now(timezone.utc), 1.0))
+        self.assertLess(time.monotonic() - started, 1.0)
+        self.assertEqual(len(hook.running), 1)
+        [running] = hook.running
+        wait_for(lambda: _children_named("sleep"), "the hook process", timeout=10)
+        for pid in _children_named("sleep"):  # end it now rather than after 30 s
+            os.kill(pid, signal.SIGKILL)
+        return running
+
     def test_bad_commands(self) -> None:
         """Bad hook commands are refused at configuration time, in one line."""
         for text, needle in [
@@ -187,6 +205,20 @@ class DeployHookTests(TestCase):
         ]:
             with self.assertRaisesRegex(ConfigurationError, needle):
                 parse_hook_command(text)
+
+
+def _children_named(name: str) -> list[int]:
+    """This process's children named ``name`` (the hook launcher execs the command)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().split()
+        except OSError:
+            continue
+        if fields[1] == f"({name})" and int(fields[3]) == os.getpid():
+            found.append(int(entry))
+    return found
 
 
 def _alive(pid: int) -> bool:
@@ -634,6 +666,16 @@ class TwistdOperationsTests(TestCase):
             )
             answer = s.recv(4096)
         self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer)
+        # Without a length (chunked), the body is counted as it comes.
+        with socket.create_connection(("127.0.0.1", http_port), timeout=10) as s:
+            s.sendall(
+                f"POST {token} HTTP/1.1\r\nHost: {name}\r\n"
+                "Transfer-Encoding: chunked\r\n\r\n".encode()
+            )
+            chunk = b"x" * 70000
+            s.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            answer = s.recv(4096)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer)
         self.assertNotIn("I think I'll eat it", self.log_text())
         self.assertNotIn("Traceback", self.log_text())
 
@@ -691,3 +733,85 @@ class TwistdOperationsTests(TestCase):
             IssuerRecords.in_directory(str(self.certs), "x").directory_of(name, after),
             other.directory_url,
         )
+
+
+# ---------------------------------------------------------------------------
+# The issuer record
+# ---------------------------------------------------------------------------
+
+
+def _certificate(issuer_cn: str, serial: int) -> x509.Certificate:
+    from datetime import datetime, timedelta, timezone  # noqa: PLC0415
+
+    from cryptography.hazmat.primitives import hashes  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+    from cryptography.x509.oid import NameOID  # noqa: PLC0415
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(timezone.utc)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_cn)]))
+        .public_key(key.public_key())
+        .serial_number(serial)
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=80))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("r.example")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+
+
+class IssuerRecordTests(TestCase):
+    def test_records_are_bound_to_the_certificate(self) -> None:
+        import pem  # noqa: PLC0415
+        from cryptography.hazmat.primitives.serialization import Encoding  # noqa: PLC0415
+
+        directory = self.mktemp()
+        os.makedirs(directory)
+        a = IssuerRecords.in_directory(directory, "https://a.example/dir")
+        cert = _certificate("Some CA", 0x1234)
+        a.stored("r.example", pem.parse(cert.public_bytes(Encoding.PEM)))
+        path = Path(directory) / ISSUERS_FILENAME
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+        self.assertIsNone(a.stale("r.example", cert))
+        b = IssuerRecords.in_directory(directory, "https://b.example/dir")
+        with captured_logs() as events:
+            self.assertEqual(
+                b.stale("r.example", cert),
+                "issued by https://a.example/dir, not the configured https://b.example/dir",
+            )
+            b.stale("r.example", cert)  # said once per certificate
+        said = [formatEvent(e) for e in events if e.get("event") == "ca_changed"]
+        self.assertEqual(
+            said,
+            [
+                "certificate for r.example was issued by https://a.example/dir, not the "
+                "configured https://b.example/dir: renewing it now"
+            ],
+        )
+        # Another certificate under the same name has no record: not judged by the old one.
+        self.assertIsNone(b.stale("r.example", _certificate("Some CA", 0x9999)))
+
+    def test_unrecorded_staging_certificate(self) -> None:
+        """Without a record, only a staging issuer under a production CA is renewed at once."""
+        directory = self.mktemp()
+        os.makedirs(directory)
+        production = IssuerRecords.in_directory(
+            directory, "https://acme-v02.api.letsencrypt.org/directory"
+        )
+        staging = _certificate("(STAGING) Counterfeit Cashew R10", 1)
+        self.assertIn("issued by a staging CA", production.stale("s.example", staging) or "")
+        self.assertIsNone(production.stale("s.example", _certificate("R10", 2)))
+        on_staging = IssuerRecords.in_directory(
+            directory, "https://acme-staging-v02.api.letsencrypt.org/directory"
+        )
+        self.assertIsNone(on_staging.stale("s.example", staging))
+
+    def test_damaged_file_reads_as_empty(self) -> None:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        (Path(directory) / ISSUERS_FILENAME).write_text("{not json")
+        records = IssuerRecords.in_directory(directory, "https://b.example/dir")
+        with captured_logs():
+            self.assertIsNone(records.stale("r.example", _certificate("X", 5)))
