@@ -13,9 +13,8 @@ from collections.abc import Iterable, Mapping
 import attrs
 from twisted.internet.interfaces import IProtocolFactory, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
-from twisted.web.server import Site
 
-from txacme.challenges.http01 import HTTP01Responder, http01_root
+from txacme.challenges.http01 import HTTP01Responder, HTTP01Site, http01_root
 from txacme.challenges.tlsalpn01 import TLSALPN01Responder
 from txacme.config.dns import dns01_responder_from_options
 from txacme.errors import ConfigurationError
@@ -66,7 +65,7 @@ class ChallengeResponders:
             for or needs no listener (``dns-01``).
         """
         if challenge_type == HTTP_01 and self.http01 is not None:
-            site = Site(http01_root(self.http01))  # type: ignore[no-untyped-call]
+            site = HTTP01Site(http01_root(self.http01))
             site.noisy = False
             return site
         if challenge_type == TLS_ALPN_01 and self.tls_alpn01 is not None:
