@@ -16,7 +16,7 @@ Metrics (every timestamp is in seconds since the Unix epoch):
     When the service plans to renew it.
 ``txacme_certificate_renewal_reason{name, reason}``
     ``1`` for the reason of that plan (``ari``, ``lifetime``, ``missing``,
-    ``names``, ``emergency``, ``expired``).
+    ``names``, ``emergency``, ``expired``, ``ca_changed``).
 ``txacme_certificate_failures{name}``
     Consecutive failed attempts for the name (``0`` after a success).
 ``txacme_issuance_attempts_total{reason}``

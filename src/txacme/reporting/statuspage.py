@@ -403,6 +403,8 @@ def _plan(row: StatusRow, now: datetime) -> str:
         "names": "the names changed",
         "emergency": "emergency window",
         "expired": "expired",
+        "revoked": "revoked",
+        "ca_changed": "issued by another CA than the configured one",
     }.get(reason, reason)
     if source == "service":
         why += ", as planned by the running server"
