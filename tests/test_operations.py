@@ -815,3 +815,38 @@ class IssuerRecordTests(TestCase):
         records = IssuerRecords.in_directory(directory, "https://b.example/dir")
         with captured_logs():
             self.assertIsNone(records.stale("r.example", _certificate("X", 5)))
+
+
+class OperationsWiringTests(TestCase):
+    def test_endpoint_options(self) -> None:
+        """The endpoint string's keywords reach the issuing service."""
+        import functools  # noqa: PLC0415
+
+        from txacme.config.operations import operations  # noqa: PLC0415
+        from txacme.stores.directory import DirectoryStore  # noqa: PLC0415
+        from txacme.stores.memory import MemoryStore  # noqa: PLC0415
+
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        config = parse(f"le:{directory}:tcp:443:deploy_hook=true:preferred_chain=Alt Root")
+        options, subscribers = operations(reactor, config, DirectoryStore(directory))
+        records = options["issuer_records"]
+        self.assertEqual(records.path, os.path.join(directory, ISSUERS_FILENAME))
+        self.assertEqual(records.directory_url, "https://ca.example/dir")
+        issue = options["issue"]
+        self.assertIsInstance(issue, functools.partial)
+        self.assertEqual(issue.keywords, {"preferred_chain": "Alt Root"})
+        [subscriber] = subscribers
+        hook = subscriber.__self__
+        self.assertEqual(hook.argv, ("true",))
+        self.assertEqual(
+            hook.environment("a.example", ["a.example"], "obtained")["TXACME_PEM"],
+            os.path.join(directory, "a.example.pem"),
+        )
+        # Another store has no files: no TXACME_PEM.
+        _, subscribers = operations(reactor, config, MemoryStore())
+        env = subscribers[0].__self__.environment("a.example", ["a.example"], "obtained")
+        self.assertNotIn("TXACME_PEM", env)
+        # Without the keywords: only the record of the issuer.
+        options, subscribers = operations(reactor, parse(f"le:{directory}:tcp:443"), MemoryStore())
+        self.assertEqual((sorted(options), subscribers), (["issuer_records"], []))
