@@ -850,3 +850,39 @@ class OperationsWiringTests(TestCase):
         # Without the keywords: only the record of the issuer.
         options, subscribers = operations(reactor, parse(f"le:{directory}:tcp:443"), MemoryStore())
         self.assertEqual((sorted(options), subscribers), (["issuer_records"], []))
+
+
+class HTTP01SiteTests(TestCase):
+    """The site without redirects (the CLI's listener), over a real loopback port."""
+
+    @inlineCallbacks
+    def test_methods_head_and_bodies(self) -> Any:
+        from twisted.internet.endpoints import TCP4ServerEndpoint  # noqa: PLC0415
+        from twisted.internet.threads import deferToThread  # noqa: PLC0415
+
+        from txacme.challenges.http01 import HTTP01Responder, HTTP01Site, http01_root  # noqa: PLC0415
+
+        site = HTTP01Site(http01_root(HTTP01Responder()))
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
+        self.addCleanup(port.stopListening)
+        number = port.getHost().port
+
+        def requests() -> list[tuple[int, str | None]]:
+            answers = []
+            for method in ("GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE", "POST"):
+                response = http_request(number, method, "/anything")
+                answers.append((response.status, response.getheader("allow")))
+            return answers
+
+        with captured_logs() as events:
+            answers = yield deferToThread(requests)
+        self.assertEqual(answers[:2], [(404, None), (404, None)])
+        self.assertEqual(answers[2:], [(405, "GET, HEAD")] * 5)
+        from twisted.logger import LogLevel  # noqa: PLC0415
+
+        warnings = [
+            formatEvent(e)
+            for e in events
+            if e.get("log_level", LogLevel.info) >= LogLevel.warn or "eat it" in formatEvent(e)
+        ]
+        self.assertEqual(warnings, [])

@@ -156,9 +156,7 @@ def check_ca_file(path: str, what: str = "ca_file=") -> str:
         raise ConfigurationError(f"{label} cannot be read: {reason}") from None
     found = [o for o in pem.parse(data) if isinstance(o, pem.Certificate)]
     if not found:
-        raise ConfigurationError(
-            f"{label} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
-        )
+        raise ConfigurationError(f"{label} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
     for obj in found:
         try:
             x509.load_pem_x509_certificate(obj.as_bytes())

@@ -222,12 +222,14 @@ class DeployHook:
         timed_out = False
         try:
             process: IReactorProcess = self._reactor
-            process.spawnProcess(
-                protocol,
-                sys.executable,
-                [sys.executable, "-c", _LAUNCHER, *self.argv],
-                env=self.environment(name, names, event),
-            )
+            env = self.environment(name, names, event)
+            if sys.executable:
+                process.spawnProcess(
+                    protocol, sys.executable, [sys.executable, "-c", _LAUNCHER, *self.argv], env=env
+                )
+            else:  # an embedded interpreter: no new session, only the command itself is killed
+                path = shutil.which(self.argv[0]) or self.argv[0]
+                process.spawnProcess(protocol, path, list(self.argv), env=env)
         except Exception as e:
             result = HookResult(name, None, None, False, 0.0, str(e).encode())
             self._log(result)
