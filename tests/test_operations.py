@@ -886,3 +886,18 @@ class HTTP01SiteTests(TestCase):
             if e.get("log_level", LogLevel.info) >= LogLevel.warn or "eat it" in formatEvent(e)
         ]
         self.assertEqual(warnings, [])
+
+        def expect_continue() -> bytes:
+            with socket.create_connection(("127.0.0.1", number), timeout=10) as s:
+                s.sendall(
+                    b"PUT /x HTTP/1.1\r\nHost: a.example\r\nContent-Length: 1048576\r\n"
+                    b"Expect: 100-continue\r\n\r\n"
+                )
+                data = b""
+                while chunk := s.recv(4096):
+                    data += chunk
+                return data
+
+        answer = yield deferToThread(expect_continue)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer)
+        self.assertNotIn(b"100 Continue", answer)

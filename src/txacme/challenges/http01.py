@@ -270,6 +270,8 @@ class _HTTP01Request(Request):
         if self._refused:
             return
         self._refused = True
+        # No "100 Continue" after the refusal (twisted.web sends one after gotLength).
+        self.requestHeaders.removeHeader(b"expect")
         body = b"request body too large\n"
         transport: Any = self.channel.transport
         transport.write(
