@@ -395,6 +395,8 @@ class OnDemandPolicy:
                 self.ask_limited += 1
                 return succeed(False)
             running = self._ask(name)
+            if running.called:  # answered at once (a test's http_get)
+                return running
             self._asking[name] = running
         result: Deferred[bool] = Deferred()
         running.addBoth(_copy_to(result))

@@ -107,7 +107,7 @@ from txacme.challenges.tlsalpn01 import (
     TLSALPN01Registry,
 )
 from txacme.errors import ConfigurationError
-from txacme.issuing.refusals import RefusalLog, safe_name
+from txacme.issuing.refusals import RefusalLog
 from txacme.serving.hello import ServerTLSFactory
 from txacme.serving.index import CertificateEntry, CertificateIndex
 
@@ -445,7 +445,7 @@ class SNIConnectionCreator:
         if self.refusals is not None:
             self.refusals.refused("unknown_name", raw)
         else:
-            log.debug("no certificate for {sni}; refusing the handshake", sni=safe_name(raw))
+            log.debug("no certificate for {sni!r}; refusing the handshake", sni=raw)
 
     def _on_alpn(
         self, connection: SSL.Connection, offered: list[bytes]
