@@ -718,3 +718,73 @@ class RefusedHandshakeLogTests(TestCase):
         self.assertIn(f"refused {count} handshakes", lines[0])
         self.assertLess(len(lines[0]), 600)
         print(f"\n{count} refused handshakes (250-byte names): 1 line of {len(lines[0])} bytes")
+
+
+class EndpointStringPebbleTests(TestCase):
+    """The keywords through a real ``acme:`` endpoint, Pebble and the metrics port."""
+
+    timeout = 180
+
+    def setUp(self) -> None:
+        from tests.harness.pebble import PebbleUnavailable, shared_pebble
+
+        try:
+            self.pebble = shared_pebble()
+        except PebbleUnavailable as e:
+            raise SkipTest(str(e))
+        try:
+            import prometheus_client  # noqa: F401
+        except ImportError:
+            raise SkipTest("prometheus-client is not installed")
+
+    def handshake(self, name: str) -> bool:
+        context = ssl.create_default_context(cafile=self.roots)
+        try:
+            with socket.create_connection(("127.0.0.1", self.pebble.tls_port), timeout=30) as raw:
+                with context.wrap_socket(raw, server_hostname=name):
+                    return True
+        except (ssl.SSLError, OSError):
+            return False
+
+    @inlineCallbacks
+    def test_cap_refusals_and_metrics(self) -> Any:
+        from tests.test_endpoint_pebble import scrape, site
+        from txacme.config.endpoint import endpoint_from_config
+
+        certs = self.mktemp()
+        os.mkdir(certs)
+        self.roots = os.path.join(certs, "..", "roots.pem")
+        with open(self.roots, "wb") as f:
+            f.write(b"".join(self.pebble.roots()))
+        config = parse_endpoint_string_parts(
+            "acme",
+            self.pebble.directory_url,
+            [certs, "tcp", str(self.pebble.tls_port)],
+            {
+                "interface": "127.0.0.1",
+                "ca_file": self.pebble.ca_file,
+                "on_demand": "*.ondemand.test",
+                "on_demand_max": "1",
+                "on_demand_rate": "5/h",
+                "metrics": "tcp:0:interface=127.0.0.1",
+            },
+        )
+        endpoint = endpoint_from_config(reactor, config)
+        port = yield endpoint.listen(site())
+        self.addCleanup(port.stopListening)
+        tag = uuid.uuid4().hex[:8]
+        first, second = f"a-{tag}.ondemand.test", f"b-{tag}.ondemand.test"
+        self.assertTrue((yield threads.deferToThread(self.handshake, first)))
+        self.assertTrue(os.path.exists(os.path.join(certs, first + ".pem")))
+        with open(os.path.join(certs, ".txacme-ondemand.json")) as f:
+            self.assertEqual(list(json.load(f)["names"]), [first])
+        self.assertFalse((yield threads.deferToThread(self.handshake, second)))  # the cap
+        self.assertFalse((yield threads.deferToThread(self.handshake, f"evil-{tag}.example")))
+        self.assertFalse(os.path.exists(os.path.join(certs, second + ".pem")))
+        assert endpoint.metrics_port is not None
+        address = endpoint.metrics_port.getHost().port
+        body = yield threads.deferToThread(scrape, f"http://127.0.0.1:{address}/metrics")
+        self.assertIn('txacme_handshakes_refused_total{reason="on_demand_limited"} 1.0', body)
+        self.assertIn('txacme_handshakes_refused_total{reason="on_demand_refused"} 1.0', body)
+        self.assertIn('txacme_handshakes_refused_total{reason="unknown_name"} 2.0', body)
+        self.assertNotIn(f"evil-{tag}", body)
