@@ -22,6 +22,7 @@ from txacme.issuing.refusals import RefusalLog
 from txacme.reporting.metrics import Metrics
 from txacme.reporting.state import StateRecorder
 from txacme.serving.index import CertificateIndex
+from txacme.stores.coordination import provides_coordination
 from txacme.stores.directory import PEM_SUFFIX, DirectoryStore
 
 
@@ -66,21 +67,30 @@ def make_on_demand_issuer(
     :class:`~txacme.issuing.ondemand.OnDemandIssuer` (``rate``, ``max_names``,
     ``idle``, ``registry``...). A directory store keeps its registry of
     on-demand names in :data:`~txacme.issuing.ondemand.REGISTRY_FILENAME`
-    unless ``registry`` is given.
+    unless ``registry`` is given. With a store shared by several processes
+    (:func:`~txacme.stores.coordination.provides_coordination`) idle names
+    are forgotten by this process but not removed from the store: one
+    process does not see the handshakes the others serve; and the names
+    held are kept in memory only (no registry file written by several
+    processes).
     """
     arguments = dict(options)
-    if "registry" not in arguments and isinstance(store, DirectoryStore):
+    shared = provides_coordination(store)
+    if "registry" not in arguments and isinstance(store, DirectoryStore) and not shared:
         arguments["registry"] = store.path.child(REGISTRY_FILENAME).path
     forget: list[Callable[[str], object]] = []
     if metrics is not None:
         forget.append(metrics.forget)
     if state is not None:
         forget.append(state.forget)
+    # A store shared by several processes: one process does not see the
+    # handshakes of the others, so it never removes a shared entry as idle.
+    remove = None if shared else store_remover(store, index)
     return OnDemandIssuer(
         policy,
         issue,
         index,
-        remove=store_remover(store, index),
+        remove=remove,
         forget=forget,
         refusals=refusals,
         clock=clock,
