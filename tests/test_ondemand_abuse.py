@@ -609,7 +609,9 @@ class FloodTests(TestCase):
         self.assertLessEqual(seen["most"], 10)
         self.assertEqual(policy.asked, seen["asks"])
         self.assertEqual(policy.asked + policy.ask_limited, 2000)
-        self.assertEqual(refusals.counts["on_demand_refused"], 2000)
+        self.assertEqual(refusals.counts["on_demand_refused"], policy.asked)
+        self.assertEqual(refusals.counts["on_demand_limited"], policy.ask_limited)
+        self.assertEqual(issuer.limited, policy.ask_limited)
         self.assertLess(latencies[-1], 2.0)
 
 

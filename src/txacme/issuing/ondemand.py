@@ -771,6 +771,7 @@ class OnDemandIssuer:
             if until > self._clock.seconds():
                 return self._refuse(name)
             self._failed_until.pop(name)
+        ask_limited = self.policy.ask_limited
         decided = self.policy.decide(name)
         decision: list[object] = []
 
@@ -780,6 +781,10 @@ class OnDemandIssuer:
 
         decided.addBoth(peek)
         if decision and decision[0] is not True:
+            if self.policy.ask_limited > ask_limited:  # not asked: the ask URL's limits
+                self.limited += 1
+                self.refusals.refused("on_demand_limited", name)
+                return succeed(False)
             return self._refuse(name)
         d = Deferred.fromCoroutine(self._obtain(name, decided))
         if not d.called:

@@ -34,7 +34,7 @@ DEFAULT_INTERVAL: Final = 60.0
 REASONS: Final = (
     "unknown_name",  # no certificate and no default: the handshake fails
     "on_demand_refused",  # the allow-list or the ask URL said no
-    "on_demand_limited",  # a rate, the cap on names, or a CA back-off
+    "on_demand_limited",  # a rate, the ask URL's limits, the cap on names, a CA back-off
 )
 
 

@@ -45,8 +45,8 @@ Metrics (every timestamp is in seconds since the Unix epoch):
 ``txacme_handshakes_refused_total{reason}``
     Handshakes and on-demand requests refused, by ``reason``:
     ``unknown_name`` (no certificate, no default), ``on_demand_refused`` (the
-    policy said no), ``on_demand_limited`` (a rate, the cap on names, a CA
-    back-off); read from the :class:`~txacme.issuing.refusals.RefusalLog`
+    policy said no), ``on_demand_limited`` (a rate, the ask URL's limits, the
+    cap on names, a CA back-off); read from the :class:`~txacme.issuing.refusals.RefusalLog`
     given to :meth:`Metrics.observe_refusals`. The names themselves are never
     labels.
 
