@@ -846,3 +846,37 @@ class EndpointStringPebbleTests(TestCase):
         self.assertIn('txacme_handshakes_refused_total{reason="on_demand_refused"} 1.0', body)
         self.assertIn('txacme_handshakes_refused_total{reason="unknown_name"} 2.0', body)
         self.assertNotIn(f"evil-{tag}", body)
+
+
+class SharedStoreTests(SynchronousTestCase):
+    def test_shared_store_never_loses_entries_to_one_process(self) -> None:
+        """With a coordinating store, idle names are forgotten here, not removed from the store."""
+        from txacme.serving.ondemand import make_on_demand_issuer
+        from txacme.stores.memory import MemoryCoordinatingStore
+
+        clock = Clock()
+        store = MemoryCoordinatingStore(clock=clock)
+        issue = FakeIssue()
+        forgotten: list[str] = []
+        issuer = make_on_demand_issuer(
+            OnDemandPolicy(allow=["*.ok.example"], clock=clock),
+            issue,
+            CertificateIndex(),
+            store,
+            options={"idle": 100.0},
+            refusals=RefusalLog(clock),
+            metrics=None,
+            state=None,
+            clock=clock,
+        )
+        issuer.forget.append(forgotten.append)
+        self.assertIsNone(issuer.registry)
+        store.store("a.ok.example", entry("a.ok.example"))
+        issuer.request("a.ok.example")
+        issue.succeed(0)
+        issuer.start()
+        clock.advance(200)
+        self.assertEqual(issuer.held, {})
+        self.assertEqual(forgotten, [])
+        self.assertIn("a.ok.example", store.certs)
+        issuer.stop()

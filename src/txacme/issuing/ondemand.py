@@ -709,8 +709,8 @@ class OnDemandIssuer:
                 )
             self._forget(name)
 
-        if self._remove is None:
-            return succeed(None).addBoth(forget)
+        if self._remove is None:  # a shared store: the entry stays, and so do its records
+            return succeed(None)
         return maybeDeferred(self._remove, name).addBoth(forget)
 
     def _forget(self, name: str) -> None:
