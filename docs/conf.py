@@ -27,6 +27,8 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(JWK|JWASignature|CollectorRegistry|TypeIs|PrivateKeyTypes)"),
     # Type aliases used in annotations, and a stdlib enum Python's inventory lacks.
     (r"py:.*", r"(EntrySource|OnChange|StoreEntries|socket\.AddressFamily)"),
+    # The type variables of txacme.issuing.ondemand.LRUCache.
+    (r"py:class", r"txacme\.issuing\.ondemand\.[KV]"),
     (r"py:.*", r"cryptography\.hazmat\.primitives\.asymmetric\.(mlkem|mldsa)\..*"),
     (r"py:.*", r"(.*\.)?_[A-Za-z]\w*"),
 ]

@@ -480,6 +480,7 @@ class OnDemandPebbleTests(TestCase):
         policy = OnDemandPolicy(allow=["*.ondemand.test"], clock=reactor)
         self.issuer = OnDemandIssuer(policy, service.issue_cert, index, rate=rate, per=3600,
                                      clock=reactor)
+        self.addCleanup(self.issuer.stop)
         creator = SNIConnectionCreator(index, challenges=responder.registry)
         factory = HelloHookFactory(creator, Factory.forProtocol(Protocol),
                                    self.issuer.hello_hook, timeout=30, clock=reactor)

@@ -24,13 +24,14 @@ from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
 from twisted.logger import Logger
 
 from txacme.certificates import check_ca_file
+from txacme.config.ondemand import OnDemandLimits, on_demand_keywords
 from txacme.config.operations import operations
 from txacme.config.responders import challenge_responders
 from txacme.errors import ConfigurationError
 from txacme.formats import parse_flag, parse_number
 from txacme.interfaces import ICertificateStore
 from txacme.issuing.hooks import DEFAULT_HOOK_TIMEOUT, parse_hook_command
-from txacme.issuing.ondemand import OnDemandPolicy
+from txacme.issuing.ondemand import OnDemandPolicy, check_pattern
 from txacme.keys import KEY_TYPES, load_or_create_client_key
 from txacme.protocol.client import Client
 from txacme.protocol.resources import EAB
@@ -53,7 +54,8 @@ DEFAULT_CHECK_INTERVAL = 12 * 3600.0
 DEFAULT_WATCH_INTERVAL = 60.0
 """Seconds between reloads of the store into the TLS index (``watch_interval=``)."""
 DEFAULT_ON_DEMAND_RATE = 10
-"""On-demand issuances allowed a minute (``on_demand_rate=``)."""
+"""Kept for compatibility: a bare ``on_demand_rate=N`` counts issuances a minute; the default
+is now :data:`txacme.issuing.ondemand.DEFAULT_RATE` (``50/h``)."""
 
 #: Keywords the endpoint string gives to txacme; every other keyword belongs to
 #: the sub-endpoint (``interface=``, ``backlog=``...).
@@ -79,6 +81,11 @@ OWN_KEYWORDS = frozenset(
         "on_demand",
         "on_demand_ask",
         "on_demand_rate",
+        "on_demand_domain_rate",
+        "on_demand_max",
+        "on_demand_idle",
+        "on_demand_ask_rate",
+        "on_demand_ask_concurrency",
         "reuse_port",
         "deploy_hook",
         "deploy_hook_timeout",
@@ -145,6 +152,8 @@ class EndpointConfig:
     deploy_hook_timeout: float = DEFAULT_HOOK_TIMEOUT
     http01_redirect: int | None = None
     preferred_chain: str | None = None
+    #: The limits of on-demand issuance (:func:`txacme.config.ondemand.on_demand_keywords`).
+    on_demand_limits: OnDemandLimits = attrs.field(factory=OnDemandLimits)
 
 
 # ---------------------------------------------------------------------------
@@ -244,6 +253,7 @@ class _Fields(TypedDict, total=False):
     on_demand: tuple[str, ...]
     on_demand_ask: str | None
     on_demand_rate: int
+    on_demand_limits: OnDemandLimits
     reuse_port: bool
     deploy_hook: tuple[str, ...] | None
     deploy_hook_timeout: float
@@ -395,13 +405,15 @@ def _store(parts: _Parts) -> _Fields:
 
 def _on_demand(parts: _Parts) -> _Fields:
     own = parts.own
-    rate = DEFAULT_ON_DEMAND_RATE
-    if "on_demand_rate" in own:
-        rate = int(parse_number("on_demand_rate", own["on_demand_rate"], integer=True))
+    limits = on_demand_keywords(own)
+    on_demand = tuple(p.strip() for p in own.get("on_demand", "").split(",") if p.strip())
+    for pattern in on_demand:
+        check_pattern(pattern)  # a one-line error now, not when the endpoint starts
     return {
-        "on_demand": tuple(p.strip() for p in own.get("on_demand", "").split(",") if p.strip()),
+        "on_demand": on_demand,
         "on_demand_ask": own.get("on_demand_ask") or None,
-        "on_demand_rate": rate,
+        "on_demand_rate": limits.rate[0],
+        "on_demand_limits": limits,
     }
 
 
@@ -548,7 +560,11 @@ def _on_demand_policy(reactor: IReactorTime, config: EndpointConfig) -> OnDemand
     if not (config.on_demand or config.on_demand_ask):
         return None
     return OnDemandPolicy(
-        allow=config.on_demand, ask=config.on_demand_ask, ca_file=config.ca_file, clock=reactor
+        allow=config.on_demand,
+        ask=config.on_demand_ask,
+        ca_file=config.ca_file,
+        clock=reactor,
+        **config.on_demand_limits.policy_options(),
     )
 
 
@@ -624,7 +640,7 @@ def endpoint_from_config(reactor: IReactorTime, config: EndpointConfig) -> AutoT
         state_file=os.path.join(config.cert_dir, STATE_FILENAME),
         metrics=config.metrics,
         on_demand=on_demand,
-        on_demand_rate=config.on_demand_rate,
+        on_demand_options=config.on_demand_limits.issuer_options(),
         close_store=bool(config.store) or isinstance(store, CoordinatingDirectoryStore),
     )
 

@@ -42,13 +42,21 @@ Metrics (every timestamp is in seconds since the Unix epoch):
     the rate limits; read from the issuers given to
     :meth:`Metrics.observe_on_demand`.
 
+``txacme_handshakes_refused_total{reason}``
+    Handshakes and on-demand requests refused, by ``reason``:
+    ``unknown_name`` (no certificate, no default), ``on_demand_refused`` (the
+    policy said no), ``on_demand_limited`` (a rate, the ask URL's limits, the
+    cap on names, a CA back-off); read from the :class:`~txacme.issuing.refusals.RefusalLog`
+    given to :meth:`Metrics.observe_refusals`. The names themselves are never
+    labels.
+
 Names are labels, so one series exists per store entry: fine for thousands of
 names, not for millions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from types import ModuleType
 from typing import TYPE_CHECKING, Protocol, cast
@@ -89,6 +97,8 @@ __all__ = [
     "Metrics",
     "MetricsPort",
     "OnDemandCounts",
+    "REFUSAL_REASONS",
+    "RefusalCounts",
     "serve_metrics",
 ]
 
@@ -152,6 +162,37 @@ class _OnDemandCollector:
         )
         for outcome in ON_DEMAND_OUTCOMES:
             family.add_metric([outcome], sum(getattr(i, outcome) for i in self.issuers))
+        return [family]
+
+
+class RefusalCounts(Protocol):
+    """What :meth:`Metrics.observe_refusals` reads (a ``RefusalLog``)."""
+
+    @property
+    def counts(self) -> Mapping[str, int]:
+        """Refusals by reason."""
+
+
+REFUSAL_REASONS = ("unknown_name", "on_demand_refused", "on_demand_limited")
+"""The ``reason`` labels of ``txacme_handshakes_refused_total``."""
+
+
+class _RefusalCollector:
+    """Reads the refusal counts at each scrape."""
+
+    def __init__(self) -> None:
+        self.sources: list[RefusalCounts] = []
+
+    def collect(self) -> list[object]:
+        from prometheus_client.core import CounterMetricFamily
+
+        family = CounterMetricFamily(
+            "txacme_handshakes_refused",
+            "Handshakes and on-demand requests refused, by reason.",
+            labels=["reason"],
+        )
+        for reason in REFUSAL_REASONS:
+            family.add_metric([reason], sum(s.counts.get(reason, 0) for s in self.sources))
         return [family]
 
 
@@ -279,6 +320,8 @@ class Metrics:
         )
         self._on_demand = _OnDemandCollector()
         registry.register(self._on_demand)  # type: ignore[arg-type]
+        self._refusals = _RefusalCollector()
+        registry.register(self._refusals)  # type: ignore[arg-type]
 
     # -- feeding ---------------------------------------------------------------
 
@@ -396,6 +439,17 @@ class Metrics:
         """
         self._on_demand.issuers.append(issuer)
         return lambda: self._on_demand.issuers.remove(issuer)
+
+    def observe_refusals(self, refusals: RefusalCounts) -> Callable[[], None]:
+        """
+        Count the refusals of ``refusals`` (a
+        :class:`~txacme.issuing.refusals.RefusalLog`) in
+        ``txacme_handshakes_refused_total``.
+
+        :return: a function that stops counting them.
+        """
+        self._refusals.sources.append(refusals)
+        return lambda: self._refusals.sources.remove(refusals)
 
     # -- serving -----------------------------------------------------------------
 

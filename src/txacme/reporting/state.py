@@ -345,6 +345,24 @@ class StateFile:
             data = json.dumps(document, indent=1, sort_keys=False).encode("utf-8") + b"\n"
             write_entry(self.path, data)
 
+    def forget(self, names: set[str] | frozenset[str]) -> None:
+        """
+        Remove the records of ``names`` (names that must leave no trace, such
+        as failed on-demand names).
+
+        :raises OSError: when the file cannot be written.
+        """
+        if not names:
+            return
+        with self._locked():
+            current = self._load()
+            if not names & set(current):
+                return
+            kept = {k: v for k, v in current.items() if k not in names}
+            document = {"version": FORMAT_VERSION, "names": dict(sorted(kept.items()))}
+            data = json.dumps(document, indent=1, sort_keys=False).encode("utf-8") + b"\n"
+            write_entry(self.path, data)
+
     # -- the changes the CLI and the recorder make ------------------------------------
 
     def record_attempt(self, name: str, at: datetime) -> None:
@@ -421,6 +439,7 @@ class StateRecorder:
         self.state = state
         self._clock = clock
         self._pending: dict[str, Change] = {}
+        self._forgotten: set[str] = set()
         self._flush_call: IDelayedCall | None = None
 
     def attach(self, service: EventSource) -> Callable[[], None]:
@@ -482,15 +501,24 @@ class StateRecorder:
         if self._flush_call is None:
             self._flush_call = self._clock.callLater(0, self.flush)
 
+    def forget(self, name: str) -> None:
+        """Drop the record of ``name`` (and its pending changes) at the next write."""
+        self._pending.pop(name, None)
+        self._forgotten.add(name)
+        if self._flush_call is None:
+            self._flush_call = self._clock.callLater(0, self.flush)
+
     def flush(self) -> None:
         """Write every pending change now (errors are logged, not raised)."""
         call, self._flush_call = self._flush_call, None
         if call is not None and call.active():
             call.cancel()
         pending, self._pending = self._pending, {}
-        if not pending:
+        forgotten, self._forgotten = self._forgotten, set()
+        if not pending and not forgotten:
             return
         try:
+            self.state.forget(forgotten)
             self.state.update(pending)
         except Exception:
             log.failure("could not write the state file {path}", path=self.state.path)

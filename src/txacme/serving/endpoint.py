@@ -35,7 +35,8 @@ from txacme.challenges.tlsalpn01 import TLSALPN01Registry, TLSALPN01Responder
 from txacme.errors import ConfigurationError
 from txacme.interfaces import ClosableStore, ICertificateStore, IResponder
 from txacme.issuing.events import ServiceEvent
-from txacme.issuing.ondemand import OnDemandIssuer, OnDemandPolicy
+from txacme.issuing.ondemand import OnDemandPolicy
+from txacme.issuing.refusals import RefusalLog
 from txacme.issuing.service import AcmeIssuingService
 from txacme.protocol.client import Client
 from txacme.protocol.resources import EAB
@@ -46,6 +47,7 @@ from txacme.serving.cluster import ClusterNode
 from txacme.serving.hello import HelloHook, HelloHookFactory, combine_hooks
 from txacme.serving.index import CertificateIndex, StoreEntries
 from txacme.serving.loader import StoreLoader
+from txacme.serving.ondemand import make_on_demand_issuer
 from txacme.serving.tls import SNIConnectionCreator, tls_server_factory
 from txacme.serving.watcher import StoreWatcher
 from txacme.stores.coordination import provides_coordination
@@ -162,7 +164,12 @@ class AutoTLSEndpoint:
         metrics (:func:`txacme.reporting.metrics.serve_metrics`), or ``None``.
     :param on_demand: a :class:`txacme.issuing.ondemand.OnDemandPolicy`: a handshake for
         an unknown name it allows is held while the name is issued.
-    :param on_demand_rate: at most this many on-demand issuances a minute.
+    :param on_demand_rate: at most this many on-demand issuances a minute
+        (default: :data:`txacme.issuing.ondemand.DEFAULT_RATE`, 50 an hour).
+    :param on_demand_options: further keyword arguments of
+        :class:`~txacme.issuing.ondemand.OnDemandIssuer` (``rate`` and
+        ``per``, ``max_names``, ``idle``, ``domain_rate``...; see
+        :doc:`ondemand`).
     :param hello_timeout: seconds a handshake is held for on-demand issuance
         (or a cluster's challenge look-up) before it falls back.
     :param close_store: call ``cert_store.close()`` when the port stops (for a
@@ -201,7 +208,8 @@ class AutoTLSEndpoint:
         state_file: str | None = None,
         metrics: str | None = None,
         on_demand: OnDemandPolicy | None = None,
-        on_demand_rate: int = 10,
+        on_demand_rate: int | None = None,
+        on_demand_options: Mapping[str, Any] | None = None,
         hello_timeout: float = 10.0,
         close_store: bool = False,
     ) -> None:
@@ -237,6 +245,9 @@ class AutoTLSEndpoint:
         self.metrics_port: IListeningPort | None = None
         self.on_demand = on_demand
         self.on_demand_rate = on_demand_rate
+        self.on_demand_options = dict(on_demand_options or {})
+        self.refusals = RefusalLog(reactor)
+        self._state_recorder: StateRecorder | None = None
         self.hello_timeout = hello_timeout
         self.close_store = close_store
         self.service: AcmeIssuingService | None = None
@@ -347,6 +358,7 @@ class AutoTLSEndpoint:
     def _record_state(self, service: AcmeIssuingService, started: _Started) -> None:
         if self.state_file is not None:
             recorder = StateRecorder(StateFile(self.state_file), self.reactor)
+            self._state_recorder = recorder
             started.stoppers.append(recorder.attach(service))
 
     def _hello_hooks(
@@ -364,14 +376,23 @@ class AutoTLSEndpoint:
             started.stoppers.append(cluster.stop)
             hooks.append(cluster.hello_hook)
         if self.on_demand is not None:
-            on_demand = OnDemandIssuer(
+            options = dict(self.on_demand_options)
+            if self.on_demand_rate is not None:
+                options.setdefault("rate", self.on_demand_rate)
+                options.setdefault("per", 60.0)
+            on_demand = make_on_demand_issuer(
                 self.on_demand,
                 service.issue_cert,
                 index,
-                rate=self.on_demand_rate,
-                per=60.0,
+                self.cert_store,
+                options=options,
+                refusals=self.refusals,
+                metrics=metrics,
+                state=self._state_recorder,
                 clock=self.reactor,
             )
+            on_demand.start()
+            started.stoppers.append(on_demand.stop)
             hooks.append(on_demand.hello_hook)
             if metrics is not None:
                 started.stoppers.append(metrics.observe_on_demand(on_demand))
@@ -450,7 +471,12 @@ class AutoTLSEndpoint:
         creator = SNIConnectionCreator(
             index, challenges=registry, acceptable_protocols=self.acceptable_protocols
         )
+        creator.refusals = self.refusals
+        self.refusals.start()
+        started.stoppers.append(self.refusals.stop)
         metrics = self._make_metrics()
+        if metrics is not None:
+            started.stoppers.append(metrics.observe_refusals(self.refusals))
         service, cluster = self._make_service(index, responders, registry, http_responder)
         self._record_state(service, started)
         tls_factory = self._tls_factory(

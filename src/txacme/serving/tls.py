@@ -72,7 +72,8 @@ times as much on the server side (``bench/handshake.py`` measures both). Give a
 cache larger than the number of names that receive regular traffic.
 
 May import the core modules, :mod:`txacme.challenges.tlsalpn01`,
-:mod:`txacme.serving.hello` and :mod:`txacme.serving.index`.
+:mod:`txacme.issuing.refusals`, :mod:`txacme.serving.hello` and
+:mod:`txacme.serving.index`.
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ from txacme.challenges.tlsalpn01 import (
     TLSALPN01Registry,
 )
 from txacme.errors import ConfigurationError
+from txacme.issuing.refusals import RefusalLog
 from txacme.serving.hello import ServerTLSFactory
 from txacme.serving.index import CertificateEntry, CertificateIndex
 
@@ -294,6 +296,10 @@ class SNIConnectionCreator:
         ``acme-tls/1``) or cache size.
     """
 
+    #: Where refused handshakes are counted and logged in aggregate
+    #: (:class:`txacme.issuing.refusals.RefusalLog`); ``None``: a debug line each.
+    refusals: RefusalLog | None = None
+
     def __init__(
         self,
         index: CertificateIndex,
@@ -436,7 +442,10 @@ class SNIConnectionCreator:
             connection.txacme_placeholder = True
             _mark_no_data(connection)
             return
-        log.debug("no certificate for {sni!r}; refusing the handshake", sni=raw)
+        if self.refusals is not None:
+            self.refusals.refused("unknown_name", raw)
+        else:
+            log.debug("no certificate for {sni!r}; refusing the handshake", sni=raw)
 
     def _on_alpn(
         self, connection: SSL.Connection, offered: list[bytes]
