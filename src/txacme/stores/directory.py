@@ -69,7 +69,7 @@ from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 from zope.interface import implementer
 
-from txacme._files import fsync_directory, write_synced
+from txacme._files import NotOwnFile, fsync_directory, read_own_file, write_synced
 from txacme.certificates import validate_pem_objects
 from txacme.errors import ConfigurationError, InvalidServerName
 from txacme.interfaces import ICertificateStore
@@ -106,10 +106,11 @@ def load_entry(path: str | FilePath[str]) -> list[pem.AbstractPEMObject]:
 
 def _read_file(filename: str) -> bytes:
     try:
-        with open(filename, "rb") as f:
-            return f.read()
+        return read_own_file(filename)[0]
     except FileNotFoundError:
         raise
+    except NotOwnFile as e:
+        raise ConfigurationError(f"refused: {e.strerror}")
     except OSError as e:
         raise ConfigurationError(f"{filename}: cannot read ({e.strerror})")
 
@@ -355,7 +356,8 @@ class DirectoryStore:
                     )
                 continue
             full = os.path.join(self.path.path, filename)
-            if os.path.isfile(full):
+            # A symbolic link is listed (never followed): reading it fails, logged.
+            if os.path.isfile(full) or os.path.islink(full):
                 yield stem, full
 
     def remove_stale_temporary_files(self) -> list[str]:
