@@ -101,6 +101,22 @@ def test_store_refuses_link_outside(tree: Path) -> None:
     assert isinstance(store.scan()["evil.example.test"], ConfigurationError)
 
 
+def test_store_never_replaces_a_link(tree: Path) -> None:
+    """A certificate obtained for the name (on demand, say) is not written over the link."""
+    link = tree / "certs" / "evil.example.test.pem"
+    link.symlink_to(tree / "other" / "secret.pem")
+    before = (tree / "other" / "secret.pem").read_bytes()
+    failures: list[Any] = []
+    store = DirectoryStore(str(tree / "certs"))
+    store.store("evil.example.test", make_pem_objects(["evil.example.test"])).addErrback(
+        failures.append
+    )
+    assert failures and failures[0].check(ConfigurationError)
+    assert str(link) in str(failures[0].value)
+    assert link.is_symlink()
+    assert (tree / "other" / "secret.pem").read_bytes() == before
+
+
 def test_store_refuses_link_inside(tree: Path) -> None:
     """A link to another entry of the same directory is refused too (the simple rule)."""
     certs = tree / "certs"

@@ -265,11 +265,17 @@ class DirectoryStore:
         Validate and atomically write the entry of ``server_name``.
 
         Fails with :class:`~txacme.errors.ConfigurationError` (the old file left
-        untouched) when the objects are not a key with its certificate and chain.
+        untouched) when the objects are not a key with its certificate and
+        chain, or when the entry is a symbolic link.
         """
         try:
             filename = self._file_for(server_name)
             objects = validate_pem_objects(pem_objects, server_name)
+            if os.path.islink(filename):
+                # Someone else's link: left for the operator, never replaced.
+                raise ConfigurationError(
+                    f"refused: {filename} is a symbolic link; txacme does not replace it"
+                )
             write_entry(filename, _serialize(objects))
         except Exception:
             return fail()
