@@ -21,6 +21,7 @@ import pytest
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, formatEvent
 from twisted.python.failure import Failure
 
 from tests.harness.pebble import start_pebble
@@ -460,3 +461,45 @@ def test_cli_account_rejected(work: Path) -> None:
         pebble.stop()
     assert result.returncode != 0
     assert "external account binding" in _one_error_line(result)
+
+
+def test_under_the_endpoint_service_the_failure_is_handled() -> None:
+    """
+    Called by Twisted's StreamServerEndpointService (as under twistd), a failed
+    start asks for the exit and the service logs nothing of its own.
+    """
+    from twisted.application.internet import StreamServerEndpointService
+    from twisted.internet.endpoints import TCP4ServerEndpoint
+
+    from tests.harness.logcapture import captured_logs
+    from txacme.stores.memory import MemoryStore
+
+    reactor = _FakeReactor()
+    registered: list[int] = []
+
+    class _Refusing(TCP4ServerEndpoint):
+        def listen(self, factory: Any) -> Deferred[Any]:
+            return fail(CannotListenError("127.0.0.1", 4431, OSError(98, "Address already in use")))
+
+    endpoint = StartGuardedEndpoint(
+        reactor,
+        _Refusing(reactor, 4431),
+        MemoryStore(),
+        lambda: fail(RuntimeError("no CA")),
+        watch_interval=None,
+    )
+    endpoint.label = "acme:/srv/certs"
+    endpoint.exit_factory = lambda r: ProcessExit(r, lambda f, status: registered.append(status))  # type: ignore[method-assign,assignment,misc]
+    service = StreamServerEndpointService(endpoint, object())
+    service._raiseSynchronously = True  # as strports.service() makes it
+    with captured_logs() as events:
+        service.privilegedStartService()
+    assert registered == [EXIT_START_FAILED]
+    assert reactor.stopped == 1
+    texts = [
+        formatEvent(e) for e in events if e.get("log_level") in (LogLevel.critical, LogLevel.error)
+    ]
+    assert texts == [
+        "acme:/srv/certs: cannot start: cannot listen on 127.0.0.1:4431: "
+        "Address already in use; exiting with status 1"
+    ]

@@ -225,13 +225,15 @@ class StartGuardedEndpoint(AutoTLSEndpoint):
     """
 
     label = "txacme endpoint"
+    #: Makes the :class:`ProcessExit` used under the endpoint service (tests give their own).
+    exit_factory: Callable[[IReactorCore], ProcessExit] = ProcessExit
     _guarded = False
 
     def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:  # noqa: N803
         """Listen; under ``twistd`` a failure is fatal to the process."""
         if not called_by_endpoint_service():
             return super().listen(protocolFactory)
-        exit_ = ProcessExit(self.reactor)  # type: ignore[arg-type]  # twistd's reactor
+        exit_ = self.exit_factory(self.reactor)  # type: ignore[arg-type]  # twistd's reactor
         return self.listen_or_exit(protocolFactory, exit_)
 
     def listen_or_exit(
