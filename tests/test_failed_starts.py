@@ -132,7 +132,9 @@ def test_sub_endpoint_port_in_use(work: Path, busy_port: int) -> None:
 def test_metrics_port_in_use(work: Path, busy_port: int) -> None:
     metrics = quote(f"tcp:{busy_port}:interface=127.0.0.1")
     code, output, elapsed = run_twistd(work, acme(work, UNREACHABLE_CA, f"metrics={metrics}"))
-    assert_failed_start(code, output, elapsed, f"cannot listen on 127.0.0.1:{busy_port}")
+    assert_failed_start(
+        code, output, elapsed, f"metrics=tcp:{busy_port}:interface=127.0.0.1: cannot listen on"
+    )
 
 
 def test_http01_port_in_use(work: Path, busy_port: int) -> None:
@@ -140,7 +142,7 @@ def test_http01_port_in_use(work: Path, busy_port: int) -> None:
     code, output, elapsed = run_twistd(
         work, acme(work, UNREACHABLE_CA, "challenge=http-01", f"http01={http01}")
     )
-    assert_failed_start(code, output, elapsed, f"cannot listen on 127.0.0.1:{busy_port}")
+    assert_failed_start(code, output, elapsed, f"http01=: cannot listen on 127.0.0.1:{busy_port}")
 
 
 def test_unreachable_postgresql_store(work: Path) -> None:

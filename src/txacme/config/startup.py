@@ -70,9 +70,25 @@ ACCOUNT_REJECTIONS = frozenset(
 )
 
 
+class ListenerFailed(TxACMEError):
+    """A listener other than the sub-endpoint could not listen: ``what`` names it."""
+
+    def __init__(self, what: str, error: BaseException) -> None:
+        super().__init__(what, error)
+        self.what = what
+        self.error = error
+
+    def __str__(self) -> str:
+        return f"{self.what}: {describe_error(self.error)}"
+
+
 def describe_start_failure(failure: Failure) -> str:
     """One line saying why a start failed, without a traceback."""
-    error = failure.value
+    return describe_error(failure.value) if failure.value is not None else "unknown error"
+
+
+def describe_error(error: BaseException) -> str:
+    """One line describing ``error`` (see :func:`describe_start_failure`)."""
     if isinstance(error, CannotListenError):
         host = error.interface or "*"
         reason = getattr(error.socketError, "strerror", None) or str(error.socketError)
@@ -133,6 +149,7 @@ class ProcessExit:
         if self.status is not None:
             return  # the first reason is the one reported
         self.status = status
+        message = " ".join(message.split())  # one line, whatever the cause's text
         log.critical("{message}; exiting with status {status}", message=message, status=status)
         self._at_exit(_exit_now, status)
         if self.reactor.running:
@@ -229,6 +246,18 @@ class StartGuardedEndpoint(AutoTLSEndpoint):
     exit_factory: Callable[[IReactorCore], ProcessExit] = ProcessExit
     _guarded = False
 
+    async def _listen_http01(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            await super()._listen_http01(*args, **kwargs)
+        except CannotListenError as e:
+            raise ListenerFailed("http01=", e) from e
+
+    async def _serve_metrics(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            await super()._serve_metrics(*args, **kwargs)
+        except CannotListenError as e:
+            raise ListenerFailed(f"metrics={self.metrics}", e) from e
+
     def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:  # noqa: N803
         """Listen; under ``twistd`` a failure is fatal to the process."""
         if not called_by_endpoint_service():
@@ -264,9 +293,11 @@ class StartGuardedEndpoint(AutoTLSEndpoint):
 __all__ = [
     "ACCOUNT_REJECTIONS",
     "EXIT_START_FAILED",
+    "ListenerFailed",
     "ProcessExit",
     "StartGuardedEndpoint",
     "called_by_endpoint_service",
+    "describe_error",
     "describe_start_failure",
     "is_account_rejection",
 ]
