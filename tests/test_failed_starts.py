@@ -505,3 +505,19 @@ def test_under_the_endpoint_service_the_failure_is_handled() -> None:
         "acme:/srv/certs: cannot start: cannot listen on 127.0.0.1:4431: "
         "Address already in use; exiting with status 1"
     ]
+
+
+def test_account_watch_keeps_the_creator_signature() -> None:
+    """The endpoint passes on_exchange= only to a creator that takes it."""
+    from txacme.serving.endpoint import _accepts_keyword
+
+    watch = _AccountWatch(lambda reason: None)
+
+    def plain() -> Deferred[object]:
+        return succeed(_Client(succeed(None)))
+
+    def counting(on_exchange: object = None) -> Deferred[object]:
+        return succeed(_Client(succeed(None)))
+
+    assert not _accepts_keyword(watch.wrap(plain), "on_exchange")
+    assert _accepts_keyword(watch.wrap(counting), "on_exchange")

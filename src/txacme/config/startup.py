@@ -33,6 +33,7 @@ Configuration layer.
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import sys
 from collections.abc import Callable
@@ -196,6 +197,7 @@ class _AccountWatch:
     def wrap(self, creator: Callable[..., Deferred[Any]]) -> Callable[..., Deferred[Any]]:
         """A client creator whose clients report how their account set-up ended."""
 
+        @functools.wraps(creator)  # keeps its signature: on_exchange= is passed only if taken
         def create(*args: Any, **kwargs: Any) -> Deferred[Any]:
             return maybeDeferred(creator, *args, **kwargs).addCallback(self._watch_client)
 
