@@ -348,9 +348,8 @@ class ClientKeyTests(TestCase):
         self.addCleanup(os.chmod, self.path, 0o600)
         if os.geteuid() == 0:
             # root reads any file: simulate the refusal instead.
-            import builtins
-
-            real_open = builtins.open
+            # (The key is opened with os.open, never following a link.)
+            real_open = os.open
             denied = self.path
 
             def refuse(path: Any, *args: Any, **kwargs: Any) -> Any:
@@ -358,7 +357,7 @@ class ClientKeyTests(TestCase):
                     raise PermissionError(13, "Permission denied", path)
                 return real_open(path, *args, **kwargs)
 
-            self.patch(builtins, "open", refuse)
+            self.patch(os, "open", refuse)
         with self.assertRaises(ConfigurationError) as caught:
             load_or_create_client_key(self.path)
         self.assertIn(self.path, str(caught.exception))

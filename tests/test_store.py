@@ -511,16 +511,16 @@ class DirectoryStoreTests(StoreContractMixin, TestCase):
         yield store.store("example.com", CA.entry("example.com"))
         yield store.store("other.example", CA.entry("other.example"))
         secret = self.dir.child("example.com.pem").path
-        import builtins
-
-        real_open = builtins.open
+        # Entries are opened with os.open (never following a link); root reads
+        # any file, so the refusal is simulated.
+        real_open = os.open
 
         def refuse(path: Any, *args: Any, **kwargs: Any) -> Any:
             if path == secret:
                 raise PermissionError(13, "Permission denied", path)
             return real_open(path, *args, **kwargs)
 
-        self.patch(builtins, "open", refuse)
+        self.patch(os, "open", refuse)
         failure = yield self.assertFailure(store.get("example.com"), ConfigurationError)
         self.assertIn(secret, str(failure))
         events = self.capture_log()

@@ -36,7 +36,7 @@ from josepy.jwk import JWK, JWKEC, JWKRSA
 from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 
-from txacme._files import fsync_directory, write_synced
+from txacme._files import NotOwnFile, fsync_directory, read_own_file, write_synced
 from txacme.errors import ConfigurationError, UnsupportedKeyType
 from txacme.names import is_ip_address, normalize_server_names
 
@@ -231,9 +231,10 @@ def _as_path(path: str | os.PathLike[str] | FilePath[str]) -> str:
 
 def _read_existing_key(path: str) -> PrivateKey:
     try:
-        mode = os.stat(path).st_mode
-        with open(path, "rb") as f:
-            data = f.read()
+        data, info = read_own_file(path)
+        mode = info.st_mode
+    except NotOwnFile as e:
+        raise ConfigurationError(f"refused the account key: {e.strerror}")
     except OSError as e:
         raise ConfigurationError(f"{path}: cannot read the account key ({e.strerror})")
     key = load_private_key_pem(data, path)

@@ -102,7 +102,7 @@ def describe(error: BaseException) -> str:
     if isinstance(error, _NO_ANSWER):
         reasons = "; ".join(str(f.value) for f in error.reasons if f.value is not None)
         return f"no answer from the CA ({reasons or type(error).__name__})"
-    text = str(error).strip()
+    text = " ".join(str(error).split())  # one line, even for a multi-line driver message
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 

@@ -27,6 +27,7 @@ from txacme.certificates import check_ca_file
 from txacme.config.ondemand import OnDemandLimits, on_demand_keywords
 from txacme.config.operations import operations
 from txacme.config.responders import challenge_responders
+from txacme.config.startup import StartGuardedEndpoint
 from txacme.errors import ConfigurationError
 from txacme.formats import parse_flag, parse_number
 from txacme.interfaces import ICertificateStore
@@ -177,8 +178,7 @@ class _Parts:
 def _split(prefix: str, args: Sequence[str], kwargs: Mapping[str, str]) -> _Parts:
     if not args or not args[0]:
         raise ConfigurationError(
-            f"{prefix}: needs a certificate directory, e.g. "
-            f"'{prefix}:/srv/www/certs:tcp:443'"
+            f"{prefix}: needs a certificate directory, e.g. '{prefix}:/srv/www/certs:tcp:443'"
         )
     cert_dir = args[0]
     sub_args = list(args[1:])
@@ -618,7 +618,9 @@ def endpoint_from_config(reactor: IReactorTime, config: EndpointConfig) -> AutoT
     if config.http01_endpoint is not None:
         http01_endpoint = _listening_endpoint(reactor, config, config.http01_endpoint, "http01=")
     service_options, subscribers = operations(reactor, config, store)
-    return AutoTLSEndpoint(
+    if config.metrics is not None:
+        _server_endpoint(reactor, config.metrics, "metrics=")  # a bad description fails here
+    endpoint = StartGuardedEndpoint(
         reactor,
         sub_endpoint,
         store,
@@ -643,6 +645,8 @@ def endpoint_from_config(reactor: IReactorTime, config: EndpointConfig) -> AutoT
         on_demand_options=config.on_demand_limits.issuer_options(),
         close_store=bool(config.store) or isinstance(store, CoordinatingDirectoryStore),
     )
+    endpoint.label = f"{config.prefix}:{config.cert_dir}"
+    return endpoint
 
 
 __all__ = [

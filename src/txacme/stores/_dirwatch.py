@@ -86,12 +86,16 @@ def stamp_of(info: os.stat_result) -> Stamp:
 
 
 def file_stamp(path: str) -> Stamp | None:
-    """The :data:`Stamp` of ``path`` (symbolic links followed), ``None`` if absent."""
+    """
+    The :data:`Stamp` of ``path``, ``None`` if absent or neither a regular file
+    nor a symbolic link. A link is never followed: its own stamp is given, and
+    reading it is refused (:func:`txacme._files.read_own_file`).
+    """
     try:
-        info = os.stat(path)
+        info = os.lstat(path)
     except OSError:
         return None
-    if not stat.S_ISREG(info.st_mode):
+    if not (stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode)):
         return None
     return stamp_of(info)
 
@@ -126,10 +130,10 @@ def scan_entry_stamps(path: str) -> dict[str, Stamp]:
             if name is None:
                 continue
             try:
-                info = entry.stat()
+                info = entry.stat(follow_symlinks=False)
             except OSError:
                 continue
-            if stat.S_ISREG(info.st_mode):
+            if stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode):
                 result[name] = stamp_of(info)
     return result
 

@@ -69,7 +69,7 @@ from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 from zope.interface import implementer
 
-from txacme._files import fsync_directory, write_synced
+from txacme._files import NotOwnFile, fsync_directory, read_own_file, write_synced
 from txacme.certificates import validate_pem_objects
 from txacme.errors import ConfigurationError, InvalidServerName
 from txacme.interfaces import ICertificateStore
@@ -106,10 +106,11 @@ def load_entry(path: str | FilePath[str]) -> list[pem.AbstractPEMObject]:
 
 def _read_file(filename: str) -> bytes:
     try:
-        with open(filename, "rb") as f:
-            return f.read()
+        return read_own_file(filename)[0]
     except FileNotFoundError:
         raise
+    except NotOwnFile as e:
+        raise ConfigurationError(f"refused: {e.strerror}")
     except OSError as e:
         raise ConfigurationError(f"{filename}: cannot read ({e.strerror})")
 
@@ -264,11 +265,17 @@ class DirectoryStore:
         Validate and atomically write the entry of ``server_name``.
 
         Fails with :class:`~txacme.errors.ConfigurationError` (the old file left
-        untouched) when the objects are not a key with its certificate and chain.
+        untouched) when the objects are not a key with its certificate and
+        chain, or when the entry is a symbolic link.
         """
         try:
             filename = self._file_for(server_name)
             objects = validate_pem_objects(pem_objects, server_name)
+            if os.path.islink(filename):
+                # Someone else's link: left for the operator, never replaced.
+                raise ConfigurationError(
+                    f"refused: {filename} is a symbolic link; txacme does not replace it"
+                )
             write_entry(filename, _serialize(objects))
         except Exception:
             return fail()
@@ -355,7 +362,8 @@ class DirectoryStore:
                     )
                 continue
             full = os.path.join(self.path.path, filename)
-            if os.path.isfile(full):
+            # A symbolic link is listed (never followed): reading it fails, logged.
+            if os.path.isfile(full) or os.path.islink(full):
                 yield stem, full
 
     def remove_stale_temporary_files(self) -> list[str]:
