@@ -1,0 +1,437 @@
+"""
+dns-persist-01 and dns-account-01: the records, the message types, the
+responders, and issuance end to end through txacme.testca, offline (its own DNS
+server) and against a real BIND updated over RFC 2136.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from acme import challenges, messages
+from josepy.jwk import JWKEC
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.trial.unittest import SkipTest, TestCase
+from zope.interface import implementer
+
+from tests.harness.bind import Bind, BindUnavailable, start_bind
+from txacme.challenges.dns01 import DNSPythonLookup
+from txacme.challenges.dnsaccount01 import (
+    DNSAccount01,
+    DNSAccount01Responder,
+    DNSAccount01Response,
+    account_label,
+)
+from txacme.challenges.dnsaccount01 import validation_name as account_name
+from txacme.challenges.dnspersist01 import (
+    DNSPersist01,
+    DNSPersist01Responder,
+    DNSPersist01Response,
+    PersistRecordMissing,
+    parse_record,
+    record_matches,
+    record_value,
+)
+from txacme.challenges.dnsproviders import IDNSProvider, Nameserver
+from txacme.challenges.dnsproviders.rfc2136 import RFC2136Provider, TSIGKey
+from txacme.errors import ConfigurationError, IssuanceFailed
+from txacme.interfaces import IResponder
+from txacme.issuing.order import challenge_response, obtain_certificate
+from txacme.keys import generate_private_key, jwk_for
+from txacme.protocol.client import Client
+from txacme.testca import TestCA
+from txacme.testca._dns import TestDNSServer
+
+ACCOUNT = "https://ca.example/acme/acct/1"
+
+
+class RecordTests(TestCase):
+    """The record and label formats."""
+
+    def test_account_label_vector(self) -> None:
+        # The example of draft-ietf-acme-dns-account-label.
+        self.assertEqual(
+            account_label("https://example.com/acme/acct/ExampleAccount"), "_ujmmovf2vn55tgye"
+        )
+        self.assertEqual(
+            account_name("*.Example.org.", "https://example.com/acme/acct/ExampleAccount"),
+            "_ujmmovf2vn55tgye._acme-challenge.example.org",
+        )
+
+    def test_record_value(self) -> None:
+        self.assertEqual(record_value("ca.example", ACCOUNT), f"ca.example; accounturi={ACCOUNT}")
+        until = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+        self.assertEqual(
+            record_value("ca.example", ACCOUNT, wildcard=True, persist_until=until),
+            f"ca.example; accounturi={ACCOUNT}; policy=wildcard; persistUntil=1767225600",
+        )
+        for bad in ("CA.example", "ca.example.", ""):
+            self.assertRaises(ConfigurationError, record_value, bad, ACCOUNT)
+        self.assertRaises(ConfigurationError, record_value, "ca.example", "a;b")
+        self.assertRaises(
+            ConfigurationError,
+            record_value,
+            "ca.example",
+            ACCOUNT,
+            persist_until=datetime.datetime(2026, 1, 1),
+        )
+
+    def test_parse(self) -> None:
+        record = parse_record(f"  CA.Example. ;AccountURI={ACCOUNT} ;Policy=WildCard; x-new=1")
+        assert record is not None
+        self.assertEqual(record.issuer_domain_name, "ca.example")
+        self.assertEqual(record.account_uri, ACCOUNT)
+        self.assertTrue(record.wildcard)
+        self.assertIsNone(record.persist_until)
+        self.assertIsNone(parse_record("; accounturi=x"))
+        self.assertIsNone(parse_record("ca.example; accounturi"))
+
+    def test_matches(self) -> None:
+        def ok(text: str, wildcard: bool = False, now: float = 100) -> bool:
+            return record_matches(
+                text, ["ca.example", "ca2.example"], ACCOUNT, wildcard=wildcard, now=now
+            )
+
+        base = f"ca.example; accounturi={ACCOUNT}"
+        self.assertTrue(ok(base))
+        self.assertTrue(ok(f"ca2.example; accounturi={ACCOUNT}"))
+        self.assertFalse(ok(f"other.example; accounturi={ACCOUNT}"))
+        self.assertFalse(ok("ca.example; accounturi=https://ca.example/acme/acct/2"))
+        self.assertFalse(ok("ca.example"))
+        self.assertFalse(ok(base, wildcard=True))
+        self.assertTrue(ok(base + "; policy=wildcard", wildcard=True))
+        self.assertFalse(ok(base + "; policy=other", wildcard=True))
+        self.assertTrue(ok(base + "; persistUntil=100"))
+        self.assertFalse(ok(base + "; persistUntil=99"))
+        self.assertFalse(ok(base + "; persistUntil=soon"))
+
+
+class MessageTests(TestCase):
+    """The message types, registered with acme."""
+
+    def test_persist_challenge(self) -> None:
+        body = messages.ChallengeBody.from_json(
+            {
+                "type": "dns-persist-01",
+                "url": "https://ca.example/chall/1",
+                "status": "pending",
+                "issuer-domain-names": ["authority.example", "ca.example.net"],
+            }
+        )
+        self.assertIsInstance(body.chall, DNSPersist01)
+        self.assertEqual(body.chall.issuer_domain_names, ("authority.example", "ca.example.net"))
+        self.assertIsNone(body.chall.problem)
+        key = jwk_for(generate_private_key())
+        response = challenge_response(body.chall, key, account_uri=ACCOUNT, wildcard=True)
+        assert isinstance(response, DNSPersist01Response)
+        self.assertEqual(response.to_json(), {})
+        self.assertEqual((response.account_uri, response.wildcard), (ACCOUNT, True))
+
+    def test_malformed_persist_challenge(self) -> None:
+        for names in ([], [f"ca{i}.example" for i in range(11)], ["CA.example"], ["ca.example."]):
+            chall = challenges.Challenge.from_json(
+                {
+                    "type": "dns-persist-01",
+                    "url": "u",
+                    "status": "pending",
+                    "issuer-domain-names": names,
+                }
+            )
+            self.assertIsInstance(chall, DNSPersist01)
+            self.assertIsNotNone(chall.problem, names)
+
+    async def test_malformed_is_not_answered(self) -> None:
+        chall = challenges.Challenge.from_json(
+            {"type": "dns-persist-01", "url": "u", "status": "pending", "issuer-domain-names": []}
+        )
+        responder = DNSPersist01Responder(clock=reactor)
+        with self.assertRaises(Exception) as caught:
+            await responder.start_responding(
+                "example.test", chall, DNSPersist01Response(account_uri=ACCOUNT)
+            )
+        self.assertIn("issuer-domain-names is empty", str(caught.exception))
+
+    def test_account_challenge(self) -> None:
+        chall = challenges.Challenge.from_json(
+            {"type": "dns-account-01", "url": "u", "status": "pending", "token": "a" * 43}
+        )
+        self.assertIsInstance(chall, DNSAccount01)
+        key = jwk_for(generate_private_key())
+        assert isinstance(key, JWKEC)
+        response = challenge_response(chall, key, account_uri=ACCOUNT)
+        assert isinstance(response, DNSAccount01Response)
+        self.assertEqual(response.to_json(), {})
+        self.assertEqual(response.account_uri, ACCOUNT)
+        self.assertEqual(response.key_authorization, chall.key_authorization(key))
+
+
+@implementer(IResponder)
+class Claiming:
+    """Claims a record is in place without looking: lets the CA side be tested."""
+
+    def __init__(self, challenge_type: str) -> None:
+        self.challenge_type = challenge_type
+
+    def start_responding(self, server_name: str, challenge: object, response: object) -> None:
+        return None
+
+    def stop_responding(self, server_name: str, challenge: object, response: object) -> None:
+        return None
+
+
+async def new_client(ca: TestCA) -> Client:
+    client = await Client.from_url(
+        reactor, ca.directory_url, jwk_for(generate_private_key()), ca_file=ca.https_ca_file
+    )
+    await client.start()
+    return client
+
+
+class OfflineTests(TestCase):
+    """The test CA and the responders with the test CA's own DNS server."""
+
+    async def prepare(self) -> None:
+        self.dns = await TestDNSServer.start()
+        self.addCleanup(self.dns.stop)
+        self.ca = await TestCA.start_for_test(
+            self,
+            dns_server=self.dns.address,
+            challenge_types=["dns-persist-01"],
+            issuer_domain_names=["testca.invalid", "ca2.testca.invalid"],
+        )
+        self.client = await new_client(self.ca)
+        self.addCleanup(self.client.close)
+        server = Nameserver(*self.dns.address)
+        self.lookup = DNSPythonLookup([server], check_servers=[server], timeout=2)
+
+    async def test_issue_with_a_published_record(self) -> None:
+        await self.prepare()
+        assert self.client.account is not None
+        account = self.client.account.uri
+        self.dns.set_txt(
+            "_validation-persist.host.test", f"ca2.testca.invalid; accounturi={account}"
+        )
+        responder = DNSPersist01Responder(lookup=self.lookup, zone="test", clock=reactor)
+        issued = await obtain_certificate(self.client, ["host.test"], [responder])
+        self.assertEqual(issued.names, ["host.test"])
+        self.assertEqual(responder.published, 0)
+
+    async def test_missing_record_prints_it(self) -> None:
+        await self.prepare()
+        assert self.client.account is not None
+        responder = DNSPersist01Responder(lookup=self.lookup, zone="test", clock=reactor)
+        with self.assertRaises(PersistRecordMissing) as caught:
+            await obtain_certificate(self.client, ["host.test"], [responder])
+        message = str(caught.exception)
+        self.assertNotIn("\n", message)
+        self.assertIn(
+            f'_validation-persist.host.test. IN TXT "testca.invalid; '
+            f'accounturi={self.client.account.uri}"',
+            message,
+        )
+
+
+class _Recording:
+    """An RFC 2136 provider that counts its calls."""
+
+    def __init__(self, real: IDNSProvider) -> None:
+        self.real = real
+        self.calls: list[tuple[str, str, str]] = []
+
+    def add_txt_record(self, zone: str, fqdn: str, value: str) -> Deferred[None]:
+        self.calls.append(("add", fqdn, value))
+        return self.real.add_txt_record(zone, fqdn, value)
+
+    def remove_txt_record(self, zone: str, fqdn: str, value: str) -> Deferred[None]:
+        self.calls.append(("remove", fqdn, value))
+        return self.real.remove_txt_record(zone, fqdn, value)
+
+
+Recording = implementer(IDNSProvider)(_Recording)
+
+
+class BindTests(TestCase):
+    """End to end: txacme.testca validating through a real BIND."""
+
+    def setUp(self) -> None:
+        try:
+            self.bind: Bind = start_bind()
+        except BindUnavailable as e:
+            raise SkipTest(str(e))
+        self.addCleanup(self.bind.stop)
+        self.server = Nameserver(self.bind.address, self.bind.port)
+        self.key = TSIGKey(self.bind.key_name, self.bind.key_secret, self.bind.algorithm)
+        self.provider = Recording(RFC2136Provider(self.server, self.key))
+        self.lookup = DNSPythonLookup([self.server], check_servers=[self.server], timeout=2)
+
+    def serial(self) -> int:
+        answer = self.bind.query("example.test", "SOA").answer
+        return int(answer[0][0].serial)
+
+    async def ca(self, types: list[str], **options: Any) -> TestCA:
+        return await TestCA.start_for_test(
+            self,
+            dns_server=(self.bind.address, self.bind.port),
+            challenge_types=types,
+            **options,
+        )
+
+    async def client(self, ca: TestCA) -> Client:
+        client = await new_client(ca)
+        self.addCleanup(client.close)
+        return client
+
+    def persist(self, **kwargs: Any) -> DNSPersist01Responder:
+        kwargs.setdefault("lookup", self.lookup)
+        return DNSPersist01Responder(poll_interval=0.02, clock=reactor, **kwargs)
+
+    async def test_published_once_serves_three_issuances(self) -> None:
+        ca = await self.ca(["dns-persist-01"])
+        client = await self.client(ca)
+        responder = self.persist(provider=self.provider, wildcard_policy=True)
+        before = self.serial()
+        first = await obtain_certificate(client, ["example.test"], [responder])
+        self.assertEqual(len(self.provider.calls), 1)
+        after_first = self.serial()
+        self.assertEqual(after_first, before + 1)
+        # Renewal (a new order: the CA validates the record again) and a second
+        # certificate, for the wildcard and the apex: no DNS update at all.
+        renewed = await obtain_certificate(client, ["example.test"], [responder])
+        second = await obtain_certificate(
+            client, ["*.example.test", "example.test"], [responder], key_type="rsa2048"
+        )
+        self.assertEqual(self.serial(), after_first)
+        self.assertEqual(len(self.provider.calls), 1)
+        self.assertEqual(self.provider.calls[0][0], "add")
+        self.assertEqual(responder.published, 1)
+        assert client.account is not None
+        self.assertEqual(
+            self.bind.txt("_validation-persist.example.test"),
+            {f"testca.invalid; accounturi={client.account.uri}; policy=wildcard"},
+        )
+        self.assertEqual(len({first.url, renewed.url, second.url}), 3)
+        self.assertEqual(sorted(second.names), ["*.example.test", "example.test"])
+        # The three validations were done, each for its own order.
+        persist_validations = [
+            c for a in ca._authzs.values() for c in a.challenges if c.status == "valid"
+        ]
+        self.assertEqual(len(persist_validations), 4)
+
+    async def test_other_account_or_ca_refused(self) -> None:
+        ca = await self.ca(["dns-persist-01"])
+        other_ca = await self.ca(["dns-persist-01"], issuer_domain_names=["other-ca.test"])
+        owner = await self.client(ca)
+        stranger = await self.client(ca)
+        assert owner.account is not None and stranger.account is not None
+        self.bind.update(
+            "example.test",
+            add=[
+                (
+                    "_validation-persist.example.test",
+                    f"testca.invalid; accounturi={owner.account.uri}",
+                )
+            ],
+        )
+        # The client side refuses to answer for another account...
+        with self.assertRaises(PersistRecordMissing) as caught:
+            await obtain_certificate(stranger, ["example.test"], [self.persist()])
+        self.assertIn(stranger.account.uri, str(caught.exception))
+        # ...and the CA refuses it when a client answers anyway.
+        with self.assertRaises(IssuanceFailed) as failed:
+            await obtain_certificate(stranger, ["example.test"], [Claiming("dns-persist-01")])
+        self.assertIn("none names testca.invalid and this account", str(failed.exception))
+        # Another CA ignores the record: it names testca.invalid.
+        other_client = await self.client(other_ca)
+        with self.assertRaises(IssuanceFailed) as failed:
+            await obtain_certificate(other_client, ["example.test"], [Claiming("dns-persist-01")])
+        self.assertIn("other-ca.test", str(failed.exception))
+        # The owner is fine, with no DNS update.
+        serial = self.serial()
+        issued = await obtain_certificate(owner, ["example.test"], [self.persist()])
+        self.assertEqual(issued.names, ["example.test"])
+        self.assertEqual(self.serial(), serial)
+
+    async def test_wildcard_needs_policy(self) -> None:
+        ca = await self.ca(["dns-persist-01"])
+        client = await self.client(ca)
+        assert client.account is not None
+        self.bind.update(
+            "example.test",
+            add=[
+                (
+                    "_validation-persist.example.test",
+                    f"testca.invalid; accounturi={client.account.uri}",
+                )
+            ],
+        )
+        with self.assertRaises(PersistRecordMissing) as caught:
+            await obtain_certificate(client, ["*.example.test"], [self.persist()])
+        self.assertIn("policy=wildcard", str(caught.exception))
+        with self.assertRaises(IssuanceFailed) as failed:
+            await obtain_certificate(client, ["*.example.test"], [Claiming("dns-persist-01")])
+        self.assertIn("policy=wildcard", str(failed.exception))
+        # The apex alone is fine; with a provider the wildcard record is added.
+        await obtain_certificate(client, ["example.test"], [self.persist()])
+        responder = self.persist(provider=self.provider)
+        issued = await obtain_certificate(client, ["*.example.test"], [responder])
+        self.assertEqual(issued.names, ["*.example.test"])
+        self.assertEqual([c[0] for c in self.provider.calls], ["add"])
+        self.assertIn("policy=wildcard", self.provider.calls[0][2])
+
+    async def test_persist_until(self) -> None:
+        ca = await self.ca(["dns-persist-01"])
+        client = await self.client(ca)
+        assert client.account is not None
+        now = int(ca.now().timestamp())
+        self.bind.update(
+            "example.test",
+            add=[
+                (
+                    "_validation-persist.example.test",
+                    f"testca.invalid; accounturi={client.account.uri}; persistUntil={now - 10}",
+                )
+            ],
+        )
+        with self.assertRaises(IssuanceFailed) as failed:
+            await obtain_certificate(client, ["example.test"], [Claiming("dns-persist-01")])
+        self.assertIn("persistUntil", str(failed.exception))
+        with self.assertRaises(PersistRecordMissing):
+            await obtain_certificate(client, ["example.test"], [self.persist()])
+
+    async def test_two_accounts_at_once(self) -> None:
+        """dns-account-01: two accounts validate one name concurrently, each at its label."""
+        ca = await self.ca(["dns-account-01"])
+        one, two = await self.client(ca), await self.client(ca)
+        assert one.account is not None and two.account is not None
+        zone_before = self.bind.zone_records("example.test")
+        responders = [
+            DNSAccount01Responder(
+                self.provider, lookup=self.lookup, poll_interval=0.02, clock=reactor
+            )
+            for _ in range(2)
+        ]
+        issued = await gatherResults(
+            [
+                obtain_certificate(c, ["*.example.test", "example.test"], [r])
+                for c, r in zip((one, two), responders, strict=True)
+            ],
+            consumeErrors=True,
+        )
+        self.assertEqual(
+            [sorted(i.names) for i in issued], [["*.example.test", "example.test"]] * 2
+        )
+        names = {c[1] for c in self.provider.calls}
+        self.assertEqual(
+            names,
+            {
+                account_name("example.test", one.account.uri),
+                account_name("example.test", two.account.uri),
+            },
+        )
+        adds = [c for c in self.provider.calls if c[0] == "add"]
+        removes = [c for c in self.provider.calls if c[0] == "remove"]
+        self.assertEqual(len(adds), 4)
+        self.assertEqual(sorted(adds), sorted(("add",) + r[1:] for r in removes))
+        self.assertEqual(self.bind.zone_records("example.test"), zone_before)
