@@ -435,3 +435,121 @@ class BindTests(TestCase):
         self.assertEqual(len(adds), 4)
         self.assertEqual(sorted(adds), sorted(("add",) + r[1:] for r in removes))
         self.assertEqual(self.bind.zone_records("example.test"), zone_before)
+
+
+class OnDemandBindTests(BindTests):
+    """on_demand=persist: the published record is the permission."""
+
+    async def test_allowed_by_record_refused_without(self) -> None:
+        from txacme.issuing.ondemand import OnDemandIssuer
+        from txacme.issuing.persistpolicy import PersistOnDemandPolicy
+        from txacme.serving.index import CertificateIndex
+
+        ca = await self.ca(["dns-persist-01"])
+        client = await self.client(ca)
+        assert client.account is not None
+        account_uri = client.account.uri
+        self.bind.update(
+            "example.test",
+            add=[
+                (
+                    "_validation-persist.www.example.test",
+                    f"testca.invalid; accounturi={account_uri}",
+                )
+            ],
+        )
+        identity_calls = []
+
+        def identity() -> Deferred[tuple[str, list[str]]]:
+            identity_calls.append(1)
+            d: Deferred[tuple[str, list[str]]] = Deferred()
+            d.callback((account_uri, ["testca.invalid"]))
+            return d
+
+        policy = PersistOnDemandPolicy(identity, lookup=self.lookup, clock=reactor)
+        responder = self.persist()
+        issued_names: list[str] = []
+
+        async def issue(name: str) -> Any:
+            issued_names.append(name)
+            return await obtain_certificate(client, [name], [responder])
+
+        index = CertificateIndex()
+        issuer: Any = OnDemandIssuer(policy, issue, index, rate=10, clock=reactor)  # type: ignore[arg-type]
+        orders_before = len(ca._orders_by_id)
+        self.assertFalse(await issuer.request("api.example.test"))
+        self.assertFalse(await issuer.request("*.example.test"))
+        self.assertEqual(len(ca._orders_by_id), orders_before)
+        self.assertTrue(await issuer.request("www.example.test"))
+        self.assertEqual(issued_names, ["www.example.test"])
+        self.assertIsNotNone(index.find("www.example.test"))
+        self.assertEqual(len(ca._orders_by_id), orders_before + 1)
+        # A record for another account is no permission.
+        self.bind.update(
+            "example.test",
+            add=[
+                (
+                    "_validation-persist.api2.example.test",
+                    "testca.invalid; accounturi=https://elsewhere.test/acct/9",
+                )
+            ],
+        )
+        self.assertFalse(await issuer.request("api2.example.test"))
+        self.assertEqual(identity_calls, [1])
+
+
+class ConfigTests(TestCase):
+    """challenge=dns-persist-01 / dns-account-01 in endpoint strings."""
+
+    def test_responders(self) -> None:
+        from txacme.config.responders import challenge_responders
+
+        built = challenge_responders(
+            ["dns-persist-01", "dns-account-01"],
+            dns_options={
+                "dns": "rfc2136",
+                "dns_server": "127.0.0.1:5353",
+                "tsig_key_name": "key.test",
+                "tsig_secret": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+                "dns_persist_wildcard": "yes",
+                "dns_persist_until": "2027-12-31",
+                "dns_persist_issuer": "CA.example",
+            },
+            clock=reactor,
+        )
+        persist = built.dns_persist01
+        assert isinstance(persist, DNSPersist01Responder)
+        self.assertIsNotNone(persist.provider)
+        self.assertTrue(persist.wildcard_policy)
+        self.assertEqual(persist.persist_until, 1830297599)
+        self.assertEqual(persist.issuer_domain_name, "ca.example")
+        self.assertIsInstance(built.dns_account01, DNSAccount01Responder)
+        self.assertEqual(built.dns_responders(), [persist, built.dns_account01])
+        # Without dns= the persist responder only checks.
+        only = challenge_responders(["dns-persist-01"], dns_options={}, clock=reactor)
+        assert isinstance(only.dns_persist01, DNSPersist01Responder)
+        self.assertIsNone(only.dns_persist01.provider)
+
+    def test_bad_options(self) -> None:
+        from txacme.config.responders import challenge_responders
+
+        for options, text in [
+            ({"dns_persist_until": "tomorrow"}, "dns_persist_until='tomorrow'"),
+            ({"dns_persist_wildcard": "maybe"}, "dns_persist_wildcard"),
+            ({"dns_server": "127.0.0.1"}, "dns_server"),
+        ]:
+            with self.assertRaises(ConfigurationError) as caught:
+                challenge_responders(["dns-persist-01"], dns_options=options, clock=reactor)
+            self.assertIn(text, str(caught.exception))
+
+    def test_endpoint_string(self) -> None:
+        from tests.test_endpoint_parsing import parse
+
+        config = parse("lets:/tmp/certs:tcp:443:challenge=dns-persist-01:on_demand=persist")
+        self.assertEqual(config.challenges, ("dns-persist-01",))
+        self.assertEqual(config.on_demand, ("persist",))
+        config = parse("lets:/tmp/certs:tcp:443:challenge=dns-persist-01:dns_persist_wildcard=yes")
+        self.assertEqual(config.dns_options, {"dns_persist_wildcard": "yes"})
+        with self.assertRaises(ConfigurationError) as caught:
+            parse("lets:/tmp/certs:tcp:443:challenge=dns-account-01")
+        self.assertIn("challenge=dns-account-01 needs dns=", str(caught.exception))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import TypedDict
+from typing import Any, TypedDict, cast
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -23,6 +23,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
 from twisted.logger import Logger
 
+from txacme.config.persist import PERSIST, persist_on_demand_policy
 from txacme.config.responders import challenge_responders
 from txacme.errors import ConfigurationError
 from txacme.formats import parse_flag, parse_number
@@ -41,7 +42,7 @@ from txacme.stores.url import store_from_url
 
 log = Logger()
 
-CHALLENGE_TYPES = ("tls-alpn-01", "http-01", "dns-01")
+CHALLENGE_TYPES = ("tls-alpn-01", "http-01", "dns-01", "dns-account-01", "dns-persist-01")
 """The challenge types ``challenge=`` may name."""
 DEFAULT_TIMEOUT = 30.0
 """Seconds allowed for one request to the CA (``timeout=``)."""
@@ -333,9 +334,11 @@ def _challenges(parts: _Parts) -> _Fields:
         raise ConfigurationError(
             "challenge=http-01 needs http01=<endpoint for port 80>, e.g. http01=tcp\\:80"
         )
-    if "dns-01" in challenges and not parts.dns_options.get("dns"):
-        raise ConfigurationError("challenge=dns-01 needs dns=<provider>, e.g. dns=rfc2136")
-    if parts.dns_options and "dns-01" not in challenges:
+    for kind in ("dns-01", "dns-account-01"):
+        if kind in challenges and not parts.dns_options.get("dns"):
+            raise ConfigurationError(f"challenge={kind} needs dns=<provider>, e.g. dns=rfc2136")
+    dns_kinds = {"dns-01", "dns-account-01", "dns-persist-01"}
+    if parts.dns_options and not dns_kinds & set(challenges):
         raise ConfigurationError(
             f"{', '.join(sorted(parts.dns_options))}: DNS options given without challenge=dns-01"
         )
@@ -498,11 +501,23 @@ def _store_for(reactor: IReactorTime, config: EndpointConfig) -> ICertificateSto
 
 
 def _on_demand_policy(reactor: IReactorTime, config: EndpointConfig) -> OnDemandPolicy | None:
-    if not (config.on_demand or config.on_demand_ask):
-        return None
-    return OnDemandPolicy(
-        allow=config.on_demand, ask=config.on_demand_ask, ca_file=config.ca_file, clock=reactor
+    allow = tuple(p for p in config.on_demand if p != PERSIST)
+    base = None
+    if allow or config.on_demand_ask:
+        base = OnDemandPolicy(
+            allow=allow, ask=config.on_demand_ask, ca_file=config.ca_file, clock=reactor
+        )
+    if PERSIST not in config.on_demand:
+        return base
+    # The persist policy answers decide() like OnDemandPolicy (see txacme.config.persist).
+    policy: Any = persist_on_demand_policy(
+        reactor,
+        challenges=config.challenges,
+        dns_options=config.dns_options,
+        client_creator=_client_creator(reactor, config),
+        base=base,
     )
+    return cast(OnDemandPolicy, policy)
 
 
 def _client_creator(reactor: IReactorTime, config: EndpointConfig) -> ClientCreator:
@@ -568,7 +583,7 @@ def endpoint_from_config(reactor: IReactorTime, config: EndpointConfig) -> AutoT
         tls_alpn=responders.tls_alpn01 or False,
         http01_endpoint=http01_endpoint if responders.http01 is not None else None,
         http01_responder=responders.http01,
-        responders=[responders.dns01] if responders.dns01 is not None else [],
+        responders=responders.dns_responders(),
         acceptable_protocols=config.alpn,
         state_file=os.path.join(config.cert_dir, STATE_FILENAME),
         metrics=config.metrics,
