@@ -252,8 +252,8 @@ class _Recording:
 Recording = implementer(IDNSProvider)(_Recording)
 
 
-class BindTests(TestCase):
-    """End to end: txacme.testca validating through a real BIND."""
+class BindBase(TestCase):
+    """A private BIND per test, the RFC 2136 provider and lookups for it."""
 
     def setUp(self) -> None:
         try:
@@ -286,6 +286,10 @@ class BindTests(TestCase):
     def persist(self, **kwargs: Any) -> DNSPersist01Responder:
         kwargs.setdefault("lookup", self.lookup)
         return DNSPersist01Responder(poll_interval=0.02, clock=reactor, **kwargs)
+
+
+class BindTests(BindBase):
+    """End to end: txacme.testca validating through a real BIND."""
 
     async def test_published_once_serves_three_issuances(self) -> None:
         ca = await self.ca(["dns-persist-01"])
@@ -437,7 +441,7 @@ class BindTests(TestCase):
         self.assertEqual(self.bind.zone_records("example.test"), zone_before)
 
 
-class OnDemandBindTests(BindTests):
+class OnDemandBindTests(BindBase):
     """on_demand=persist: the published record is the permission."""
 
     async def test_allowed_by_record_refused_without(self) -> None:
@@ -553,3 +557,65 @@ class ConfigTests(TestCase):
         with self.assertRaises(ConfigurationError) as caught:
             parse("lets:/tmp/certs:tcp:443:challenge=dns-account-01")
         self.assertIn("challenge=dns-account-01 needs dns=", str(caught.exception))
+
+
+class CLITests(BindBase):
+    """``txacme persist-record`` and ``issue --dns-challenge dns-persist-01``, as processes."""
+
+    timeout = 300
+
+    def test_persist_record_then_issue(self) -> None:
+        import os
+
+        from tests.test_cli import run_cli
+        from txacme.testca import TestCAProcess
+
+        ca = TestCAProcess.start(
+            dns_server=[self.bind.address, self.bind.port],
+            challenge_types=["dns-persist-01"],
+            issuer_domain_names=["persist.testca.invalid"],
+        )
+        self.addCleanup(ca.stop)
+        cert_dir = os.path.abspath(self.mktemp())
+        os.makedirs(cert_dir)
+        common = ["-C", cert_dir, "--directory", ca.directory_url, "--ca-file", ca.https_ca_file]
+
+        def txacme(*args: str, expect: int = 0) -> str:
+            result = run_cli(*args, *common)
+            self.assertEqual(result.returncode, expect, (result.stdout, result.stderr))
+            return result.stdout + result.stderr
+
+        txacme("account", "create")
+        # The directory lists no such issuer: caaIdentities is testca.invalid.
+        line = txacme(
+            "persist-record",
+            "www.example.test",
+            "--until",
+            "2099-12-31",
+            "--issuer",
+            "persist.testca.invalid",
+        ).strip()
+        prefix = '_validation-persist.www.example.test. IN TXT "persist.testca.invalid; accounturi='
+        self.assertTrue(line.startswith(prefix), line)
+        self.assertTrue(line.endswith('; persistUntil=4102444799"'), line)
+        wildcard = txacme("persist-record", "*.example.test").strip()
+        self.assertIn("_validation-persist.example.test. IN TXT", wildcard)
+        self.assertIn("testca.invalid; accounturi=", wildcard)
+        self.assertIn("; policy=wildcard", wildcard)
+        value = line.split(" IN TXT ", 1)[1].strip('"')
+        self.bind.update("example.test", add=[("_validation-persist.www.example.test", value)])
+        serial = self.serial()
+        dns = [
+            "--dns-challenge",
+            "dns-persist-01",
+            "--dns-option",
+            f"dns_resolvers={self.bind.server}",
+        ]
+        out = txacme("issue", *dns, "www.example.test")
+        self.assertIn("www.example.test", out)
+        self.assertTrue(os.path.exists(os.path.join(cert_dir, "www.example.test.pem")))
+        # No record for this name: the command fails and prints the record to create.
+        out = txacme("issue", *dns, "api.example.test", expect=1)
+        self.assertIn('_validation-persist.api.example.test. IN TXT "persist.testca.invalid;', out)
+        self.assertEqual(self.serial(), serial)
+        self.assertIn("persist-record", run_cli("--help").stdout)
