@@ -87,6 +87,7 @@ class RecordTests(TestCase):
         self.assertIsNone(record.persist_until)
         self.assertIsNone(parse_record("; accounturi=x"))
         self.assertIsNone(parse_record("ca.example; accounturi"))
+        self.assertIsNone(parse_record("ca.example; accounturi=a; AccountURI=b"))
 
     def test_matches(self) -> None:
         def ok(text: str, wildcard: bool = False, now: float = 100) -> bool:

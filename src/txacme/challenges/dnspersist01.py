@@ -240,7 +240,7 @@ class PersistRecord:
 def parse_record(text: str) -> PersistRecord | None:
     """
     Parse a TXT value as an RFC 8659 ``issue-value``; ``None`` when it is not one
-    (no issuer, or a parameter without ``=``).
+    (no issuer, a parameter without ``=``, or a tag given twice: ambiguous).
     """
     issuer, _, rest = text.partition(";")
     issuer = issuer.strip().rstrip(".").lower()
@@ -253,9 +253,9 @@ def parse_record(text: str) -> PersistRecord | None:
             continue
         tag, eq, value = part.partition("=")
         tag = tag.strip()
-        if not eq or not _TAG.match(tag):
+        if not eq or not _TAG.match(tag) or tag.lower() in parameters:
             return None
-        parameters.setdefault(tag.lower(), value.strip())
+        parameters[tag.lower()] = value.strip()
     return PersistRecord(issuer, parameters)
 
 
@@ -441,6 +441,11 @@ class DNSPersist01Responder:
             return
         if self.provider is None:
             raise PersistRecordMissing(_missing(fqdn, value))
+        if len(value.encode("ascii")) > 255:
+            raise DNSError(
+                f"dns-persist-01: the record for {fqdn} is over 255 bytes; publish it by hand "
+                f'as several strings: {fqdn}. IN TXT "{value}"'
+            )
         log.info(
             "dns-persist-01 for {server_name}: publishing TXT {fqdn} in zone {zone} "
             "(persistent: it is never removed)",

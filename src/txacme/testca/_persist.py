@@ -35,7 +35,10 @@ def persist_record_matches(
         if "=" not in field:
             return False
         tag, value = field.split("=", 1)
-        params.setdefault(tag.strip().lower(), value.strip())
+        tag = tag.strip().lower()
+        if tag in params:
+            return False
+        params[tag] = value.strip()
     if params.get("accounturi") != account_url:
         return False
     if wildcard and params.get("policy", "").lower() != "wildcard":
