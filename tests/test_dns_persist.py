@@ -620,3 +620,68 @@ class CLITests(BindBase):
         self.assertIn('_validation-persist.api.example.test. IN TXT "persist.testca.invalid;', out)
         self.assertEqual(self.serial(), serial)
         self.assertIn("persist-record", run_cli("--help").stdout)
+
+
+class EndpointTests(BindBase):
+    """An ``acme:`` endpoint string with challenge=dns-persist-01 and on_demand=persist."""
+
+    timeout = 120
+
+    async def test_endpoint_string(self) -> None:
+        import os
+        import ssl
+
+        from twisted.internet import threads
+        from twisted.internet.endpoints import serverFromString
+
+        from tests.test_endpoint_dns01 import quote
+        from tests.test_endpoint_pebble import PAGE, dns_names, fetch, site
+        from txacme.keys import load_or_create_client_key
+
+        ca = await self.ca(["dns-persist-01"])
+        certs = os.path.abspath(self.mktemp())
+        os.makedirs(certs)
+        roots = os.path.join(certs, "..", "roots.pem")
+        with open(roots, "wb") as f:
+            f.write(ca.root_pem)
+        # The account of the endpoint's key, created beforehand so the owner of
+        # the names can publish records naming it.
+        key = load_or_create_client_key(os.path.join(certs, "client.key"))
+        client = await Client.from_url(reactor, ca.directory_url, key, ca_file=ca.https_ca_file)
+        self.addCleanup(client.close)
+        await client.start()
+        assert client.account is not None
+        value = f"testca.invalid; accounturi={client.account.uri}"
+        self.bind.update(
+            "example.test",
+            add=[
+                ("_validation-persist.static.example.test", value),
+                ("_validation-persist.shop.example.test", value),
+            ],
+        )
+        serial = self.serial()
+        with open(os.path.join(certs, "static.example.test.pem"), "wb"):
+            pass
+        description = (
+            f"acme:{quote(certs)}:tcp:0:interface=127.0.0.1"
+            f":directory={quote(ca.directory_url)}:ca_file={quote(ca.https_ca_file)}"
+            f":challenge=dns-persist-01:dns_resolvers={quote(self.bind.server)}"
+            f":on_demand=persist"
+        )
+        endpoint = serverFromString(reactor, description)
+        port = await endpoint.listen(site())
+        self.addCleanup(port.stopListening)
+        number = port.getHost().port
+        # The configured name was issued at start, against the published record.
+        static = await threads.deferToThread(fetch, number, "static.example.test", roots)
+        self.assertEqual(dns_names(static["cert"]), ["static.example.test"])
+        # On demand: allowed by the record...
+        shop = await threads.deferToThread(fetch, number, "shop.example.test", roots)
+        self.assertEqual(dns_names(shop["cert"]), ["shop.example.test"])
+        self.assertEqual(shop["body"], PAGE)
+        # ...refused without one: no certificate for that name.
+        with self.assertRaises((ssl.SSLError, OSError)):
+            await threads.deferToThread(fetch, number, "nope.example.test", roots)
+        self.assertFalse(os.path.exists(os.path.join(certs, "nope.example.test.pem")))
+        # No DNS update by txacme at all.
+        self.assertEqual(self.serial(), serial)
