@@ -685,3 +685,104 @@ class EndpointTests(BindBase):
         self.assertFalse(os.path.exists(os.path.join(certs, "nope.example.test.pem")))
         # No DNS update by txacme at all.
         self.assertEqual(self.serial(), serial)
+
+
+class PersistResponderUnitTests(TestCase):
+    """DNSPersist01Responder with a fake DNS (two name servers, one lagging)."""
+
+    def setUp(self) -> None:
+        from twisted.internet.task import Clock
+
+        from tests.test_dns01 import NS1, FakeDNS, FakeProvider
+
+        self.dns = FakeDNS()
+        self.provider = FakeProvider(self.dns)
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.ns1 = NS1
+        self.challenge = DNSPersist01(issuer_domain_names=("ca.example", "ca2.example"))
+
+    def responder(self, **kwargs: Any) -> DNSPersist01Responder:
+        return DNSPersist01Responder(lookup=self.dns, clock=self.clock, **kwargs)
+
+    def start(self, responder: DNSPersist01Responder, name: str, wildcard: bool = False) -> Any:
+        response = DNSPersist01Response(account_uri=ACCOUNT, wildcard=wildcard)
+        return responder.start_responding(name, self.challenge, response)
+
+    def test_present_everywhere(self) -> None:
+        self.dns.primary["_validation-persist.www.example.test"] = [
+            "other.example; accounturi=x",
+            f"ca2.example; accounturi={ACCOUNT}",
+        ]
+        responder = self.responder(provider=self.provider)
+        self.successResultOf(self.start(responder, "www.example.test"))
+        self.assertEqual(self.provider.calls, [])
+        self.assertIsNone(responder.stop_responding("www.example.test", None, None))
+
+    def test_lagging_server_publishes_and_waits(self) -> None:
+        """A record one name server lacks is published, and awaited at both."""
+        from tests.test_dns01 import NS2
+
+        self.dns.lag(NS2)
+        self.dns.primary["_validation-persist.www.example.test"] = [
+            f"ca.example; accounturi={ACCOUNT}"
+        ]
+        responder = self.responder(provider=self.provider, persist_until=5000)
+        d = self.start(responder, "www.example.test")
+        value = f"ca.example; accounturi={ACCOUNT}; persistUntil=5000"
+        self.assertEqual(
+            self.provider.calls,
+            [("add", "example.test", "_validation-persist.www.example.test", value)],
+        )
+        self.assertNoResult(d)
+        self.dns.catch_up(NS2)
+        self.clock.advance(1)
+        self.successResultOf(d)
+        self.assertEqual(responder.published, 1)
+
+    def test_expired_and_wildcard(self) -> None:
+        self.dns.primary["_validation-persist.example.test"] = [
+            f"ca.example; accounturi={ACCOUNT}; persistUntil=999"
+        ]
+        failure = self.failureResultOf(self.start(self.responder(), "example.test"))
+        self.assertIsInstance(failure.value, PersistRecordMissing)
+        self.dns.primary["_validation-persist.example.test"] = [f"ca.example; accounturi={ACCOUNT}"]
+        self.successResultOf(self.start(self.responder(), "example.test"))
+        failure = self.failureResultOf(self.start(self.responder(), "example.test", True))
+        self.assertIn("policy=wildcard", str(failure.value))
+        # The preferred issuer is used when the challenge offers it.
+        responder = self.responder(provider=self.provider, issuer_domain_name="ca2.example")
+        self.start(responder, "example.test", True)
+        self.assertEqual(
+            self.provider.calls[0][3], f"ca2.example; accounturi={ACCOUNT}; policy=wildcard"
+        )
+
+    def test_one_publication_for_concurrent_starts(self) -> None:
+        """The wildcard and the apex of one order: one lock per name, one record."""
+        self.provider.hold = []
+        responder = self.responder(provider=self.provider, wildcard_policy=True)
+        first = self.start(responder, "example.test", True)
+        second = self.start(responder, "example.test")
+        self.assertEqual(len(self.provider.calls), 1)
+        for d in list(self.provider.hold):
+            d.callback(None)
+        self.clock.advance(1)
+        self.successResultOf(first)
+        self.clock.advance(1)
+        self.successResultOf(second)
+        self.assertEqual(len(self.provider.calls), 1)
+
+    def test_too_long_for_one_string(self) -> None:
+        long_account = "https://ca.example/" + "a" * 250
+        responder = self.responder(provider=self.provider)
+        response = DNSPersist01Response(account_uri=long_account)
+        failure = self.failureResultOf(
+            responder.start_responding("www.example.test", self.challenge, response)
+        )
+        self.assertIn("over 255 bytes", str(failure.value))
+        self.assertEqual(self.provider.calls, [])
+
+    def test_no_zone_without_provider(self) -> None:
+        failure = self.failureResultOf(self.start(self.responder(), "host.nowhere"))
+        self.assertIsInstance(failure.value, PersistRecordMissing)
+        self.assertIn('_validation-persist.host.nowhere. IN TXT "ca.example;', str(failure.value))
