@@ -786,3 +786,69 @@ class PersistResponderUnitTests(TestCase):
         failure = self.failureResultOf(self.start(self.responder(), "host.nowhere"))
         self.assertIsInstance(failure.value, PersistRecordMissing)
         self.assertIn('_validation-persist.host.nowhere. IN TXT "ca.example;', str(failure.value))
+
+
+class AcmeShInteropTests(BindBase):
+    """
+    The test CA's dns-persist-01 against another client: acme.sh (which has
+    ``--dns-persist``), when ``acme.sh`` is on ``PATH`` or ``TXACME_ACMESH``
+    names it. Skipped otherwise.
+    """
+
+    timeout = 300
+
+    def test_acme_sh(self) -> None:
+        import os
+        import re
+        import shutil
+        import subprocess
+
+        from txacme.testca import TestCAProcess
+
+        script = os.environ.get("TXACME_ACMESH") or shutil.which("acme.sh")
+        if not script:
+            raise SkipTest("acme.sh is not installed (set TXACME_ACMESH to its path)")
+        ca = TestCAProcess.start(
+            dns_server=[self.bind.address, self.bind.port],
+            challenge_types=["dns-persist-01"],
+            retry_after=0,
+        )
+        self.addCleanup(ca.stop)
+        home = os.path.abspath(self.mktemp())
+        os.makedirs(home)
+        common = [
+            "--home",
+            home,
+            "--config-home",
+            home,
+            "--server",
+            ca.directory_url,
+            "--ca-bundle",
+            ca.https_ca_file,
+        ]
+
+        def acme_sh(*args: str) -> subprocess.CompletedProcess[str]:
+            env = {k: v for k, v in os.environ.items() if k != "ACME_DIRECTORY"}
+            env["NO_COLOR"] = "1"
+            return subprocess.run(
+                ["sh", script, *args, *common],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env=env,
+                stdin=subprocess.DEVNULL,
+            )
+
+        self.assertEqual(acme_sh("--register-account", "-m", "ops@example.test").returncode, 0)
+        made = acme_sh("--make-dns-persist-value", "--dns-persist-wildcard", "-d", "example.test")
+        plain = re.sub(r"\x1b\[[0-9;]*m", "", made.stdout + made.stderr)
+        found = re.search(r'persist value :"([^"]+)"', plain)
+        assert found is not None, plain
+        value = found.group(1)
+        self.assertRegex(value, r"^testca\.invalid; accounturi=https://\S+; policy=wildcard$")
+        # Without the record the test CA refuses; with it, it issues.
+        refused = acme_sh("--issue", "--dns-persist", "-d", "example.test")
+        self.assertNotEqual(refused.returncode, 0)
+        self.bind.update("example.test", add=[("_validation-persist.example.test", value)])
+        issued = acme_sh("--issue", "--dns-persist", "-d", "*.example.test", "-d", "example.test")
+        self.assertEqual(issued.returncode, 0, issued.stdout[-2000:])
