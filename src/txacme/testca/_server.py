@@ -223,9 +223,7 @@ class TestCA(AccountsMixin, OrdersMixin, CertificatesMixin, ManagementMixin):
         #: The challenge types offered.
         self.challenge_types: list[str] = list(challenge_types)
         issuers = [str(n) for n in issuer_domain_names]
-        if not 1 <= len(issuers) <= 10 or any(
-            n != n.lower().rstrip(".") or not n for n in issuers
-        ):
+        if not 1 <= len(issuers) <= 10 or any(n != n.lower().rstrip(".") or not n for n in issuers):
             raise ConfigurationError(
                 f"issuer_domain_names {issuers!r}: 1 to 10 lower-case names without a trailing dot"
             )
