@@ -1,8 +1,10 @@
 """
 Challenge responders, one per file: :class:`HTTP01Responder` (``http-01``),
-``TLSALPN01Responder`` (``tls-alpn-01``) and ``DNS01Responder`` (``dns-01``).
+``TLSALPN01Responder`` (``tls-alpn-01``), ``DNS01Responder`` (``dns-01``),
+``DNSPersist01Responder`` (``dns-persist-01``) and ``DNSAccount01Responder``
+(``dns-account-01``).
 
-The last two are imported on first use, so importing this package (for
+The others are imported on first use, so importing this package (for
 example for ``http-01`` only) does not pull in the TLS layer or DNS code.
 """
 
@@ -16,6 +18,8 @@ from txacme.challenges.http01 import HTTP01Responder, http01_root
 _LAZY = {
     "TLSALPN01Responder": "txacme.challenges.tlsalpn01",
     "DNS01Responder": "txacme.challenges.dns01",
+    "DNSAccount01Responder": "txacme.challenges.dnsaccount01",
+    "DNSPersist01Responder": "txacme.challenges.dnspersist01",
 }
 
 
@@ -26,4 +30,11 @@ def __getattr__(name: str) -> Any:
     return getattr(import_module(module), name)
 
 
-__all__ = ["DNS01Responder", "HTTP01Responder", "TLSALPN01Responder", "http01_root"]
+__all__ = [
+    "DNS01Responder",
+    "DNSAccount01Responder",
+    "DNSPersist01Responder",
+    "HTTP01Responder",
+    "TLSALPN01Responder",
+    "http01_root",
+]

@@ -470,6 +470,7 @@ class _RecordState:
 class _Active:
     server_name: str
     value: str
+    fqdn: str = ""
     record: tuple[str, str, str] | None = None  # (zone, fqdn, value) once added
     stopped: bool = False
 
@@ -548,12 +549,20 @@ class DNS01Responder:
         key = (_canonical(server_name), key_authorization)
         if key in self._active:
             return _fail(DNSError(f"dns-01 for {server_name} is already being answered"))
-        active = _Active(key[0], txt_value(key_authorization))
+        try:
+            fqdn = self._record_name(key[0], response)
+        except ConfigurationError as e:
+            return _fail(e)
+        active = _Active(key[0], txt_value(key_authorization), fqdn)
         self._active[key] = active
         return Deferred.fromCoroutine(self._start(key, active))
 
+    def _record_name(self, server_name: str, response: Any) -> str:
+        """The name of the TXT record answering for ``server_name``."""
+        return validation_name(server_name)
+
     async def _start(self, key: tuple[str, str], active: _Active) -> None:
-        fqdn = validation_name(active.server_name)
+        fqdn = active.fqdn
         try:
             target = fqdn
             if self.follow_cname:

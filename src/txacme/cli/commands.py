@@ -9,6 +9,7 @@ It works on a certificate directory, the one an ``le:`` / ``lets:`` /
     txacme renew    -C /srv/www/certs --le --http01 tcp:80 [NAME...] [--force]
     txacme revoke   -C /srv/www/certs --le NAME [--reason keyCompromise]
     txacme account  show|create|rollover|deactivate -C /srv/www/certs --le
+    txacme persist-record -C /srv/www/certs --le NAME [--wildcard] [--until DATE]
 
 Decisions
 ---------
@@ -121,6 +122,7 @@ from txacme.cli.options import (
     revocation_reason,
     server_names,
 )
+from txacme.cli.persist import cmd_persist_record
 from txacme.cli.status import certificate_serial, cmd_status
 from txacme.cli.ui import UI, short_time
 from txacme.formats import b64url
@@ -645,6 +647,7 @@ _COMMANDS: dict[str, Callable[[Command], Awaitable[int]]] = {
     "renew": cmd_renew,
     "revoke": cmd_revoke,
     "account": cmd_account,
+    "persist-record": cmd_persist_record,
 }
 
 

@@ -37,6 +37,7 @@ from txacme.cli.options import (
 from txacme.cli.ui import UI
 from txacme.config.responders import (
     DNS_01,
+    DNS_PERSIST_01,
     HTTP_01,
     TLS_ALPN_01,
     ChallengeResponders,
@@ -179,12 +180,13 @@ class Command:
 
     def _check_challenge_options(self) -> None:
         args = self.args
-        if not (args.http01 or args.tls_alpn or args.dns):
+        persist_check = args.dns_challenge == DNS_PERSIST_01
+        if not (args.http01 or args.tls_alpn or args.dns or persist_check):
             raise UsageError(
                 "say how to answer challenges: --http01 tcp:80, --tls-alpn tcp:443 "
                 "or --dns PROVIDER"
             )
-        if args.dns_option and not args.dns:
+        if args.dns_option and not (args.dns or persist_check):
             raise UsageError("--dns-option needs --dns PROVIDER")
         if args.key_type not in KEY_TYPES:
             raise UsageError(f"--key-type {args.key_type!r}: use one of {', '.join(KEY_TYPES)}")
@@ -195,14 +197,20 @@ class Command:
         """The responders the options ask for (the shared wiring of txacme.config)."""
         args = self.args
         options: dict[str, str] = {}
-        if args.dns:
-            options["dns"] = args.dns
+        if args.dns or args.dns_challenge == DNS_PERSIST_01:
+            if args.dns:
+                options["dns"] = args.dns
             for item in args.dns_option:
                 key, sep, value = item.partition("=")
                 if not sep or not key:
                     raise UsageError(f"--dns-option {item!r}: expected KEY=VALUE")
                 options[key.strip()] = value
-        asked = ((DNS_01, args.dns), (HTTP_01, args.http01), (TLS_ALPN_01, args.tls_alpn))
+        dns_kind = args.dns_challenge or DNS_01
+        asked = (
+            (dns_kind, args.dns or dns_kind == DNS_PERSIST_01),
+            (HTTP_01, args.http01),
+            (TLS_ALPN_01, args.tls_alpn),
+        )
         wanted = [kind for kind, given in asked if given]
         try:
             return challenge_responders(wanted, dns_options=options, clock=self.reactor)
@@ -231,7 +239,7 @@ class Command:
         """Start the challenge listeners the options ask for; their responders."""
         self._check_challenge_options()
         built = self._challenge_responders()
-        responders: list[IResponder] = [built.dns01] if built.dns01 is not None else []
+        responders: list[IResponder] = built.dns_responders()
         endpoints = []
         for option, description, factory, responder in self._listeners(built):
             try:

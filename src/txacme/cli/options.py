@@ -185,6 +185,13 @@ def _add_ca(parser: argparse.ArgumentParser, *, certificates: bool) -> None:
             default=[],
             help="a dns-01 option as in endpoint strings, e.g. dns_server=192.0.2.53 (repeatable)",
         )
+        answer.add_argument(
+            "--dns-challenge",
+            choices=("dns-01", "dns-account-01", "dns-persist-01"),
+            default="dns-01",
+            help="the DNS challenge --dns answers (default: dns-01); dns-persist-01 "
+            "without --dns only checks the persistent record",
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -286,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
             choices=KEY_TYPES,
             help="type of the new account key (default: ec256, or the old key's type)",
         )
+    from txacme.cli import persist
+
+    persist.add_parser(commands, _add_common, _add_ca)
     return parser
 
 

@@ -9,6 +9,7 @@ packages (dnspython, dns-lexicon) are imported when the provider is built.
 
 from __future__ import annotations
 
+import datetime
 import re
 from collections.abc import Mapping
 
@@ -21,6 +22,7 @@ from txacme.challenges.dns01 import (
     DNS01Responder,
     DNSPythonLookup,
 )
+from txacme.challenges.dnspersist01 import DNSPersist01Responder
 from txacme.challenges.dnsproviders import IDNSProvider, parse_nameserver
 from txacme.errors import ConfigurationError
 from txacme.formats import parse_number
@@ -33,6 +35,8 @@ COMMON_OPTIONS = frozenset({"dns", "dns_zone", "dns_resolvers", "dns_ttl", "prop
 RFC2136_OPTIONS = frozenset(
     {"dns_server", "tsig_key_name", "tsig_algorithm", "tsig_secret_file", "tsig_secret"}
 )
+#: Options of ``challenge=dns-persist-01`` (with or without ``dns=``).
+PERSIST_OPTIONS = frozenset({"dns_persist_issuer", "dns_persist_wildcard", "dns_persist_until"})
 #: ``dns=lexicon`` takes ``dns_lexicon_provider`` and ``dns_lexicon_<option>``.
 LEXICON_PREFIX = "dns_lexicon_"
 
@@ -130,7 +134,10 @@ def _zone(options: Mapping[str, str]) -> str | None:
 
 
 def dns01_responder_from_options(
-    options: Mapping[str, str], *, clock: IReactorTime
+    options: Mapping[str, str],
+    *,
+    clock: IReactorTime,
+    responder_class: type[DNS01Responder] = DNS01Responder,
 ) -> DNS01Responder:
     """
     Build a :class:`~txacme.challenges.dns01.DNS01Responder` from endpoint-string
@@ -162,10 +169,12 @@ def dns01_responder_from_options(
         Seconds to wait for the records at every name server (default 120).
 
     :param clock: the reactor's time, for the propagation checks.
+    :param responder_class: :class:`~txacme.challenges.dns01.DNS01Responder` or
+        a subclass (``DNSAccount01Responder`` for ``dns-account-01``).
     :raises txacme.errors.ConfigurationError: naming the bad or unknown option;
         secrets never appear in the message.
     """
-    options = dict(options)
+    options = {k: v for k, v in options.items() if k not in PERSIST_OPTIONS}
     kind = options.get("dns")
     if kind not in ("rfc2136", "lexicon"):
         raise ConfigurationError(
@@ -186,14 +195,110 @@ def dns01_responder_from_options(
         _rfc2136_provider(options, ttl) if kind == "rfc2136" else _lexicon_provider(options, ttl)
     )
     lookup = DNSPythonLookup(resolvers, check_servers=resolvers)
-    return DNS01Responder(
+    return responder_class(
         provider, lookup=lookup, zone=zone, propagation_timeout=timeout, clock=clock
+    )
+
+
+def parse_persist_until(text: str, option: str = "dns_persist_until") -> int:
+    """
+    A ``persistUntil`` time: UNIX seconds, a date (``2027-12-31``, the end of
+    that day in UTC) or an ISO 8601 time with a zone (``2027-12-31T12:00Z``).
+
+    :raises txacme.errors.ConfigurationError: naming ``option``.
+    """
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    try:
+        if len(text) == 10:
+            day = datetime.date.fromisoformat(text)
+            end = datetime.datetime.combine(day, datetime.time(23, 59, 59), datetime.timezone.utc)
+            return int(end.timestamp())
+        when = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None:
+        raise ConfigurationError(
+            f"{option}={text!r}: expected UNIX seconds, a date (2027-12-31) or an "
+            "ISO 8601 time with a zone (2027-12-31T12:00Z)"
+        )
+    return int(when.timestamp())
+
+
+def dns_persist01_responder_from_options(
+    options: Mapping[str, str], *, clock: IReactorTime
+) -> DNSPersist01Responder:
+    """
+    Build a :class:`~txacme.challenges.dnspersist01.DNSPersist01Responder`.
+
+    With ``dns=rfc2136`` or ``dns=lexicon`` (and that provider's options, as for
+    ``dns-01``) a missing record is published once; without ``dns=`` the
+    responder only checks, and names the record to create. Also:
+
+    ``dns_persist_issuer``
+        The issuer domain name to publish when the CA offers it (default: the
+        CA's first).
+    ``dns_persist_wildcard``
+        ``yes``: publish ``policy=wildcard`` for every name (default ``no``:
+        only for wildcards).
+    ``dns_persist_until``
+        ``persistUntil`` of published records (UNIX seconds, ``2027-12-31``
+        or an ISO 8601 time with a zone).
+    ``dns_zone``, ``dns_resolvers``, ``propagation_timeout``
+        As for ``dns-01``.
+    """
+    persist = {k: v for k, v in options.items() if k in PERSIST_OPTIONS}
+    rest = {k: v for k, v in options.items() if k not in PERSIST_OPTIONS}
+    provider: IDNSProvider | None = None
+    if rest.get("dns"):
+        built = dns01_responder_from_options(rest, clock=clock)
+        provider, lookup, zone = built.provider, built.lookup, built.zone
+        timeout = built.propagation_timeout
+    else:
+        allowed = {"dns", "dns_zone", "dns_resolvers", "propagation_timeout"}
+        unknown = sorted(set(rest) - allowed)
+        if unknown:
+            raise ConfigurationError(
+                f"{', '.join(unknown)}: not an option of dns-persist-01 without dns="
+            )
+        resolvers = None
+        if rest.get("dns_resolvers"):
+            resolvers = [
+                parse_nameserver(part, "dns_resolvers")
+                for part in rest["dns_resolvers"].split(",")
+                if part.strip()
+            ]
+        lookup = DNSPythonLookup(resolvers, check_servers=resolvers)
+        zone = _zone(rest)
+        timeout = _number(rest, "propagation_timeout", DEFAULT_PROPAGATION_TIMEOUT)
+    wildcard_text = persist.get("dns_persist_wildcard", "no").strip().lower()
+    if wildcard_text not in ("yes", "no", "true", "false", "1", "0"):
+        raise ConfigurationError(f"dns_persist_wildcard={wildcard_text!r}: expected yes or no")
+    until = persist.get("dns_persist_until")
+    issuer = persist.get("dns_persist_issuer") or None
+    if issuer is not None:
+        issuer = issuer.strip().lower().rstrip(".")
+        if not _ZONE.fullmatch(issuer):
+            raise ConfigurationError(f"dns_persist_issuer={issuer!r} is not a DNS name")
+    return DNSPersist01Responder(
+        provider,
+        lookup=lookup,
+        zone=zone,
+        issuer_domain_name=issuer,
+        wildcard_policy=wildcard_text in ("yes", "true", "1"),
+        persist_until=parse_persist_until(until) if until else None,
+        propagation_timeout=timeout,
+        clock=clock,
     )
 
 
 __all__ = [
     "COMMON_OPTIONS",
     "LEXICON_PREFIX",
+    "PERSIST_OPTIONS",
     "RFC2136_OPTIONS",
     "dns01_responder_from_options",
+    "dns_persist01_responder_from_options",
+    "parse_persist_until",
 ]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import TypedDict
+from typing import Any, TypedDict, cast
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from txacme.certificates import check_ca_file
 from txacme.config.ondemand import OnDemandLimits, on_demand_keywords
 from txacme.config.operations import operations
+from txacme.config.persist import PERSIST, persist_on_demand_policy
 from txacme.config.responders import challenge_responders
 from txacme.config.startup import StartGuardedEndpoint
 from txacme.errors import ConfigurationError
@@ -46,7 +47,7 @@ from txacme.stores.url import store_from_url
 
 log = Logger()
 
-CHALLENGE_TYPES = ("tls-alpn-01", "http-01", "dns-01")
+CHALLENGE_TYPES = ("tls-alpn-01", "http-01", "dns-01", "dns-account-01", "dns-persist-01")
 """The challenge types ``challenge=`` may name."""
 DEFAULT_TIMEOUT = 30.0
 """Seconds allowed for one request to the CA (``timeout=``)."""
@@ -358,9 +359,11 @@ def _challenges(parts: _Parts) -> _Fields:
         raise ConfigurationError(
             "challenge=http-01 needs http01=<endpoint for port 80>, e.g. http01=tcp\\:80"
         )
-    if "dns-01" in challenges and not parts.dns_options.get("dns"):
-        raise ConfigurationError("challenge=dns-01 needs dns=<provider>, e.g. dns=rfc2136")
-    if parts.dns_options and "dns-01" not in challenges:
+    for kind in ("dns-01", "dns-account-01"):
+        if kind in challenges and not parts.dns_options.get("dns"):
+            raise ConfigurationError(f"challenge={kind} needs dns=<provider>, e.g. dns=rfc2136")
+    dns_kinds = {"dns-01", "dns-account-01", "dns-persist-01"}
+    if parts.dns_options and not dns_kinds & set(challenges):
         raise ConfigurationError(
             f"{', '.join(sorted(parts.dns_options))}: DNS options given without challenge=dns-01"
         )
@@ -408,7 +411,8 @@ def _on_demand(parts: _Parts) -> _Fields:
     limits = on_demand_keywords(own)
     on_demand = tuple(p.strip() for p in own.get("on_demand", "").split(",") if p.strip())
     for pattern in on_demand:
-        check_pattern(pattern)  # a one-line error now, not when the endpoint starts
+        if pattern != PERSIST:
+            check_pattern(pattern)  # a one-line error now, not when the endpoint starts
     return {
         "on_demand": on_demand,
         "on_demand_ask": own.get("on_demand_ask") or None,
@@ -557,15 +561,28 @@ def _store_for(reactor: IReactorTime, config: EndpointConfig) -> ICertificateSto
 
 
 def _on_demand_policy(reactor: IReactorTime, config: EndpointConfig) -> OnDemandPolicy | None:
-    if not (config.on_demand or config.on_demand_ask):
-        return None
-    return OnDemandPolicy(
-        allow=config.on_demand,
-        ask=config.on_demand_ask,
-        ca_file=config.ca_file,
-        clock=reactor,
-        **config.on_demand_limits.policy_options(),
+    allow = tuple(p for p in config.on_demand if p != PERSIST)
+    base = None
+    if allow or config.on_demand_ask:
+        base = OnDemandPolicy(
+            allow=allow,
+            ask=config.on_demand_ask,
+            ca_file=config.ca_file,
+            clock=reactor,
+            **config.on_demand_limits.policy_options(),
+        )
+    if PERSIST not in config.on_demand:
+        return base
+    # The persist policy answers decide() like OnDemandPolicy (see txacme.config.persist).
+    policy: Any = persist_on_demand_policy(
+        reactor,
+        challenges=config.challenges,
+        dns_options=config.dns_options,
+        client_creator=_client_creator(reactor, config),
+        base=base,
+        limits=config.on_demand_limits.policy_options(),
     )
+    return cast(OnDemandPolicy, policy)
 
 
 def _client_creator(reactor: IReactorTime, config: EndpointConfig) -> ClientCreator:
@@ -637,7 +654,7 @@ def endpoint_from_config(reactor: IReactorTime, config: EndpointConfig) -> AutoT
         http01_redirect=config.http01_redirect,
         service_options=service_options,
         subscribers=subscribers,
-        responders=[responders.dns01] if responders.dns01 is not None else [],
+        responders=responders.dns_responders(),
         acceptable_protocols=config.alpn,
         state_file=os.path.join(config.cert_dir, STATE_FILENAME),
         metrics=config.metrics,

@@ -31,6 +31,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txacme.certificates import IGNORED_KEY_TYPES, certificate_names, public_key_der
+from txacme.challenges.dnsaccount01 import DNSAccount01
+from txacme.challenges.dnspersist01 import DNSPersist01
 from txacme.errors import (
     ConfigurationError,
     IssuanceFailed,
@@ -140,14 +142,27 @@ def _key_authorization(chall: challenges.Challenge, account_key: JWK) -> str:
 
 
 def challenge_response(
-    chall: challenges.Challenge, account_key: JWK
-) -> challenges.KeyAuthorizationChallengeResponse:
+    chall: challenges.Challenge,
+    account_key: JWK,
+    *,
+    account_uri: str | None = None,
+    wildcard: bool = False,
+) -> challenges.ChallengeResponse:
     """
-    The response to a key-authorization challenge: the challenge type's own
-    response class when the ``acme`` package (or a registered class) knows
-    it, else a plain ``KeyAuthorizationChallengeResponse`` (e.g. for
-    ``tls-alpn-01``, which ``acme`` no longer models).
+    The response to a challenge: the challenge type's own response class when
+    the ``acme`` package (or a registered class) knows it, else a plain
+    ``KeyAuthorizationChallengeResponse`` (e.g. for ``tls-alpn-01``, which
+    ``acme`` no longer models). ``dns-persist-01`` and ``dns-account-01``
+    responses carry ``account_uri`` (and ``wildcard``) for their responders.
     """
+    if isinstance(chall, DNSPersist01):
+        if account_uri is None:
+            raise ProtocolError("dns-persist-01 needs the account URI")
+        return chall.answer(account_uri, wildcard)
+    if isinstance(chall, DNSAccount01):
+        if account_uri is None:
+            raise ProtocolError("dns-account-01 needs the account URI")
+        return chall.answer(account_key, account_uri)
     if isinstance(chall, challenges.KeyAuthorizationChallenge):
         return chall.response(account_key)
     return challenges.KeyAuthorizationChallengeResponse(
@@ -194,7 +209,12 @@ async def _complete_authorization(
         )
     responder, challb = _choose(authz, responders)
     server_name = str(authz.body.identifier.value)
-    response = challenge_response(challb.chall, client.key)
+    response = challenge_response(
+        challb.chall,
+        client.key,
+        account_uri=client.account.uri if client.account is not None else None,
+        wildcard=bool(authz.body.wildcard),
+    )
     log.debug(
         "answering {challenge_type} for {name}",
         challenge_type=responder.challenge_type, name=_identifier_name(authz),

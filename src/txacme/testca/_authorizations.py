@@ -47,10 +47,11 @@ class AuthorizationsMixin(CABase):
                         wildcard,
                     ) and self._authz_status(authz) == "valid":
                         return authz
+        dns_types = ("dns-01", "dns-account-01", "dns-persist-01")
         if wildcard:
-            types = ["dns-01"]
+            types = [t for t in self.challenge_types if t in dns_types]
         elif id_type == "ip":
-            types = [t for t in self.challenge_types if t != "dns-01"]
+            types = [t for t in self.challenge_types if t not in dns_types]
         else:
             types = list(self.challenge_types)
         if not types:
@@ -87,6 +88,10 @@ class AuthorizationsMixin(CABase):
             "token": challenge.token,
             "status": challenge.status,
         }
+        if challenge.type == "dns-persist-01":
+            # draft-ietf-acme-dns-persist: no token; the CA's issuer names.
+            del doc["token"]
+            doc["issuer-domain-names"] = list(self.issuer_domain_names)
         if challenge.validated is not None:
             doc["validated"] = rfc3339(challenge.validated)
         if challenge.error is not None:
@@ -163,6 +168,19 @@ class AuthorizationsMixin(CABase):
             )
         elif self.dns_server is None:
             d = defer.fail(Problem("dns", "the TestCA has no DNS server configured"))
+        elif challenge.type == "dns-account-01":
+            d = self._validator.dnsaccount01(
+                authz.value, key_authorization, authz.account.url, self.dns_server
+            )
+        elif challenge.type == "dns-persist-01":
+            d = self._validator.dnspersist01(
+                authz.value,
+                authz.wildcard,
+                self.issuer_domain_names,
+                authz.account.url,
+                self.dns_server,
+                self.now().timestamp(),
+            )
         else:
             d = self._validator.dns01(authz.value, key_authorization, self.dns_server)
         self._running.add(d)

@@ -66,6 +66,7 @@ class CABase:
     tlsalpn01_port: int
     dns_server: tuple[str, int] | None
     challenge_types: list[str]
+    issuer_domain_names: list[str]
     terms_of_service: str | None
     require_terms_agreement: bool
     eab_required: bool

@@ -83,9 +83,10 @@ class OrdersMixin(AuthorizationsMixin):
     def _check_identifier(self, id_type: object, raw: str) -> dict[str, str]:
         if id_type == "dns":
             name = check_dns_name(raw)
-            if name.startswith("*.") and "dns-01" not in self.challenge_types:
+            dns_types = {"dns-01", "dns-account-01", "dns-persist-01"}
+            if name.startswith("*.") and not dns_types & set(self.challenge_types):
                 raise identifier_problem(
-                    "dns", raw, "wildcards need dns-01, which this CA does not offer"
+                    "dns", raw, "wildcards need a DNS challenge, which this CA does not offer"
                 )
         elif id_type == "ip":
             try:

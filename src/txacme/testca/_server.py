@@ -56,7 +56,12 @@ from txacme.testca._pki import HTTPSIdentity, IssuingHierarchy, pem
 from txacme.testca._problems import Problem
 from txacme.testca._validation import Validator
 
-CHALLENGE_TYPES = ("http-01", "tls-alpn-01", "dns-01")
+CHALLENGE_TYPES = ("http-01", "tls-alpn-01", "dns-01", "dns-account-01", "dns-persist-01")
+#: The types validated through DNS (not offered for IP addresses; the only ones
+#: for wildcards).
+DNS_CHALLENGE_TYPES = ("dns-01", "dns-account-01", "dns-persist-01")
+#: The types offered only when asked for in ``challenge_types``.
+_OPT_IN_TYPES = ("dns-account-01", "dns-persist-01")
 
 
 # Routes: (endpoint name, compiled path pattern, handler method name, auth kind).
@@ -103,6 +108,13 @@ class TestCA(AccountsMixin, OrdersMixin, CertificatesMixin, ManagementMixin):
     ``http01_host:http01_port``, ``tls-alpn-01`` to
     ``tlsalpn01_host:tlsalpn01_port`` (whatever the identifier), and ``dns-01``
     asks the DNS server ``dns_server`` for ``_acme-challenge.<name>`` TXT.
+    ``dns-account-01`` (draft-ietf-acme-dns-account-label) asks it for
+    ``_<account label>._acme-challenge.<name>``, and ``dns-persist-01``
+    (draft-ietf-acme-dns-persist) for ``_validation-persist.<name>``, a record
+    naming one of :attr:`issuer_domain_names` and the account (then, for a
+    name without a matching record, the record of each parent domain with
+    ``policy=wildcard``). These two are offered only when ``challenge_types``
+    names them.
     ``http-01`` follows up to 10 redirects (RFC 8555 section 8.3) to ports 80
     and 443, for which ``http01_port`` and ``tlsalpn01_port`` stand, or to
     those two ports themselves.
@@ -121,6 +133,9 @@ class TestCA(AccountsMixin, OrdersMixin, CertificatesMixin, ManagementMixin):
     :param tlsalpn01_host: the address ``tls-alpn-01`` validation connects to.
     :param dns_server: ``(host, port)`` of the DNS server ``dns-01`` validation
         asks; without it ``dns-01`` is not offered.
+    :param issuer_domain_names: this CA's issuer domain names for
+        ``dns-persist-01`` (default: ``["testca.invalid"]``, its
+        ``caaIdentities``).
     :param challenge_types: the challenge types offered (default: every type
         the configuration can validate).
     :param clock: the source of :meth:`now` (an ``IReactorTime`` such as
@@ -165,6 +180,7 @@ class TestCA(AccountsMixin, OrdersMixin, CertificatesMixin, ManagementMixin):
         tlsalpn01_host: str = "127.0.0.1",
         dns_server: tuple[str, int] | None = None,
         challenge_types: Sequence[str] | None = None,
+        issuer_domain_names: Sequence[str] = ("testca.invalid",),
         clock: IReactorTime | None = None,
         terms_of_service: str | None = "https://testca.invalid/terms-of-service",
         require_terms_agreement: bool = False,
@@ -196,12 +212,23 @@ class TestCA(AccountsMixin, OrdersMixin, CertificatesMixin, ManagementMixin):
         self.tlsalpn01_port = tlsalpn01_port
         self.dns_server = dns_server
         if challenge_types is None:
-            challenge_types = [t for t in CHALLENGE_TYPES if t != "dns-01" or dns_server]
+            challenge_types = [
+                t
+                for t in CHALLENGE_TYPES
+                if t not in _OPT_IN_TYPES and (t != "dns-01" or dns_server)
+            ]
         unknown = set(challenge_types) - set(CHALLENGE_TYPES)
         if unknown:
             raise ConfigurationError(f"challenge_types: unknown types {sorted(unknown)}")
         #: The challenge types offered.
         self.challenge_types: list[str] = list(challenge_types)
+        issuers = [str(n) for n in issuer_domain_names]
+        if not 1 <= len(issuers) <= 10 or any(n != n.lower().rstrip(".") or not n for n in issuers):
+            raise ConfigurationError(
+                f"issuer_domain_names {issuers!r}: 1 to 10 lower-case names without a trailing dot"
+            )
+        #: The issuer domain names sent in ``dns-persist-01`` challenges.
+        self.issuer_domain_names: list[str] = issuers
         self.terms_of_service = terms_of_service
         self.require_terms_agreement = require_terms_agreement
         self.eab_required = eab_required

@@ -1,6 +1,7 @@
 """
 Challenge validation done for real over the network: http-01 (RFC 8555 section
-8.3), tls-alpn-01 (RFC 8737) and dns-01 (RFC 8555 section 8.4).
+8.3), tls-alpn-01 (RFC 8737), dns-01 (RFC 8555 section 8.4), dns-account-01 and
+dns-persist-01 (see :mod:`txacme.testca._persist`).
 
 The test CA never resolves the identifier: http-01 and tls-alpn-01 connect to a
 configured address (127.0.0.1 and a port by default) and send the identifier as
@@ -46,6 +47,7 @@ from twisted.web.iweb import IAgentEndpointFactory, IResponse
 from zope.interface import implementer
 
 from txacme.testca._jws import b64encode
+from txacme.testca._persist import account_label, persist_record_matches
 from txacme.testca._problems import Problem
 
 ACME_TLS_1 = b"acme-tls/1"
@@ -342,12 +344,28 @@ class Validator:
     ) -> defer.Deferred[None]:
         """Look up ``_acme-challenge.<name>`` TXT at ``server`` (host, port)."""
         return self._bounded(
-            defer.Deferred.fromCoroutine(self._dns01(name, key_authorization, server)),
+            defer.Deferred.fromCoroutine(
+                self._dns01(f"_acme-challenge.{name}", key_authorization, server)
+            ),
             f"dns-01 for {name}",
         )
 
-    async def _dns01(self, name: str, key_authorization: str, server: tuple[str, int]) -> None:
-        qname = f"_acme-challenge.{name}"
+    def dnsaccount01(
+        self, name: str, key_authorization: str, account_url: str, server: tuple[str, int]
+    ) -> defer.Deferred[None]:
+        """Look up ``_<account label>._acme-challenge.<name>`` TXT at ``server``."""
+        return self._bounded(
+            defer.Deferred.fromCoroutine(
+                self._dns01(
+                    f"{account_label(account_url)}._acme-challenge.{name}",
+                    key_authorization,
+                    server,
+                )
+            ),
+            f"dns-account-01 for {name}",
+        )
+
+    async def _txt(self, qname: str, server: tuple[str, int]) -> list[bytes]:
         resolver: Any = dns_client.Resolver(  # type: ignore[no-untyped-call]
             servers=[server], reactor=self._reactor
         )
@@ -359,12 +377,78 @@ class Validator:
             raise Problem("dns", f"DNS query for {qname} TXT timed out")
         except dns_error.DNSServerError as e:
             raise Problem("dns", f"DNS query for {qname} TXT failed: {e}")
-        expected = dns01_txt_value(key_authorization).encode("ascii")
-        found = [
+        return [
             b"".join(rr.payload.data)
             for rr in answers
             if rr.type == dns.TXT and isinstance(rr.payload, dns.Record_TXT)
         ]
+
+    def dnspersist01(
+        self,
+        name: str,
+        wildcard: bool,
+        issuers: list[str],
+        account_url: str,
+        server: tuple[str, int],
+        now: float,
+    ) -> defer.Deferred[None]:
+        """
+        Look up ``_validation-persist.<name>`` TXT at ``server`` for a record
+        naming one of ``issuers`` and ``account_url`` (``policy=wildcard`` for a
+        wildcard, ``persistUntil`` not before ``now``); failing that, the
+        record of each parent domain, which must have ``policy=wildcard``.
+        """
+        return self._bounded(
+            defer.Deferred.fromCoroutine(
+                self._dnspersist01(name, wildcard, issuers, account_url, server, now)
+            ),
+            f"dns-persist-01 for {name}",
+        )
+
+    async def _dnspersist01(
+        self,
+        name: str,
+        wildcard: bool,
+        issuers: list[str],
+        account_url: str,
+        server: tuple[str, int],
+        now: float,
+    ) -> None:
+        labels = name.split(".")
+        first_problem: Problem | None = None
+        # The name itself, then (subdomain validation) its parents, down to two labels.
+        for i in range(max(1, len(labels) - 1)):
+            qname = "_validation-persist." + ".".join(labels[i:])
+            need_wildcard = wildcard or i > 0
+            try:
+                found = await self._txt(qname, server)
+            except Problem as e:
+                if e.type.endswith(":dns") and "NXDOMAIN" in str(e):
+                    first_problem = first_problem or e
+                    continue
+                raise
+            for value in found:
+                if persist_record_matches(
+                    value.decode("utf-8", "replace"),
+                    issuers,
+                    account_url,
+                    wildcard=need_wildcard,
+                    now=now,
+                ):
+                    return
+            first_problem = first_problem or Problem(
+                "unauthorized",
+                f"{qname} TXT has {len(found)} value(s), none names "
+                f"{' or '.join(issuers)} and this account"
+                + (" with policy=wildcard" if need_wildcard else "")
+                + " (and persistUntil not past)",
+            )
+        assert first_problem is not None
+        raise first_problem
+
+    async def _dns01(self, qname: str, key_authorization: str, server: tuple[str, int]) -> None:
+        expected = dns01_txt_value(key_authorization).encode("ascii")
+        found = await self._txt(qname, server)
         if expected not in found:
             raise Problem(
                 "unauthorized",

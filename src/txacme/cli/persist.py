@@ -1,0 +1,99 @@
+"""
+``txacme persist-record NAME [--wildcard] [--until DATE]``: print the
+``dns-persist-01`` TXT record (draft-ietf-acme-dns-persist) that lets the
+configured CA validate ``NAME`` for the directory's account, in zone-file form,
+for the domain owner to publish once.
+
+The issuer domain name is ``--issuer`` when given, else the first of the
+directory's ``caaIdentities`` (the draft lets CAs draw their
+``issuer-domain-names`` from it). The account must exist (``txacme account
+create``). A ``*.`` name implies ``--wildcard``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from txacme import errors
+from txacme.challenges.dnspersist01 import DRAFT, record_value, validation_name
+from txacme.cli.context import Command
+from txacme.cli.failures import EXIT_OK, CommandFailed, UsageError
+from txacme.config.dns import parse_persist_until
+from txacme.names import normalize_server_name
+
+
+def add_parser(commands: Any, add_common: Any, add_ca: Any) -> None:
+    """Add the ``persist-record`` sub-command to ``commands``."""
+    parser = commands.add_parser(
+        "persist-record",
+        help="print the dns-persist-01 TXT record to publish for a name",
+        description=f"Print the persistent validation record ({DRAFT}) naming the CA "
+        "and this directory's account, to publish once in the name's DNS zone.",
+    )
+    parser.add_argument("name", metavar="NAME", help="the name (*.example.com: a wildcard)")
+    parser.add_argument(
+        "--wildcard",
+        action="store_true",
+        help="add policy=wildcard: also valid for *.NAME and NAME's subdomains",
+    )
+    parser.add_argument(
+        "--until",
+        metavar="DATE",
+        help="add persistUntil: 2027-12-31, an ISO 8601 time with a zone, or UNIX seconds",
+    )
+    parser.add_argument(
+        "--issuer",
+        metavar="DOMAIN",
+        help="the CA's issuer domain name (default: the directory's first caaIdentities)",
+    )
+    add_common(parser)
+    add_ca(parser, certificates=False)
+
+
+async def cmd_persist_record(command: Command) -> int:
+    """``txacme persist-record``."""
+    args: argparse.Namespace = command.args
+    text = args.name.strip()
+    wildcard = bool(args.wildcard)
+    if text.startswith("*."):
+        wildcard, text = True, text[2:]
+    try:
+        name = normalize_server_name(text)
+    except errors.InvalidServerName as e:
+        raise UsageError(f"{args.name!r}: {e.reason}")
+    try:
+        until = parse_persist_until(args.until, "--until") if args.until else None
+    except errors.ConfigurationError as e:
+        raise UsageError(str(e))
+    command.ca.require()
+    if not os.path.exists(command.key_path):
+        raise CommandFailed(
+            f"no account key {command.key_path}: create the account with `txacme account create`"
+        )
+    client = await command.client(command.account_key(create=False))
+    try:
+        await client.lookup_account()
+    except errors.AccountDoesNotExist:
+        raise CommandFailed(
+            f"the CA knows no account for {command.key_path}: "
+            "create it with `txacme account create`"
+        )
+    assert client.account is not None
+    issuer = (args.issuer or "").strip().lower().rstrip(".")
+    if not issuer:
+        meta = client.directory.meta
+        identities = list(getattr(meta, "caa_identities", None) or [])
+        if not identities:
+            raise CommandFailed("the CA lists no caaIdentities: give its issuer with --issuer")
+        issuer = str(identities[0]).lower().rstrip(".")
+    try:
+        value = record_value(issuer, client.account.uri, wildcard=wildcard, persist_until=until)
+    except errors.ConfigurationError as e:
+        raise UsageError(str(e))
+    command.ui.result(f'{validation_name(name)}. IN TXT "{value}"')
+    return EXIT_OK
+
+
+__all__ = ["add_parser", "cmd_persist_record"]
