@@ -23,6 +23,7 @@ __all__ = [
     "certificate_names",
     "covers",
     "first_certificate",
+    "issuer_name",
     "public_key_der",
     "validate_pem_objects",
 ]
@@ -134,3 +135,14 @@ def covers(certificate: x509.Certificate, name: str) -> bool:
         return True
     _, dot, parent = name.partition(".")
     return bool(dot and parent) and not name.startswith("*.") and "*." + parent in present
+
+
+def issuer_name(certificate: x509.Certificate) -> str:
+    """
+    The issuer of a certificate as an operator reads it: its common name
+    (``Pebble Intermediate CA 5c7d8e``, ``R11``), else its whole distinguished name.
+    """
+    names = certificate.issuer.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    if names and isinstance(names[0].value, str):
+        return names[0].value
+    return certificate.issuer.rfc4514_string()

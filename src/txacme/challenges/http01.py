@@ -25,13 +25,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.logger import Logger
 from twisted.web.resource import IResource, Resource
 from zope.interface import implementer
 
 from txacme.errors import ConfigurationError, ProtocolError
 from txacme.formats import is_token
 from txacme.interfaces import IResponder
+from txacme.logs import Logger
 
 log = Logger()
 

@@ -13,7 +13,6 @@ import re
 from collections.abc import Mapping
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 
 from txacme.challenges.dns01 import (
     DEFAULT_PROPAGATION_TIMEOUT,
@@ -24,6 +23,7 @@ from txacme.challenges.dns01 import (
 from txacme.challenges.dnsproviders import IDNSProvider, parse_nameserver
 from txacme.errors import ConfigurationError
 from txacme.formats import parse_number
+from txacme.logs import Logger
 
 log = Logger()
 

@@ -21,14 +21,19 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
-from twisted.logger import Logger
 
+from txacme.config.hints import (
+    check_cut_urls,
+    check_misspelt_keywords,
+    explain_endpoint_error,
+)
 from txacme.config.responders import challenge_responders
 from txacme.errors import ConfigurationError
 from txacme.formats import parse_flag, parse_number
 from txacme.interfaces import ICertificateStore
 from txacme.issuing.ondemand import OnDemandPolicy
 from txacme.keys import KEY_TYPES, load_or_create_client_key
+from txacme.logs import Logger, parse_log_level, set_log_level
 from txacme.protocol.client import Client
 from txacme.protocol.resources import EAB
 from txacme.protocol.transport import Exchange
@@ -77,6 +82,7 @@ OWN_KEYWORDS = frozenset(
         "on_demand_ask",
         "on_demand_rate",
         "reuse_port",
+        "log_level",
     }
 )
 #: Keyword prefix of the options of ``store=`` (``store_key_file=``...).
@@ -134,6 +140,7 @@ class EndpointConfig:
     on_demand_ask: str | None = None
     on_demand_rate: int = DEFAULT_ON_DEMAND_RATE
     reuse_port: bool = False
+    log_level: str | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -182,6 +189,17 @@ def _split(prefix: str, args: Sequence[str], kwargs: Mapping[str, str]) -> _Part
         [_quote(a) for a in sub_args] + [f"{_quote(k)}={_quote(v)}" for k, v in sub_kwargs.items()]
     )
     return _Parts(prefix, cert_dir, sub_endpoint, own, dns_options, store_options)
+
+
+def _sub_keywords(kwargs: Mapping[str, str]) -> list[str]:
+    """The keywords left to the sub-endpoint (not txacme's, the store's or the DNS provider's)."""
+    return [
+        k
+        for k in kwargs
+        if k not in OWN_KEYWORDS
+        and not k.startswith(STORE_KEYWORD_PREFIX)
+        and not k.startswith(DNS_KEYWORD_PREFIXES)
+    ]
 
 
 def _directory_url(prefix: str, directory_url: str | None, own: Mapping[str, str]) -> str:
@@ -234,6 +252,7 @@ class _Fields(TypedDict, total=False):
     on_demand_ask: str | None
     on_demand_rate: int
     reuse_port: bool
+    log_level: str | None
 
 
 def _key(parts: _Parts) -> _Fields:
@@ -399,6 +418,13 @@ def _reuse_port(parts: _Parts) -> _Fields:
     return {"reuse_port": reuse_port}
 
 
+def _log_level(parts: _Parts) -> _Fields:
+    text = parts.own.get("log_level")
+    if text is None:
+        return {"log_level": None}
+    return {"log_level": parse_log_level(text).name}
+
+
 _VALIDATORS: tuple[Callable[[_Parts], _Fields], ...] = (
     _key,
     _email,
@@ -413,6 +439,7 @@ _VALIDATORS: tuple[Callable[[_Parts], _Fields], ...] = (
     _on_demand,
     _profile,
     _reuse_port,
+    _log_level,
 )
 """The keyword validators, in the order their errors are reported."""
 
@@ -433,7 +460,9 @@ def parse_endpoint_string_parts(
 
     :raises ConfigurationError: naming the part of the string that is wrong.
     """
+    check_cut_urls(prefix, args, kwargs)
     parts = _split(prefix, args, kwargs)
+    check_misspelt_keywords(prefix, _sub_keywords(kwargs), OWN_KEYWORDS)
     directory = _directory_url(prefix, directory_url, parts.own)
     fields: _Fields = {}
     for validate in _VALIDATORS:
@@ -459,7 +488,9 @@ def _server_endpoint(reactor: IReactorTime, description: str, what: str) -> IStr
             reactor, description
         )
     except Exception as e:
-        raise ConfigurationError(f"{what} {description!r} is not a usable endpoint: {e}") from e
+        raise ConfigurationError(
+            explain_endpoint_error(what, description, e, OWN_KEYWORDS)
+        ) from e
     return endpoint
 
 
@@ -542,6 +573,8 @@ def endpoint_from_config(reactor: IReactorTime, config: EndpointConfig) -> AutoT
     The certificate directory must exist; ``client.key`` (the ACME account key)
     is created in it, mode 0600, when absent.
     """
+    if config.log_level is not None:
+        set_log_level(config.log_level)  # for the whole process: twistd filters nothing
     store = _store_for(reactor, config)
     on_demand = _on_demand_policy(reactor, config)
     client_creator = _client_creator(reactor, config)

@@ -41,7 +41,7 @@ class RenewalScheduled:
     """The next issuance of ``name`` is planned at ``due_at`` for ``reason``."""
 
     event: ClassVar[str] = "renewal_scheduled"
-    level: ClassVar[LogLevel] = LogLevel.info
+    level: ClassVar[LogLevel] = LogLevel.debug
     format: ClassVar[str] = "certificate for {name} due at {due_at} ({reason})"
 
     name: str
@@ -67,18 +67,29 @@ class Obtaining:
 
 @attrs.frozen
 class Obtained:
-    """A certificate for ``name`` was obtained and stored, in ``seconds``."""
+    """
+    A certificate for ``name`` was obtained and stored, in ``seconds``.
+
+    ``issuer`` is the common name (or whole name) of the certificate's issuer;
+    ``renewed`` is true when it replaced a certificate that was still stored.
+    """
 
     event: ClassVar[str] = "obtained"
     level: ClassVar[LogLevel] = LogLevel.info
-    format: ClassVar[str] = (
-        "obtained a certificate for {names}, valid until {not_after}, in {seconds:.3f} s"
-    )
 
     name: str
     names: tuple[str, ...]
     not_after: datetime | None
     seconds: float
+    issuer: str = ""
+    renewed: bool = False
+
+    @property
+    def format(self) -> str:
+        """The log message format."""
+        verb = "renewed the certificate" if self.renewed else "obtained a certificate"
+        issuer = " from {issuer}" if self.issuer else ""
+        return f"{verb} for {{names}}{issuer}, valid until {{not_after}}, in {{seconds:.1f}} s"
 
 
 @attrs.frozen
@@ -93,7 +104,7 @@ class Failed:
     event: ClassVar[str] = "failed"
     level: ClassVar[LogLevel] = LogLevel.error
     format: ClassVar[str] = (
-        "obtaining a certificate for {name} failed (attempt {attempt}): {problem}: {detail}; "
+        "obtaining a certificate for {name} failed (attempt {attempt}): {cause}; "
         "next attempt at {retry_at}"
     )
 
@@ -156,6 +167,21 @@ def log_fields(event: ServiceEvent) -> dict[str, object]:
         elif isinstance(value, tuple):
             value = ", ".join(value)
         fields[field.name] = value
-    if isinstance(event, Failed) and not isinstance(event.failure.value, TxACMEError):
-        fields["log_failure"] = event.failure
+    if isinstance(event, Failed):
+        fields["cause"] = _cause(event)
+        if not isinstance(event.failure.value, TxACMEError):
+            fields["log_failure"] = event.failure
     return fields
+
+
+_ACME_ERROR_PREFIX = "urn:ietf:params:acme:error:"
+
+
+def _cause(event: Failed) -> str:
+    """The cause of a failure in a few words: the ACME problem's code and detail, or the error."""
+    problem = event.problem.removeprefix(_ACME_ERROR_PREFIX)
+    if not event.detail or event.detail == problem:
+        return problem
+    if isinstance(event.failure.value, TxACMEError) and not problem[:1].islower():
+        return event.detail  # a txacme error (CAUnreachable...) says it all
+    return f"{problem}: {event.detail}"

@@ -42,12 +42,12 @@ import pem
 import treq.client
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
 
 from txacme.challenges.tlsalpn01 import ACME_TLS_1
 from txacme.errors import ConfigurationError, InvalidServerName
+from txacme.logs import Logger
 from txacme.names import is_ip_address, is_wildcard, normalize_server_name
 from txacme.protocol.transport import load_trust_root
 

@@ -23,12 +23,12 @@ import attrs
 from cryptography import x509
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txacme.issuing.order import IssuedCertificate
 from txacme.issuing.policy import next_ari_check
 from txacme.issuing.settings import ClientCreator, RenewalAnswer, ServiceClient
+from txacme.logs import Logger
 from txacme.protocol.ari import ari_certificate_id
 
 __all__ = [

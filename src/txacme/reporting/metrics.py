@@ -57,7 +57,6 @@ import pem
 from cryptography import x509
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTime
-from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 from zope.interface import implementer
@@ -74,6 +73,7 @@ from txacme.issuing.events import (
     RenewalScheduled,
     ServiceEvent,
 )
+from txacme.logs import Logger
 from txacme.protocol.client import Exchange
 from txacme.reporting.state import StateFile
 from txacme.reporting.statuspage import LiveStatus

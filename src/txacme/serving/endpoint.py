@@ -26,7 +26,6 @@ from twisted.internet.interfaces import (
     IReactorTime,
     IStreamServerEndpoint,
 )
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Site
 from zope.interface import implementer
@@ -38,6 +37,7 @@ from txacme.interfaces import ClosableStore, ICertificateStore, IResponder
 from txacme.issuing.events import ServiceEvent
 from txacme.issuing.ondemand import OnDemandIssuer, OnDemandPolicy
 from txacme.issuing.service import AcmeIssuingService
+from txacme.logs import Logger
 from txacme.protocol.client import Client
 from txacme.protocol.resources import EAB
 from txacme.protocol.transport import Exchange

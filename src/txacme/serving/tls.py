@@ -95,7 +95,6 @@ from twisted.internet.interfaces import (
     IProtocolNegotiationFactory,
 )
 from twisted.internet.ssl import CertificateOptions, TLSVersion
-from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import implementer
 
@@ -106,6 +105,7 @@ from txacme.challenges.tlsalpn01 import (
     TLSALPN01Registry,
 )
 from txacme.errors import ConfigurationError
+from txacme.logs import Logger
 from txacme.serving.hello import ServerTLSFactory
 from txacme.serving.index import CertificateEntry, CertificateIndex
 
@@ -471,7 +471,7 @@ class SNIConnectionCreator:
         connection.use_certificate(certificate)
         connection.use_privatekey(key)
         _mark_no_data(connection)
-        log.info("serving the tls-alpn-01 challenge certificate for {identifier}",
+        log.debug("serving the tls-alpn-01 challenge certificate for {identifier}",
                  identifier=pending.identifier)
         return ACME_TLS_1
 
