@@ -56,7 +56,7 @@ class Obtaining:
 
     event: ClassVar[str] = "obtaining"
     level: ClassVar[LogLevel] = LogLevel.info
-    format: ClassVar[str] = "obtaining a certificate for {names} ({reason}, attempt {attempt})"
+    format: ClassVar[str] = "obtaining a certificate for {names} ({why}, attempt {attempt})"
 
     name: str
     names: tuple[str, ...]
@@ -153,9 +153,11 @@ class EventSource(Protocol):
 def log_fields(event: ServiceEvent) -> dict[str, object]:
     """
     The fields ``event`` is logged with: its own (times as ISO 8601 text,
-    ``names`` joined with commas, no ``Failure``), plus ``log_failure`` for a
-    failure that is no :class:`~txacme.errors.TxACMEError`, so that the
-    unexpected error's traceback is kept.
+    ``names`` joined with commas, no ``Failure``); ``why`` (``obtaining``) and
+    ``cause`` (``failed``), the reason and the failure in words for the message;
+    plus ``log_failure`` for a failure that is no
+    :class:`~txacme.errors.TxACMEError`, so that the unexpected error's
+    traceback is kept.
     """
     fields: dict[str, object] = {}
     for field in attrs.fields(type(event)):
@@ -167,6 +169,8 @@ def log_fields(event: ServiceEvent) -> dict[str, object]:
         elif isinstance(value, tuple):
             value = ", ".join(value)
         fields[field.name] = value
+    if isinstance(event, Obtaining):
+        fields["why"] = _WHY.get(event.reason, event.reason)
     if isinstance(event, Failed):
         fields["cause"] = _cause(event)
         if not isinstance(event.failure.value, TxACMEError):
@@ -175,6 +179,16 @@ def log_fields(event: ServiceEvent) -> dict[str, object]:
 
 
 _ACME_ERROR_PREFIX = "urn:ietf:params:acme:error:"
+
+#: Each renewal reason as the ``obtaining`` line says it.
+_WHY = {
+    "missing": "none stored yet",
+    "expired": "the stored one has expired",
+    "names": "the stored one lacks a configured name",
+    "lifetime": "renewal window reached",
+    "ari": "the CA asked for renewal (ARI)",
+    "emergency": "the stored one expires soon",
+}
 
 
 def _cause(event: Failed) -> str:
