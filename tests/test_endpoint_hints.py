@@ -153,3 +153,48 @@ class LogLevelTests(SynchronousTestCase):
             [e["log_format"] for e in events if e.get("log_namespace") == "txacme.test"],
             ["shown", "now shown", "always"],
         )
+
+
+class AriWarningTests(SynchronousTestCase):
+    """Renewal information that cannot be fetched: one warning an hour, not one per name."""
+
+    def test_one_warning_an_hour(self) -> None:
+        from datetime import datetime, timedelta, timezone
+
+        from twisted.internet.defer import Deferred, fail
+
+        from txacme.issuing import tracking
+        from txacme.testing import make_certificate
+
+        txacme_log_level(self, "info")
+        self.patch(tracking, "_last_ari_warning", [None])
+        events: list[dict[str, object]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+
+        class Client:
+            def renewal_info(self, certificate: object) -> Deferred[object]:
+                return fail(RuntimeError("404 from the CA"))
+
+        moment = [datetime(2026, 1, 1, tzinfo=timezone.utc)]
+
+        def fetch(name: str) -> None:
+            cert = make_certificate([name])
+            d = Deferred.fromCoroutine(
+                tracking.fetch_renewal_info(
+                    name,
+                    tracking.NameState(),
+                    cert,
+                    Client(),
+                    lambda: moment[0],  # type: ignore[arg-type]
+                )
+            )
+            self.assertIsNone(self.successResultOf(d))
+
+        for i in range(100):
+            fetch(f"n{i}.example.test")
+        moment[0] += timedelta(hours=2)
+        fetch("later.example.test")
+        warnings = [e for e in events if e.get("log_namespace") == "txacme.issuing.tracking"]
+        self.assertEqual([e["name"] for e in warnings], ["n0.example.test", "later.example.test"])
+        self.assertTrue(all(e["log_level"] == LogLevel.warn for e in warnings))
