@@ -105,7 +105,7 @@ class Failed:
     level: ClassVar[LogLevel] = LogLevel.error
     format: ClassVar[str] = (
         "obtaining a certificate for {name} failed (attempt {attempt}): {cause}; "
-        "next attempt at {retry_at}"
+        "next attempt at {next_attempt}"
     )
 
     name: str
@@ -154,7 +154,8 @@ def log_fields(event: ServiceEvent) -> dict[str, object]:
     """
     The fields ``event`` is logged with: its own (times as ISO 8601 text,
     ``names`` joined with commas, no ``Failure``); ``why`` (``obtaining``) and
-    ``cause`` (``failed``), the reason and the failure in words for the message;
+    ``cause`` and ``next_attempt`` (``failed``), the reason, the failure and the
+    next attempt in words for the message;
     plus ``log_failure`` for a failure that is no
     :class:`~txacme.errors.TxACMEError`, so that the unexpected error's
     traceback is kept.
@@ -173,6 +174,7 @@ def log_fields(event: ServiceEvent) -> dict[str, object]:
         fields["why"] = _WHY.get(event.reason, event.reason)
     if isinstance(event, Failed):
         fields["cause"] = _cause(event)
+        fields["next_attempt"] = event.retry_at.replace(microsecond=0).isoformat()
         if not isinstance(event.failure.value, TxACMEError):
             fields["log_failure"] = event.failure
     return fields
