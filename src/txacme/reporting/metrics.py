@@ -489,7 +489,9 @@ def serve_metrics(
         except BaseException:
             detach()
             raise
-        log.info("serving metrics on {address}", address=port.getHost())
+        host = port.getHost()
+        where = f"{getattr(host, 'host', host)}:{getattr(host, 'port', '')}".rstrip(":")
+        log.info("serving metrics on {where}", where=where, address=str(host))
         return MetricsPort(port, served, detach)
 
     return Deferred.fromCoroutine(listen())

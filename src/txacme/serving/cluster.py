@@ -338,7 +338,7 @@ class ClusterNode:
             else:
                 self.index.remove(name)
         if not objects and self.on_wanted is not None:
-            log.info("{name} is wanted: issuing", name=name)
+            log.debug("{name} is wanted: issuing", name=name)
             self.on_wanted(name)
 
     def _vanished(self, name: str, failure: Failure) -> None:

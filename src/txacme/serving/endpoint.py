@@ -486,7 +486,7 @@ class AutoTLSEndpoint:
         ``<name>.pem``, or one emptied) is issued at once.
         """
         if objects == [] and self.service is not None:
-            log.info("new empty entry {name}: issuing", name=name)
+            log.debug("new empty entry {name}: issuing", name=name)
             self.service.issue_cert(name).addErrback(lambda _: None)
 
     async def _listen(self, factory: IProtocolFactory) -> AutoTLSPort:
@@ -560,7 +560,7 @@ def _issue_new_empty_entries(
     def on_loaded(entries: StoreEntries) -> None:
         for name in sorted(entries.keys() - known):
             if not entries[name]:
-                log.info("new empty entry {name}: issuing", name=name)
+                log.debug("new empty entry {name}: issuing", name=name)
                 service.issue_cert(name).addErrback(lambda _: None)
         known.clear()
         known.update(entries)
