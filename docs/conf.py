@@ -31,6 +31,8 @@ nitpick_ignore_regex = [
     (r"py:class", r"txacme\.issuing\.ondemand\.[KV]"),
     (r"py:.*", r"cryptography\.hazmat\.primitives\.asymmetric\.(mlkem|mldsa)\..*"),
     (r"py:.*", r"(.*\.)?_[A-Za-z]\w*"),
+    # twisted.logger's LogLevel and ILogObserver, named by their private modules.
+    (r"py:.*", r"(twisted\.logger\._\w+\.)?(LogLevel|ILogObserver)"),
 ]
 exclude_patterns = ["_build"]
 html_theme = "alabaster"

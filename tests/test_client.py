@@ -37,6 +37,7 @@ from twisted.trial import unittest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from tests.harness.logcapture import txacme_log_level
 from txacme import errors
 from txacme.issuing.order import IssuedCertificate, challenge_response, obtain_certificate
 from txacme.keys import jws_algorithm
@@ -891,6 +892,7 @@ class TransportTests(ClientTestMixin, unittest.TestCase):
 
     def test_logs_have_no_secrets(self) -> None:
         """Debug logs name method, URL and status, never a key or a body."""
+        txacme_log_level(self, "debug")
         events: list[dict[str, Any]] = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)

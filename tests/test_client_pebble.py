@@ -318,17 +318,42 @@ class TransportTests(PebbleCase):
 
     @inline
     async def test_connection_refused_propagates(self) -> None:
+        """A refused connection is a CAUnreachable naming the directory URL."""
         from twisted.internet.error import ConnectionRefusedError
-        from twisted.web.client import ResponseNeverReceived
 
         probe = reactor.listenTCP(0, protocol.Factory(), interface="127.0.0.1")
         free = probe.getHost().port
         await probe.stopListening()
-        with self.assertRaises((ConnectionRefusedError, ResponseNeverReceived)):
+        url = f"https://127.0.0.1:{free}/dir"
+        with self.assertRaises(errors.CAUnreachable) as raised:
             await Client.from_url(
-                reactor, f"https://127.0.0.1:{free}/dir", jwk_for(generate_private_key()),
-                ca_file=self.pebble.ca_file,
+                reactor, url, jwk_for(generate_private_key()), ca_file=self.pebble.ca_file
             )
+        self.assertEqual(str(raised.exception), f"cannot reach the CA at {url}: connection refused")
+        self.assertEqual(raised.exception.url, url)
+        self.assertIsInstance(raised.exception.__cause__, ConnectionRefusedError)
+
+    @inline
+    async def test_untrusted_ca(self) -> None:
+        """A CA whose certificate does not verify is a CAUntrusted saying to give ca_file=."""
+        with self.assertRaises(errors.CAUntrusted) as raised:
+            await Client.from_url(
+                reactor, self.pebble.directory_url, jwk_for(generate_private_key())
+            )
+        message = str(raised.exception)
+        self.assertIn(self.pebble.directory_url, message)
+        self.assertIn("certificate verify failed", message)
+        self.assertIn("ca_file=", message)
+
+    @inline
+    async def test_dns_failure(self) -> None:
+        """A CA host name that does not resolve is a CAUnreachable saying so."""
+        url = "https://no-such-ca.invalid/dir"
+        with self.assertRaises(errors.CAUnreachable) as raised:
+            await Client.from_url(
+                reactor, url, jwk_for(generate_private_key()), ca_file=self.pebble.ca_file
+            )
+        self.assertIn(f"cannot reach the CA at {url}: DNS lookup failed", str(raised.exception))
 
     @inline
     async def test_connections_reused(self) -> None:

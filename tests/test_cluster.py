@@ -69,6 +69,9 @@ def node_main(argv: list[str]) -> None:
     from twisted.internet.task import react
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
+    from txacme.logs import set_log_level
+
+    set_log_level("debug")  # the test reads the debug lines of answers for other nodes
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     react(lambda r: Deferred.fromCoroutine(_run_node(node_reactor, args)))
 

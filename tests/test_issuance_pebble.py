@@ -14,6 +14,7 @@ from twisted.logger import globalLogPublisher
 from twisted.protocols.policies import WrappingFactory
 from twisted.trial import unittest
 
+from tests.harness.logcapture import txacme_log_level
 from tests.test_client_pebble import (
     PebbleCase,
     close_all,
@@ -223,6 +224,7 @@ class PrivatePebbleTests(PebbleCase):
     @inline
     async def test_nonce_rejections(self) -> None:
         """Half the nonces rejected: several certificates, in turn and at once."""
+        txacme_log_level(self, "debug")  # the badNonce retries are logged at debug
         pebble = self.private(PEBBLE_WFE_NONCEREJECT="50")
         retries: list[dict[str, Any]] = []
 

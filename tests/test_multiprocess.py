@@ -94,6 +94,7 @@ class TwoProcessTests(TestCase):
             f"acme:{quote(str(self.certs))}:tcp:{self.pebble.tls_port}:interface=127.0.0.1"
             f":reuse_port=yes:directory={quote(self.pebble.directory_url)}"
             f":ca_file={quote(self.pebble.ca_file)}"
+            ":log_level=debug"  # the cross-process answers are logged at debug
         )
         log = open(self.work / f"twistd-{tag}.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(

@@ -418,7 +418,8 @@ class ServerErrorTests(CAFaultTestCase):
 
             proxy.inject(RESET, method="POST", path=FINALIZE)
             failed = await self.attempt_fails(3, 600)
-            self.assertEqual(failed.problem, "ResponseNeverReceived")
+            self.assertEqual(failed.problem, "CAUnreachable")
+            self.assertIn("the connection was lost before an answer", failed.detail)
 
             proxy.inject(RESET, method="POST", path=CERTIFICATE)
             await self.retry(failed, 6000)

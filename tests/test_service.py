@@ -13,6 +13,7 @@ from twisted.logger import LogEvent, LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
+from tests.harness.logcapture import txacme_log_level
 from txacme import errors
 from txacme.issuing.events import (
     Emergency,
@@ -832,6 +833,7 @@ class StopTests(ServiceTestCase):
 
 class LogTests(ServiceTestCase):
     def test_structured_events(self) -> None:
+        txacme_log_level(self, "debug")  # renewal_scheduled is a debug event
         logged: list[LogEvent] = []
         globalLogPublisher.addObserver(logged.append)
         self.addCleanup(globalLogPublisher.removeObserver, logged.append)

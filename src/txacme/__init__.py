@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from txacme.challenges.tlsalpn01 import TLSALPN01Responder
     from txacme.errors import (
         ACMEProblem,
+        CAUnreachable,
+        CAUntrusted,
         ConfigurationError,
         IssuanceFailed,
         ProtocolError,
@@ -50,6 +52,8 @@ _HOMES = {
     "ProtocolError": "txacme.errors",
     "IssuanceFailed": "txacme.errors",
     "ACMEProblem": "txacme.errors",
+    "CAUnreachable": "txacme.errors",
+    "CAUntrusted": "txacme.errors",
     "LETSENCRYPT_DIRECTORY": "txacme.protocol.urls",
     "LETSENCRYPT_STAGING_DIRECTORY": "txacme.protocol.urls",
 }
@@ -72,6 +76,8 @@ __all__ = [
     "ACMEProblem",
     "AcmeIssuingService",
     "AutoTLSEndpoint",
+    "CAUnreachable",
+    "CAUntrusted",
     "Client",
     "ConfigurationError",
     "DNS01Responder",

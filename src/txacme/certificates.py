@@ -24,6 +24,7 @@ __all__ = [
     "certificate_names",
     "covers",
     "first_certificate",
+    "issuer_name",
     "public_key_der",
     "validate_pem_objects",
 ]
@@ -163,3 +164,14 @@ def check_ca_file(path: str, what: str = "ca_file=") -> str:
         except ValueError:
             raise ConfigurationError(f"{label} holds a certificate that does not parse")
     return path
+
+
+def issuer_name(certificate: x509.Certificate) -> str:
+    """
+    The issuer of a certificate as an operator reads it: its common name
+    (``Pebble Intermediate CA 5c7d8e``, ``R11``), else its whole distinguished name.
+    """
+    names = certificate.issuer.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    if names and isinstance(names[0].value, str):
+        return names[0].value
+    return certificate.issuer.rfc4514_string()

@@ -42,6 +42,40 @@ class ACMETimeout(TxACMEError):
     """An ACME request, or a wait for an authorization or order, took too long."""
 
 
+class CAUnreachable(TxACMEError):
+    """
+    The CA did not answer: connection refused, DNS lookup failed, no route, the
+    connection lost before an answer. Usually temporary; txacme tries again later.
+
+    :ivar url: the CA's directory URL (or the URL requested when it is not known).
+    :ivar cause: the cause in a few words (``connection refused``).
+    """
+
+    def __init__(self, url: str, cause: str) -> None:
+        super().__init__(f"cannot reach the CA at {url}: {cause}")
+        self.url = url
+        self.cause = cause
+
+
+class CAUntrusted(TxACMEError):
+    """
+    The CA's HTTPS certificate did not verify against the trusted roots (the
+    system's, or those of ``ca_file=``). Not temporary: the trust must be fixed.
+
+    :ivar url: the CA's directory URL (or the URL requested when it is not known).
+    :ivar cause: what the TLS library said (``certificate verify failed``).
+    """
+
+    def __init__(self, url: str, cause: str) -> None:
+        super().__init__(
+            f"the CA at {url} presented a TLS certificate that does not verify ({cause}); "
+            "give the root that signs it with ca_file= (--ca-file for the txacme command), "
+            "or check the directory URL"
+        )
+        self.url = url
+        self.cause = cause
+
+
 class IssuanceFailed(TxACMEError):
     """An order could not be completed (an authorization or the order became invalid)."""
 
@@ -220,6 +254,8 @@ __all__ = [
     "BadRevocationReason",
     "BadSignatureAlgorithm",
     "CAA",
+    "CAUnreachable",
+    "CAUntrusted",
     "Compound",
     "ConfigurationError",
     "Connection",

@@ -33,11 +33,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from josepy.jwa import ES256, ES384, ES512, RS256, JWASignature
 from josepy.jwk import JWK, JWKEC, JWKRSA
-from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 
 from txacme._files import NotOwnFile, fsync_directory, read_own_file, write_synced
 from txacme.errors import ConfigurationError, UnsupportedKeyType
+from txacme.logs import Logger
 from txacme.names import is_ip_address, normalize_server_names
 
 log = Logger()

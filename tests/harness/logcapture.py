@@ -27,3 +27,12 @@ def capture_log(test: SynchronousTestCase) -> list[dict[str, Any]]:
     globalLogPublisher.addObserver(events.append)
     test.addCleanup(globalLogPublisher.removeObserver, events.append)
     return events
+
+
+def txacme_log_level(test: SynchronousTestCase, level: str) -> None:
+    """Log txacme's events from ``level`` up until ``test`` cleans up (the default is info)."""
+    from txacme.logs import get_log_level, set_log_level
+
+    previous = get_log_level()
+    set_log_level(level)
+    test.addCleanup(set_log_level, previous)

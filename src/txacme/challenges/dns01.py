@@ -54,7 +54,6 @@ from twisted.internet.defer import (
     maybeDeferred,
 )
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from txacme.challenges.dnsproviders import (
@@ -67,6 +66,7 @@ from txacme.challenges.dnsproviders import (
 from txacme.errors import ACMETimeout, ConfigurationError
 from txacme.formats import b64url
 from txacme.interfaces import IResponder
+from txacme.logs import Logger
 
 log = Logger()
 _T = TypeVar("_T")

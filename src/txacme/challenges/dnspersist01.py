@@ -40,7 +40,6 @@ from acme import challenges as acme_challenges
 from josepy.json_util import field
 from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from txacme.challenges.dns01 import (
@@ -52,6 +51,7 @@ from txacme.challenges.dns01 import (
 from txacme.challenges.dnsproviders import DNSError, IDNSProvider
 from txacme.errors import ConfigurationError
 from txacme.interfaces import IResponder
+from txacme.logs import Logger
 
 log = Logger()
 

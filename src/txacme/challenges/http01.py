@@ -42,7 +42,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from twisted.logger import Logger
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
@@ -50,6 +49,7 @@ from zope.interface import implementer
 from txacme.errors import ConfigurationError, ProtocolError
 from txacme.formats import is_token
 from txacme.interfaces import IResponder
+from txacme.logs import Logger
 
 log = Logger()
 

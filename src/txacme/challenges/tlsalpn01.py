@@ -45,11 +45,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import NameOID
 from josepy.jwk import JWK
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from txacme.errors import ConfigurationError, InvalidServerName
 from txacme.interfaces import IResponder
+from txacme.logs import Logger
 from txacme.names import is_ip_address, is_wildcard, normalize_server_name
 
 log = Logger()

@@ -89,7 +89,6 @@ from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
     LogEvent,
-    Logger,
     LogLevel,
     LogLevelFilterPredicate,
     globalLogBeginner,
@@ -140,6 +139,7 @@ from txacme.keys import (
     private_key_pem,
     unwrap_jwk,
 )
+from txacme.logs import Logger, set_log_level
 from txacme.protocol.ari import ari_certificate_id
 from txacme.protocol.client import Client, RenewalInfo
 from txacme.reporting.state import RevocationRecord, error_record
@@ -665,6 +665,7 @@ def _start_logging(verbosity: int, stream: IO[str]) -> None:
         observers = [_Discard()]
     else:
         level = LogLevel.info if verbosity == 1 else LogLevel.debug
+        set_log_level(level)
         observers = [
             FilteringLogObserver(
                 textFileLogObserver(stream),

@@ -22,7 +22,6 @@ from twisted.internet.defer import maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IProtocolFactory, IReactorTime
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from txacme import errors
@@ -45,6 +44,7 @@ from txacme.config.responders import (
 )
 from txacme.interfaces import ClosableStore, EntryStore, ICertificateStore, IResponder
 from txacme.keys import KEY_TYPES, generate_private_key, jwk_for, load_or_create_client_key
+from txacme.logs import Logger
 from txacme.protocol.client import Client
 from txacme.reporting.state import StateFile
 from txacme.stores.directory import DirectoryStore

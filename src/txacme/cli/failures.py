@@ -68,7 +68,13 @@ def is_temporary(error: BaseException) -> bool:
         return False
     if isinstance(
         error,
-        (errors.ACMETimeout, errors.RateLimited, errors.ServerInternal, errors.BadNonce),
+        (
+            errors.ACMETimeout,
+            errors.CAUnreachable,
+            errors.RateLimited,
+            errors.ServerInternal,
+            errors.BadNonce,
+        ),
     ):
         return True
     if isinstance(error, errors.ACMEProblem):

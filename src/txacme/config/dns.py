@@ -14,7 +14,6 @@ import re
 from collections.abc import Mapping
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 
 from txacme.challenges.dns01 import (
     DEFAULT_PROPAGATION_TIMEOUT,
@@ -26,6 +25,7 @@ from txacme.challenges.dnspersist01 import DNSPersist01Responder
 from txacme.challenges.dnsproviders import IDNSProvider, parse_nameserver
 from txacme.errors import ConfigurationError
 from txacme.formats import parse_number
+from txacme.logs import Logger
 
 log = Logger()
 

@@ -21,9 +21,13 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
-from twisted.logger import Logger
 
 from txacme.certificates import check_ca_file
+from txacme.config.hints import (
+    check_cut_urls,
+    check_misspelt_keywords,
+    explain_endpoint_error,
+)
 from txacme.config.ondemand import OnDemandLimits, on_demand_keywords
 from txacme.config.operations import operations
 from txacme.config.persist import PERSIST, persist_on_demand_policy
@@ -35,6 +39,7 @@ from txacme.interfaces import ICertificateStore
 from txacme.issuing.hooks import DEFAULT_HOOK_TIMEOUT, parse_hook_command
 from txacme.issuing.ondemand import OnDemandPolicy, check_pattern
 from txacme.keys import KEY_TYPES, load_or_create_client_key
+from txacme.logs import Logger, parse_log_level, set_log_level
 from txacme.protocol.client import Client
 from txacme.protocol.resources import EAB
 from txacme.protocol.transport import Exchange
@@ -93,6 +98,7 @@ OWN_KEYWORDS = frozenset(
         "deploy_hook_timeout",
         "http01_redirect",
         "preferred_chain",
+        "log_level",
     }
 )
 #: Keyword prefix of the options of ``store=`` (``store_key_file=``...).
@@ -156,6 +162,7 @@ class EndpointConfig:
     preferred_chain: str | None = None
     #: The limits of on-demand issuance (:func:`txacme.config.ondemand.on_demand_keywords`).
     on_demand_limits: OnDemandLimits = attrs.field(factory=OnDemandLimits)
+    log_level: str | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -203,6 +210,17 @@ def _split(prefix: str, args: Sequence[str], kwargs: Mapping[str, str]) -> _Part
         [_quote(a) for a in sub_args] + [f"{_quote(k)}={_quote(v)}" for k, v in sub_kwargs.items()]
     )
     return _Parts(prefix, cert_dir, sub_endpoint, own, dns_options, store_options)
+
+
+def _sub_keywords(kwargs: Mapping[str, str]) -> list[str]:
+    """The keywords left to the sub-endpoint (not txacme's, the store's or the DNS provider's)."""
+    return [
+        k
+        for k in kwargs
+        if k not in OWN_KEYWORDS
+        and not k.startswith(STORE_KEYWORD_PREFIX)
+        and not k.startswith(DNS_KEYWORD_PREFIXES)
+    ]
 
 
 def _directory_url(prefix: str, directory_url: str | None, own: Mapping[str, str]) -> str:
@@ -260,6 +278,7 @@ class _Fields(TypedDict, total=False):
     deploy_hook_timeout: float
     http01_redirect: int | None
     preferred_chain: str | None
+    log_level: str | None
 
 
 def _key(parts: _Parts) -> _Fields:
@@ -461,6 +480,13 @@ def _operations(parts: _Parts) -> _Fields:
     }
 
 
+def _log_level(parts: _Parts) -> _Fields:
+    text = parts.own.get("log_level")
+    if text is None:
+        return {"log_level": None}
+    return {"log_level": parse_log_level(text).name}
+
+
 _VALIDATORS: tuple[Callable[[_Parts], _Fields], ...] = (
     _key,
     _email,
@@ -476,6 +502,7 @@ _VALIDATORS: tuple[Callable[[_Parts], _Fields], ...] = (
     _profile,
     _reuse_port,
     _operations,
+    _log_level,
 )
 """The keyword validators, in the order their errors are reported."""
 
@@ -496,7 +523,9 @@ def parse_endpoint_string_parts(
 
     :raises ConfigurationError: naming the part of the string that is wrong.
     """
+    check_cut_urls(prefix, args, kwargs)
     parts = _split(prefix, args, kwargs)
+    check_misspelt_keywords(prefix, _sub_keywords(kwargs), OWN_KEYWORDS)
     directory = _directory_url(prefix, directory_url, parts.own)
     fields: _Fields = {}
     for validate in _VALIDATORS:
@@ -522,7 +551,9 @@ def _server_endpoint(reactor: IReactorTime, description: str, what: str) -> IStr
             reactor, description
         )
     except Exception as e:
-        raise ConfigurationError(f"{what} {description!r} is not a usable endpoint: {e}") from e
+        raise ConfigurationError(
+            explain_endpoint_error(what, description, e, OWN_KEYWORDS)
+        ) from e
     return endpoint
 
 
@@ -622,6 +653,8 @@ def endpoint_from_config(reactor: IReactorTime, config: EndpointConfig) -> AutoT
     The certificate directory must exist; ``client.key`` (the ACME account key)
     is created in it, mode 0600, when absent.
     """
+    if config.log_level is not None:
+        set_log_level(config.log_level)  # for the whole process: twistd filters nothing
     store = _store_for(reactor, config)
     on_demand = _on_demand_policy(reactor, config)
     client_creator = _client_creator(reactor, config)

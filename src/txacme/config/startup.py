@@ -44,11 +44,11 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReactorCore
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txacme.errors import ACMEProblem, ConfigurationError, TxACMEError
 from txacme.issuing.events import Failed, ServiceEvent
+from txacme.logs import Logger
 from txacme.serving.endpoint import AutoTLSEndpoint
 
 log = Logger()

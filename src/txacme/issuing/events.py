@@ -41,7 +41,7 @@ class RenewalScheduled:
     """The next issuance of ``name`` is planned at ``due_at`` for ``reason``."""
 
     event: ClassVar[str] = "renewal_scheduled"
-    level: ClassVar[LogLevel] = LogLevel.info
+    level: ClassVar[LogLevel] = LogLevel.debug
     format: ClassVar[str] = "certificate for {name} due at {due_at} ({reason})"
 
     name: str
@@ -56,7 +56,7 @@ class Obtaining:
 
     event: ClassVar[str] = "obtaining"
     level: ClassVar[LogLevel] = LogLevel.info
-    format: ClassVar[str] = "obtaining a certificate for {names} ({reason}, attempt {attempt})"
+    format: ClassVar[str] = "obtaining a certificate for {names} ({why}, attempt {attempt})"
 
     name: str
     names: tuple[str, ...]
@@ -67,18 +67,29 @@ class Obtaining:
 
 @attrs.frozen
 class Obtained:
-    """A certificate for ``name`` was obtained and stored, in ``seconds``."""
+    """
+    A certificate for ``name`` was obtained and stored, in ``seconds``.
+
+    ``issuer`` is the common name (or whole name) of the certificate's issuer;
+    ``renewed`` is true when it replaced a certificate that was still stored.
+    """
 
     event: ClassVar[str] = "obtained"
     level: ClassVar[LogLevel] = LogLevel.info
-    format: ClassVar[str] = (
-        "obtained a certificate for {names}, valid until {not_after}, in {seconds:.3f} s"
-    )
 
     name: str
     names: tuple[str, ...]
     not_after: datetime | None
     seconds: float
+    issuer: str = ""
+    renewed: bool = False
+
+    @property
+    def format(self) -> str:
+        """The log message format."""
+        verb = "renewed the certificate" if self.renewed else "obtained a certificate"
+        issuer = " from {issuer}" if self.issuer else ""
+        return f"{verb} for {{names}}{issuer}, valid until {{not_after}}, in {{seconds:.1f}} s"
 
 
 @attrs.frozen
@@ -93,8 +104,8 @@ class Failed:
     event: ClassVar[str] = "failed"
     level: ClassVar[LogLevel] = LogLevel.error
     format: ClassVar[str] = (
-        "obtaining a certificate for {name} failed (attempt {attempt}): {problem}: {detail}; "
-        "next attempt at {retry_at}"
+        "obtaining a certificate for {name} failed (attempt {attempt}): {cause}; "
+        "next attempt at {next_attempt}"
     )
 
     name: str
@@ -142,9 +153,12 @@ class EventSource(Protocol):
 def log_fields(event: ServiceEvent) -> dict[str, object]:
     """
     The fields ``event`` is logged with: its own (times as ISO 8601 text,
-    ``names`` joined with commas, no ``Failure``), plus ``log_failure`` for a
-    failure that is no :class:`~txacme.errors.TxACMEError`, so that the
-    unexpected error's traceback is kept.
+    ``names`` joined with commas, no ``Failure``); ``why`` (``obtaining``) and
+    ``cause`` and ``next_attempt`` (``failed``), the reason, the failure and the
+    next attempt in words for the message;
+    plus ``log_failure`` for a failure that is no
+    :class:`~txacme.errors.TxACMEError`, so that the unexpected error's
+    traceback is kept.
     """
     fields: dict[str, object] = {}
     for field in attrs.fields(type(event)):
@@ -156,6 +170,34 @@ def log_fields(event: ServiceEvent) -> dict[str, object]:
         elif isinstance(value, tuple):
             value = ", ".join(value)
         fields[field.name] = value
-    if isinstance(event, Failed) and not isinstance(event.failure.value, TxACMEError):
-        fields["log_failure"] = event.failure
+    if isinstance(event, Obtaining):
+        fields["why"] = _WHY.get(event.reason, event.reason)
+    if isinstance(event, Failed):
+        fields["cause"] = _cause(event)
+        fields["next_attempt"] = event.retry_at.replace(microsecond=0).isoformat()
+        if not isinstance(event.failure.value, TxACMEError):
+            fields["log_failure"] = event.failure
     return fields
+
+
+_ACME_ERROR_PREFIX = "urn:ietf:params:acme:error:"
+
+#: Each renewal reason as the ``obtaining`` line says it.
+_WHY = {
+    "missing": "none stored yet",
+    "expired": "the stored one has expired",
+    "names": "the stored one lacks a configured name",
+    "lifetime": "renewal window reached",
+    "ari": "the CA asked for renewal (ARI)",
+    "emergency": "the stored one expires soon",
+}
+
+
+def _cause(event: Failed) -> str:
+    """The cause of a failure in a few words: the ACME problem's code and detail, or the error."""
+    problem = event.problem.removeprefix(_ACME_ERROR_PREFIX)
+    if not event.detail or event.detail == problem:
+        return problem
+    if isinstance(event.failure.value, TxACMEError) and not problem[:1].islower():
+        return event.detail  # a txacme error (CAUnreachable...) says it all
+    return f"{problem}: {event.detail}"

@@ -46,11 +46,11 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorTime
 from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txacme.errors import ConfigurationError
 from txacme.issuing.events import Obtained, Obtaining, ServiceEvent
+from txacme.logs import Logger
 
 __all__ = [
     "DEFAULT_HOOK_TIMEOUT",

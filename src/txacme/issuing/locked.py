@@ -14,9 +14,9 @@ from typing import TypeVar
 import attrs
 import pem
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 
 from txacme.issuing.order import IssuedCertificate
+from txacme.logs import Logger
 from txacme.stores.coordination import CoordinatingStore, Lease, run_locked
 
 log = Logger()

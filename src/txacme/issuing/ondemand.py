@@ -60,7 +60,6 @@ import pem
 import treq.client
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
 
@@ -73,6 +72,7 @@ from txacme.errors import (
     RateLimited,
 )
 from txacme.issuing.refusals import RefusalLog, safe_name
+from txacme.logs import Logger
 from txacme.names import is_ip_address, is_wildcard, normalize_server_name
 from txacme.protocol.transport import load_trust_root
 from txacme.stores.directory import write_entry

@@ -27,7 +27,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from josepy.jwk import JWK
 from twisted.internet import defer, threads
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txacme.certificates import IGNORED_KEY_TYPES, certificate_names, public_key_der
@@ -42,6 +41,7 @@ from txacme.errors import (
 )
 from txacme.interfaces import IResponder
 from txacme.keys import KEY_TYPES, PrivateKey, generate_private_key, make_csr, private_key_pem
+from txacme.logs import Logger
 from txacme.names import normalize_server_names
 from txacme.protocol.client import CertificateChain, Client
 
@@ -333,7 +333,7 @@ async def _obtain(
             key = generate_private_key(key_type)
     csr = make_csr(key, canonical)
 
-    log.info("obtaining a certificate for {names}", names=canonical)
+    log.debug("ordering a certificate for {names}", names=", ".join(canonical))
     order = await client.new_order(canonical, profile=profile, replaces=replaces)
     if order.body.status == messages.STATUS_PENDING:
         await _authorize_all(client, list(order.body.authorizations or ()), responders)
@@ -364,9 +364,11 @@ async def _obtain(
         url=issued.url,
         order_url=order.uri,
     )
-    log.info(
-        "obtained a certificate for {names}: serial {serial}, valid until {not_after}",
-        names=canonical, serial=f"{cert.serial_number:x}", not_after=result.not_after.isoformat(),
+    log.debug(
+        "received the certificate for {names}: serial {serial}, valid until {not_after}",
+        names=", ".join(canonical),
+        serial=f"{cert.serial_number:x}",
+        not_after=result.not_after.isoformat(),
     )
     return result
 

@@ -21,7 +21,6 @@ from collections.abc import Callable, Sequence
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 
 from txacme.challenges.dns01 import DNSPythonLookup, IDNSLookup
 from txacme.challenges.dnspersist01 import record_matches, validation_name
@@ -33,6 +32,7 @@ from txacme.issuing.ondemand import (
     OnDemandPolicy,
     RateLimiter,
 )
+from txacme.logs import Logger
 from txacme.names import is_ip_address, is_wildcard
 
 log = Logger()

@@ -42,9 +42,9 @@ from collections.abc import Sequence
 import pem
 from cryptography import x509
 from cryptography.x509.oid import NameOID
-from twisted.logger import Logger
 
 from txacme.certificates import first_certificate
+from txacme.logs import Logger
 from txacme.stores.directory import write_entry
 
 __all__ = ["ISSUERS_FILENAME", "IssuerRecords", "is_staging_directory"]

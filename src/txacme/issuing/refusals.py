@@ -19,7 +19,8 @@ import collections
 from typing import Final
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
+
+from txacme.logs import Logger
 
 log = Logger()
 

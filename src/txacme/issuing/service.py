@@ -120,11 +120,11 @@ from twisted.internet.defer import (
 )
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from txacme import errors
-from txacme.certificates import first_certificate
+from txacme.certificates import first_certificate, issuer_name
 from txacme.interfaces import EntryStore, ICertificateStore, IResponder
 from txacme.issuing.events import (
     Emergency,
@@ -151,6 +151,7 @@ from txacme.issuing.settings import (
     StoredCallback,
     resolve_settings,
 )
+from txacme.issuing.summary import log_startup_summary, store_label, summarize
 from txacme.issuing.tracking import (
     ClientKeeper,
     Fanout,
@@ -158,6 +159,7 @@ from txacme.issuing.tracking import (
     fetch_renewal_info,
     settle,
 )
+from txacme.logs import Logger
 from txacme.names import normalize_server_name
 from txacme.stores.coordination import LockLost, LockTimeout, provides_coordination
 
@@ -459,6 +461,9 @@ class AcmeIssuingService(Service):
                 return
             for gone in set(self._states) - seen:
                 self._forget(gone)
+            if initial:
+                summary = summarize(self._states, self._now())
+                log_startup_summary(summary, store_label(self._cert_store))
         finally:
             if initial:
                 # Not awaited: the next periodic check need not wait for issuance.
@@ -487,8 +492,18 @@ class AcmeIssuingService(Service):
             client = await self._clients.get()
         except CancelledError:
             raise
-        except Exception:
-            log.failure("no ACME client for renewal information; using certificate lifetimes")
+        except Exception as e:
+            if not isinstance(e, errors.TxACMEError):
+                log.failure(
+                    "no ACME client for renewal information; using certificate lifetimes",
+                    level=LogLevel.error,
+                )
+            else:
+                log.warn(
+                    "no ACME client for renewal information ({cause}); using certificate "
+                    "lifetimes",
+                    cause=str(e),
+                )
             return None
         return client if client.supports_ari else None
 
@@ -716,7 +731,9 @@ class AcmeIssuingService(Service):
             except Exception:
                 log.failure("on_stored callback failed for {name}", name=name)
         seconds = self._clock.seconds() - started
-        self._emit(Obtained(name, identifiers, issued.not_after, seconds))
+        issuer = issuer_name(issued.certificate)
+        renewed = plan.not_after is not None
+        self._emit(Obtained(name, identifiers, issued.not_after, seconds, issuer, renewed))
         return issued
 
     async def _order_and_store(

@@ -16,19 +16,20 @@ May import the core modules and the issuing modules below the service
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
 import attrs
 from cryptography import x509
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall
-from twisted.logger import Logger
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from txacme.issuing.order import IssuedCertificate
 from txacme.issuing.policy import next_ari_check
 from txacme.issuing.settings import ClientCreator, RenewalAnswer, ServiceClient
+from txacme.logs import Logger
 from txacme.protocol.ari import ari_certificate_id
 
 __all__ = [
@@ -41,6 +42,10 @@ __all__ = [
 ]
 
 log = Logger()
+
+_ARI_WARNING_EVERY = timedelta(hours=1)
+#: When the last failure to fetch renewal information was logged as a warning.
+_last_ari_warning: list[datetime | None] = [None]
 
 _T = TypeVar("_T")
 
@@ -168,8 +173,16 @@ async def fetch_renewal_info(
     except CancelledError:
         raise
     except Exception as e:
-        log.warn(
-            "renewal information for {name} unavailable ({error}); using its lifetime",
+        # One warning an hour, not one per certificate: the rest at debug.
+        moment = now()
+        last = _last_ari_warning[0]
+        quiet = last is not None and timedelta(0) <= moment - last < _ARI_WARNING_EVERY
+        if not quiet:
+            _last_ari_warning[0] = moment
+        log.emit(
+            LogLevel.debug if quiet else LogLevel.warn,
+            "renewal information for {name} unavailable ({error}); using its lifetime"
+            + ("" if quiet else " (more such failures within the hour are logged at debug)"),
             name=name,
             error=str(e) or type(e).__name__,
         )

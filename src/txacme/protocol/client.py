@@ -61,7 +61,6 @@ from josepy.jwk import JWK
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.web import client as web_client
 
 from txacme.errors import (
@@ -73,6 +72,7 @@ from txacme.errors import (
 )
 from txacme.formats import b64url
 from txacme.keys import PrivateKey, jwk_for, jws_algorithm
+from txacme.logs import Logger
 from txacme.protocol.ari import ari_cert_id
 from txacme.protocol.resources import (
     EAB,
@@ -188,6 +188,7 @@ class Client:
             on_exchange=on_exchange,
         )
         self.directory_url = directory_url
+        self._transport.directory_url = directory_url
         self.eab: EAB | None = _checked_eab(eab)
         """The external account binding used when an account is created and none is given."""
         self.account: messages.RegistrationResource | None = None
@@ -384,7 +385,7 @@ class Client:
             payload["externalAccountBinding"] = eab.binding(self._key, url)
         reply = await self._post(url, payload, endpoint="newAccount", use_jwk=True)
         account = self._set_account(reply, reply.location())
-        log.info("ACME account {account} ready", account=account.uri)
+        log.info("registered the ACME account {account}", account=account.uri)
         return account
 
     def _new_account_url(self, eab: EAB | None) -> str:
@@ -419,7 +420,9 @@ class Client:
         reply = await self._post(
             url, {"onlyReturnExisting": True}, endpoint="newAccount", use_jwk=True
         )
-        return self._set_account(reply, reply.location())
+        account = self._set_account(reply, reply.location())
+        log.debug("using the ACME account {account}", account=account.uri)
+        return account
 
     def start(
         self, email: str | None = None, eab: EAB | None = None
@@ -439,6 +442,8 @@ class Client:
         try:
             account = await self._lookup_account()
         except AccountDoesNotExist:
+            # Expected on a first start: the CA knows no account for this key yet.
+            log.debug("the CA knows no account for this key yet; registering one")
             return await self._new_account(email, eab, True)
         wanted = contact_uris(email)
         if wanted and not set(wanted) <= set(account.body.contact):

@@ -27,6 +27,7 @@ from josepy.errors import DeserializationError
 from josepy.jwa import JWASignature
 from josepy.jwk import JWK
 from twisted.internet import defer, error, task
+from twisted.internet import error as error_module
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IConsumer,
@@ -34,7 +35,6 @@ from twisted.internet.interfaces import (
     IReactorTime,
 )
 from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
-from twisted.logger import Logger
 from twisted.web import client as web_client
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS, IResponse
@@ -46,11 +46,14 @@ from txacme.errors import (
     ACMEProblem,
     ACMETimeout,
     BadNonce,
+    CAUnreachable,
+    CAUntrusted,
     ConfigurationError,
     ProtocolError,
     ServerInternal,
 )
 from txacme.formats import b64url_decode, is_token
+from txacme.logs import Logger
 from txacme.protocol.resources import missing_parts, problem_type
 
 if TYPE_CHECKING:
@@ -231,10 +234,6 @@ class Reply:
                 ACME_ERROR_PREFIX + "serverInternal", detail, status=self.code,
                 retry_after=self.retry_after, url=self.url,
             )
-        log.debug(
-            "ACME {method} {url} -> {status} {problem}",
-            method=self.method, url=self.url, status=self.code, problem=problem.code,
-        )
         raise problem
 
 
@@ -275,6 +274,40 @@ def check_url(url: object) -> None:
     """Refuse a URL the CA gave that is not an http(s) URL (before it reaches the JWS)."""
     if not (isinstance(url, str) and url.lower().startswith(("https://", "http://"))):
         raise ProtocolError(f"the CA gave an unusable URL: {url!r:.200}")
+
+
+def _tls_verification_failure(reasons: list[BaseException]) -> str | None:
+    """What a TLS verification failure among ``reasons`` says, or ``None``."""
+    for reason in reasons:
+        text = str(reason)
+        if "certificate verify failed" in text:
+            return "certificate verify failed"
+        if type(reason).__name__ == "VerificationError":  # service_identity: wrong host name
+            return f"host name mismatch: {text}"
+    return None
+
+
+def network_error(error: BaseException, ca: str) -> CAUnreachable | CAUntrusted | None:
+    """
+    The :class:`~txacme.errors.CAUnreachable` or :class:`~txacme.errors.CAUntrusted`
+    that ``error`` (raised by the HTTP client) means, naming ``ca``; ``None`` for
+    any other error.
+    """
+    if isinstance(error, (web_client.ResponseNeverReceived, web_client.RequestTransmissionFailed)):
+        reasons = [f.value for f in error.reasons if f.value is not None]
+        verification = _tls_verification_failure(reasons)
+        if verification is not None:
+            return CAUntrusted(ca, verification)
+        causes = "; ".join(str(r) or type(r).__name__ for r in reasons)
+        return CAUnreachable(ca, f"the connection was lost before an answer ({causes})")
+    if isinstance(error, error_module.DNSLookupError):
+        return CAUnreachable(ca, f"DNS lookup failed ({error.args[0] if error.args else error})")
+    if isinstance(error, error_module.ConnectionRefusedError):
+        return CAUnreachable(ca, "connection refused")
+    if isinstance(error, (error_module.ConnectError, error_module.ConnectionLost)):
+        text = str(error).strip().rstrip(".")
+        return CAUnreachable(ca, text or type(error).__name__)
+    return None
 
 
 # ---------------------------------------------------------------------------
@@ -375,6 +408,18 @@ class _VerifyingPolicy:
         return creator
 
 
+class _QuietClientFactory(web_client._HTTP11ClientFactory):
+    """The pool's connection factory, without a "Starting factory" line per connection."""
+
+    noisy = False
+
+
+class _QuietConnectionPool(web_client.HTTPConnectionPool):
+    """A connection pool whose connections log nothing when they open and close."""
+
+    _factory = _QuietClientFactory
+
+
 def make_http_client(
     reactor: IReactorTime,
     *,
@@ -391,7 +436,7 @@ def make_http_client(
     :param persistent_connections: idle connections kept open per CA host.
     """
     policy = _VerifyingPolicy(load_trust_root(ca_file) if ca_file is not None else None)
-    pool = web_client.HTTPConnectionPool(reactor, persistent=True)  # type: ignore[no-untyped-call]
+    pool = _QuietConnectionPool(reactor, persistent=True)  # type: ignore[no-untyped-call]
     pool.maxPersistentPerHost = persistent_connections
     pool.retryAutomatically = False
     agent = web_client.Agent(  # type: ignore[no-untyped-call]
@@ -457,6 +502,8 @@ class Transport:
         self._max_nonce_attempts = max_nonce_attempts
         self._on_exchange = on_exchange
         self._nonces: deque[str] = deque(maxlen=_NONCE_POOL_SIZE)
+        self.directory_url: str | None = None
+        """The CA's directory URL, named by the errors of a CA that cannot be reached."""
 
     # -- one exchange ----------------------------------------------------------------
 
@@ -494,13 +541,22 @@ class Transport:
             if timed_out or isinstance(e, error.TimeoutError):
                 log.debug("ACME {method} {url} timed out", method=method, url=url)
                 raise ACMETimeout(f"{method} {url}: no answer within {self.timeout:g} s")
+            converted = network_error(e, self.directory_url or url)
+            if converted is not None:
+                log.debug("ACME {method} {url}: {error}", method=method, url=url, error=str(e))
+                raise converted from e
             raise
         finally:
             if timer.active():
                 timer.cancel()
         reply = self._reply(method, url, response, content)
-        log.debug("ACME {method} {url} -> {status}", method=method, url=url, status=reply.code)
-        self._report(endpoint, method, url, reply.code, started, reply.problem_type())
+        problem = reply.problem_type()
+        log.debug(
+            "ACME {method} {url} -> {status}{problem_text}",
+            method=method, url=url, status=reply.code, problem=problem,
+            problem_text=f" {problem.removeprefix(ACME_ERROR_PREFIX)}" if problem else "",
+        )
+        self._report(endpoint, method, url, reply.code, started, problem)
         return reply
 
     async def _exchange(
@@ -613,20 +669,25 @@ class Transport:
                     "POST", url, endpoint=endpoint, body=body, content_type=JOSE_JSON,
                     accept=accept,
                 )
-            except web_client.RequestTransmissionFailed as e:
-                # The request never reached the server. (Twisted's private RequestNotSent,
-                # for a connection that is not idle, cannot come: the pool hands out idle
-                # connections only and the request is written on one at once.)
-                if resent:
-                    raise
-                resent = True
-                log.debug("ACME POST {url} not sent ({error}); resending", url=url, error=e)
-                continue
-            except web_client.ResponseNeverReceived:
-                if resent or payload is not None:
-                    raise
-                resent = True  # POST-as-GET is safe to repeat
-                continue
+            except CAUnreachable as e:
+                cause = e.__cause__
+                if isinstance(cause, web_client.RequestTransmissionFailed):
+                    # The request never reached the server. (Twisted's private RequestNotSent,
+                    # for a connection that is not idle, cannot come: the pool hands out idle
+                    # connections only and the request is written on one at once.)
+                    if resent:
+                        raise
+                    resent = True
+                    log.debug(
+                        "ACME POST {url} not sent ({error}); resending", url=url, error=str(e)
+                    )
+                    continue
+                if isinstance(cause, web_client.ResponseNeverReceived):
+                    if resent or payload is not None:
+                        raise
+                    resent = True  # POST-as-GET is safe to repeat
+                    continue
+                raise
             if self._bad_nonce_to_retry(reply, attempt):
                 continue
             return reply

@@ -65,7 +65,6 @@ import pem
 from cryptography import x509
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTime
-from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 from zope.interface import implementer
@@ -82,6 +81,7 @@ from txacme.issuing.events import (
     RenewalScheduled,
     ServiceEvent,
 )
+from txacme.logs import Logger
 from txacme.protocol.client import Exchange
 from txacme.reporting.state import StateFile
 from txacme.reporting.statuspage import LiveStatus
@@ -543,7 +543,9 @@ def serve_metrics(
         except BaseException:
             detach()
             raise
-        log.info("serving metrics on {address}", address=port.getHost())
+        host = port.getHost()
+        where = f"{getattr(host, 'host', host)}:{getattr(host, 'port', '')}".rstrip(":")
+        log.info("serving metrics on {where}", where=where, address=str(host))
         return MetricsPort(port, served, detach)
 
     return Deferred.fromCoroutine(listen())

@@ -49,7 +49,6 @@ from datetime import datetime, timezone
 
 import attrs
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
 
 from txacme.errors import ACME_ERROR_PREFIX, ACMEProblem, IssuanceFailed
 from txacme.formats import format_time, parse_time
@@ -62,6 +61,7 @@ from txacme.issuing.events import (
     RenewalScheduled,
     ServiceEvent,
 )
+from txacme.logs import Logger
 from txacme.stores.directory import write_entry
 
 log = Logger()

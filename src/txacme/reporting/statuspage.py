@@ -37,7 +37,6 @@ import pem
 from cryptography import x509
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -49,6 +48,7 @@ from txacme.interfaces import EntryStore, ICertificateStore
 from txacme.issuing.events import EventSource
 from txacme.issuing.policy import RenewalInfoLike, RenewalPlan, plan_renewal
 from txacme.keys import key_type_of
+from txacme.logs import Logger
 from txacme.reporting.state import Change, NameRecord, StateFile, StateRecorder
 
 log = Logger()

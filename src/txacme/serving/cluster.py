@@ -25,7 +25,6 @@ import attrs
 import pem
 from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -36,6 +35,7 @@ from txacme.challenges.tlsalpn01 import TLSALPN01Registry
 from txacme.errors import ConfigurationError, InvalidServerName
 from txacme.formats import is_token
 from txacme.interfaces import ICertificateStore, IResponder
+from txacme.logs import Logger
 from txacme.names import normalize_server_name
 from txacme.serving.hello import ClientHello
 from txacme.serving.index import CertificateIndex
@@ -338,7 +338,7 @@ class ClusterNode:
             else:
                 self.index.remove(name)
         if not objects and self.on_wanted is not None:
-            log.info("{name} is wanted: issuing", name=name)
+            log.debug("{name} is wanted: issuing", name=name)
             self.on_wanted(name)
 
     def _vanished(self, name: str, failure: Failure) -> None:

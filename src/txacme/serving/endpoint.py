@@ -26,7 +26,6 @@ from twisted.internet.interfaces import (
     IReactorTime,
     IStreamServerEndpoint,
 )
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -38,6 +37,7 @@ from txacme.issuing.events import ServiceEvent
 from txacme.issuing.ondemand import OnDemandPolicy
 from txacme.issuing.refusals import RefusalLog
 from txacme.issuing.service import AcmeIssuingService
+from txacme.logs import Logger
 from txacme.protocol.client import Client
 from txacme.protocol.resources import EAB
 from txacme.protocol.transport import Exchange
@@ -517,7 +517,7 @@ class AutoTLSEndpoint:
         ``<name>.pem``, or one emptied) is issued at once.
         """
         if objects == [] and self.service is not None:
-            log.info("new empty entry {name}: issuing", name=name)
+            log.debug("new empty entry {name}: issuing", name=name)
             self.service.issue_cert(name).addErrback(lambda _: None)
 
     async def _listen(self, factory: IProtocolFactory) -> AutoTLSPort:
@@ -591,7 +591,7 @@ def _issue_new_empty_entries(
     def on_loaded(entries: StoreEntries) -> None:
         for name in sorted(entries.keys() - known):
             if not entries[name]:
-                log.info("new empty entry {name}: issuing", name=name)
+                log.debug("new empty entry {name}: issuing", name=name)
                 service.issue_cert(name).addErrback(lambda _: None)
         known.clear()
         known.update(entries)

@@ -53,13 +53,13 @@ from twisted.internet.interfaces import (
     ITransport,
 )
 from twisted.internet.protocol import Protocol, connectionDone
-from twisted.logger import Logger
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import providedBy
 from zope.interface.declarations import Provides
 
 from txacme.errors import ConfigurationError
+from txacme.logs import Logger
 
 log = Logger()
 

@@ -28,12 +28,12 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.logger import Logger
 
 from txacme.certificates import covers, validate_pem_objects
 from txacme.challenges.tlsalpn01 import KeyKind, key_kind
 from txacme.errors import ConfigurationError, InvalidServerName
 from txacme.interfaces import DefaultCertificateStore, ICertificateStore
+from txacme.logs import Logger
 from txacme.names import normalize_server_name
 
 log = Logger()

@@ -34,10 +34,10 @@ import pem
 from twisted.internet.defer import Deferred, DeferredQueue, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from txacme.errors import ConfigurationError
+from txacme.logs import Logger
 from txacme.serving.index import DEFAULT_ENTRY_NAME, CertificateEntry, CertificateIndex
 from txacme.stores._dirwatch import DirectoryChanges, Stamp, entry_name, file_stamp
 from txacme.stores.coordination import StoreChange
@@ -160,7 +160,7 @@ class StoreLoader:
             self._apply(self._read(DEFAULT_ENTRY_NAME), initial=True)
         self._initial = Deferred.fromCoroutine(self._load_initial(names))
         self._initial.addBoth(self._initial_done)
-        log.info(
+        log.debug(
             "serving {count} names from {path}; parsing them in the background",
             count=len(names),
             path=self.path,
@@ -333,7 +333,7 @@ class StoreLoader:
                     feed[name] = []  # loaded on the spot: re-read for the service below
             if self._feed is not None:
                 self._feed.put(feed)
-        log.info(
+        log.debug(
             "parsed {count} certificates in {seconds:.2f} s",
             count=len(names),
             seconds=time.monotonic() - started,

@@ -26,10 +26,10 @@ from twisted.internet.interfaces import (
     IReactorSocket,
     IStreamServerEndpoint,
 )
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from txacme.errors import ConfigurationError
+from txacme.logs import Logger
 
 log = Logger()
 

@@ -96,7 +96,6 @@ from twisted.internet.interfaces import (
     IProtocolNegotiationFactory,
 )
 from twisted.internet.ssl import CertificateOptions, TLSVersion
-from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import implementer
 
@@ -108,6 +107,7 @@ from txacme.challenges.tlsalpn01 import (
 )
 from txacme.errors import ConfigurationError
 from txacme.issuing.refusals import RefusalLog
+from txacme.logs import Logger
 from txacme.serving.hello import ServerTLSFactory
 from txacme.serving.index import CertificateEntry, CertificateIndex
 
@@ -480,7 +480,7 @@ class SNIConnectionCreator:
         connection.use_certificate(certificate)
         connection.use_privatekey(key)
         _mark_no_data(connection)
-        log.info("serving the tls-alpn-01 challenge certificate for {identifier}",
+        log.debug("serving the tls-alpn-01 challenge certificate for {identifier}",
                  identifier=pending.identifier)
         return ACME_TLS_1
 

@@ -14,11 +14,11 @@ from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txacme.errors import ConfigurationError
 from txacme.interfaces import ICertificateStore
+from txacme.logs import Logger
 
 if TYPE_CHECKING:
     from txacme.serving.index import CertificateIndex, StoreEntries

@@ -56,11 +56,11 @@ from typing import Any, cast
 
 from twisted.internet.interfaces import IDelayedCall, IReactorThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 from twisted.python.runtime import platform
 
 from txacme.errors import ConfigurationError, InvalidServerName
+from txacme.logs import Logger
 from txacme.names import normalize_server_name
 from txacme.stores.coordination import StoreChange
 

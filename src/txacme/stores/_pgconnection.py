@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from txacme.errors import ConfigurationError
+from txacme.logs import Logger
 
 if TYPE_CHECKING:
     import psycopg

@@ -21,9 +21,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 import pem
-from twisted.logger import Logger
 
 from txacme.errors import ConfigurationError
+from txacme.logs import Logger
 from txacme.names import normalize_server_name
 from txacme.stores.coordination import ChallengeRecord, Lease, LockLost
 from txacme.stores.keysealing import KeyEncryption

@@ -73,12 +73,12 @@ import attrs
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface
 
 from txacme.errors import ConfigurationError, TxACMEError
 from txacme.formats import is_token
+from txacme.logs import Logger
 from txacme.names import normalize_server_name
 
 if TYPE_CHECKING:

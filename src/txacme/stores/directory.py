@@ -65,7 +65,6 @@ from collections.abc import Iterator, Sequence
 
 import pem
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 from zope.interface import implementer
 
@@ -73,6 +72,7 @@ from txacme._files import NotOwnFile, fsync_directory, read_own_file, write_sync
 from txacme.certificates import validate_pem_objects
 from txacme.errors import ConfigurationError, InvalidServerName
 from txacme.interfaces import ICertificateStore
+from txacme.logs import Logger
 from txacme.names import normalize_server_name
 
 log = Logger()
@@ -280,7 +280,7 @@ class DirectoryStore:
         except Exception:
             return fail()
         self._last_good[normalize_server_name(server_name)] = list(objects)
-        log.info(
+        log.debug(
             "stored the certificate of {server_name} in {file}",
             server_name=server_name,
             file=filename,

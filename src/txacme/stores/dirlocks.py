@@ -56,12 +56,12 @@ from typing import Any
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 from zope.interface import implementer
 
 from txacme.errors import ConfigurationError
 from txacme.interfaces import ICertificateStore
+from txacme.logs import Logger
 from txacme.names import normalize_server_name
 from txacme.stores.coordination import (
     DEFAULT_CHALLENGE_TTL,

@@ -20,9 +20,9 @@ from collections.abc import Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from twisted.logger import Logger
 
 from txacme.errors import ConfigurationError
+from txacme.logs import Logger
 
 log = Logger()
 

@@ -24,12 +24,12 @@ import attrs
 import pem
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from txacme.certificates import validate_pem_objects
 from txacme.errors import ConfigurationError, InvalidServerName
 from txacme.interfaces import ICertificateStore
+from txacme.logs import Logger
 from txacme.names import normalize_server_name
 from txacme.stores.coordination import (
     DEFAULT_CHALLENGE_TTL,

@@ -75,13 +75,13 @@ import pem
 from cryptography import x509
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorCore, IReactorFromThreads, IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txacme.certificates import validate_pem_objects
 from txacme.errors import ConfigurationError, InvalidServerName
 from txacme.interfaces import ICertificateStore
+from txacme.logs import Logger
 from txacme.names import normalize_server_name
 from txacme.stores._pgconnection import ConnectionPool, Listener, redact_conninfo
 from txacme.stores._pgsql import DEFAULT_ROW, KEY_PLAIN, KEY_SEALED, Prepared, StoreSQL

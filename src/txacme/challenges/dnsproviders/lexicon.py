@@ -31,7 +31,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from txacme.challenges.dnsproviders import (
@@ -41,6 +40,7 @@ from txacme.challenges.dnsproviders import (
     default_run_in_thread,
 )
 from txacme.errors import ConfigurationError
+from txacme.logs import Logger
 
 log = Logger()
 

@@ -25,7 +25,6 @@ import stat
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from txacme.challenges.dnsproviders import (
@@ -37,6 +36,7 @@ from txacme.challenges.dnsproviders import (
     parse_nameserver,
 )
 from txacme.errors import ConfigurationError
+from txacme.logs import Logger
 
 log = Logger()
 
