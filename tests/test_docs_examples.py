@@ -1,0 +1,487 @@
+"""
+Every code example of the documentation is run by a test, or checked with a
+stated reason why it cannot run here.
+
+Each code block of ``README.rst`` and ``docs/*.rst`` carries an rst comment
+that classifies it (see :mod:`tests.harness.docexamples` and the section
+"Documentation examples" of docs/testing.rst):
+
+* ``.. example: run NAME``: ``NAME`` is a runner of this module (``RUNNERS``)
+  or an existing test, ``tests/test_x.py::Class::test_y``;
+* ``.. example: checked (reason)``: the checks of :mod:`tests.harness.doccheck`;
+* ``.. example: text (what it is)``: output, a layout, another program's
+  configuration.
+
+The examples that run share one test CA (``python -m txacme.testca`` in a child
+process) on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness.doccheck import Result, check_block, check_python, python_source, shell_commands
+from tests.harness.docexamples import ROOT, Block, all_blocks, unclassified
+from tests.harness.processes import free_port
+
+BLOCKS, MARKER_PROBLEMS = all_blocks()
+SRC = str(ROOT / "src")
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+TXACME = os.path.join(os.path.dirname(sys.executable), "txacme")
+
+#: The runners of this module, by the name a ``.. example: run NAME`` marker gives.
+RUNNERS: dict[str, str] = {
+    "python": "test_python_examples",
+    "serve": "test_serve_with_twistd",
+    "cli-issue": "test_cli_issue_and_revoke",
+    "promtool": "test_promtool",
+}
+
+
+def env() -> dict[str, str]:
+    """The environment of the example commands: this checkout's txacme first."""
+    return dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(
+            p for p in [SRC, str(ROOT), os.environ.get("PYTHONPATH", "")] if p
+        ),
+        PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]),
+    )
+
+
+def marked(mode: str, argument: str | None = None) -> list[Block]:
+    return [
+        b
+        for b in BLOCKS
+        if b.marker is not None
+        and b.marker.mode == mode
+        and (argument is None or b.marker.argument == argument)
+    ]
+
+
+def block_id(block: Block) -> str:
+    return f"{block.path.relative_to(ROOT)}:{block.line}"
+
+
+# -- the classification ---------------------------------------------------------------------------
+
+
+def test_every_block_is_classified() -> None:
+    """A code block without an ``.. example:`` marker, or a malformed marker, fails here."""
+    problems = [str(p) for p in MARKER_PROBLEMS] + list(unclassified(BLOCKS))
+    assert not problems, "\n" + "\n".join(problems)
+
+
+def test_blocks_found() -> None:
+    """The extraction finds the blocks of every kind (a broken parser would find none)."""
+    kinds = {b.kind for b in BLOCKS}
+    assert {"code-block", "literal", "literalinclude"} <= kinds
+    assert len(BLOCKS) >= 70
+
+
+def _test_exists(reference: str) -> bool:
+    path, _, rest = reference.partition("::")
+    file = ROOT / path
+    if not file.is_file() or not rest:
+        return False
+    text = file.read_text(encoding="utf-8")
+    return all(
+        re.search(
+            rf"^\s*(?:(?:async\s+)?def|class)\s+{re.escape(name)}\b|^\s*{re.escape(name)}\s*=",
+            text,
+            re.M,
+        )
+        for name in rest.split("::")
+    )
+
+
+def test_run_markers_name_a_runner() -> None:
+    """``run NAME`` names a runner of this module or an existing test; every runner has a block."""
+    wrong = [
+        f"{b.where}: '.. example: run {b.marker.argument}' names no runner of "
+        f"tests/test_docs_examples.py ({', '.join(sorted(RUNNERS))}) and no existing test "
+        "(tests/test_x.py::Class::test_y)"
+        for b in marked("run")
+        if b.marker is not None
+        and b.marker.argument not in RUNNERS
+        and not _test_exists(b.marker.argument)
+    ]
+    assert not wrong, "\n" + "\n".join(wrong)
+    used = {b.marker.argument for b in marked("run") if b.marker is not None}
+    assert set(RUNNERS) <= used, f"runners with no block: {sorted(set(RUNNERS) - used)}"
+    for name in RUNNERS.values():
+        assert callable(globals().get(name)), name
+
+
+def test_every_example_python_file_is_shown() -> None:
+    """Each ``docs/examples/*.py`` is included by a page (so it is classified and run)."""
+    included = {b.include for b in BLOCKS if b.include is not None}
+    for path in sorted((ROOT / "docs" / "examples").glob("*.py")):
+        assert path.resolve() in included, f"{path.relative_to(ROOT)} is shown by no page"
+
+
+# -- checked blocks -------------------------------------------------------------------------------
+
+ABSENT_FILE = re.compile(r"'(/[^']+)' is not a readable file")
+
+
+@pytest.mark.parametrize("block", marked("checked"), ids=block_id)
+def test_checked_block(block: Block) -> None:
+    """A ``checked`` block passes the checks of its language, and at least one applies."""
+    result = check_block(block)
+    # Files the example names on a production machine are absent here.
+    problems = [
+        p
+        for p in result.problems
+        if not ((m := ABSENT_FILE.search(p)) and not os.path.exists(m.group(1)))
+    ]
+    assert not problems, f"{block.where}:\n" + "\n".join(problems)
+    assert result.checks or len(problems) < len(result.problems), (
+        f"{block.where}: nothing in this block could be checked (not txacme, twistd, pip or "
+        "Python): classify it '.. example: text (what it is)' if it is not a command or code"
+    )
+
+
+# -- the shared test CA ---------------------------------------------------------------------------
+
+
+class CA:
+    """One ``python -m txacme.testca`` for the examples that run."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.port = free_port()
+        self.http01_port = free_port()
+        self.tlsalpn01_port = free_port()
+        info_file = home / "ca.json"
+        self.log = open(home / "testca.log", "wb")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "txacme.testca",
+                "--port",
+                str(self.port),
+                "--http01-port",
+                str(self.http01_port),
+                "--tlsalpn01-port",
+                str(self.tlsalpn01_port),
+                "--info-file",
+                str(info_file),
+                "--options",
+                json.dumps({"retry_after": 0}),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env(),
+        )
+        for _ in range(300):
+            if info_file.exists() and info_file.stat().st_size:
+                break
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.1)
+        else:
+            self.stop()
+            raise AssertionError("the test CA did not start")
+        if self.process.poll() is not None:
+            raise AssertionError((home / "testca.log").read_text())
+        self.info: dict[str, Any] = json.loads(info_file.read_text())
+        self.directory_url: str = self.info["directory_url"]
+        self.https_ca_file: str = self.info["https_ca_file"]
+        self.roots_file: str = self.info["roots_file"]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def home() -> Iterator[Path]:
+    directory = Path(tempfile.mkdtemp(prefix="txacme-docex-"))
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ca(home: Path) -> Iterator[CA]:
+    (home / "ca").mkdir()
+    instance = CA(home / "ca")
+    yield instance
+    instance.stop()
+
+
+def quote(value: str) -> str:
+    """Escape a value for an endpoint string."""
+    return value.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
+
+
+def run_shell(command: str, cwd: Path, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", "-e", "-o", "pipefail", "-c", command],
+        cwd=cwd,
+        env=env(),
+        text=True,
+        capture_output=True,
+        timeout=60,
+        **kwargs,
+    )
+
+
+def only(name: str, count: int) -> list[Block]:
+    """The blocks a runner runs, in page order; the runner expects ``count``."""
+    blocks = marked("run", name)
+    assert len(blocks) == count, (
+        f"the runner {name!r} runs {count} blocks and {len(blocks)} are marked for it: "
+        + ", ".join(b.where for b in blocks)
+    )
+    return blocks
+
+
+def find(blocks: list[Block], needle: str) -> Block:
+    matching = [b for b in blocks if needle in b.text]
+    assert len(matching) == 1, f"one block containing {needle!r} expected, found {len(matching)}"
+    return matching[0]
+
+
+# -- Python examples ------------------------------------------------------------------------------
+
+
+def _python_pages() -> list[Path]:
+    return sorted({b.path for b in marked("run", "python")})
+
+
+@pytest.mark.parametrize("page", _python_pages(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_python_examples(page: Path, ca: CA, home: Path) -> None:
+    """
+    The ``run python`` blocks of ``page`` execute, in order, in one namespace with the
+    fixtures of :mod:`tests.harness.docexec`, against the test CA.
+    """
+    blocks = [b for b in marked("run", "python") if b.path == page]
+    for block in blocks:
+        result = Result()
+        check_python(python_source(block), result)
+        assert not result.problems, f"{block.where}: {result.problems}"
+    root = home / ("py-" + page.stem)
+    root.mkdir()
+    request = {
+        "root": str(root),
+        "examples": str(ROOT / "docs" / "examples"),
+        "ca": {"directory_url": ca.directory_url, "https_ca_file": ca.https_ca_file},
+        "blocks": [{"where": b.where, "source": python_source(b)} for b in blocks],
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.harness.docexec"],
+        input=json.dumps(request),
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    failed = [f"{r['where']}:\n{r['error']}" for r in results if r["error"]]
+    assert not failed, "\n".join(failed)
+    assert len(results) == len(blocks)
+
+
+# -- twistd serving, and txacme status on what it obtained ----------------------------------------
+
+
+def _wait(
+    predicate: Callable[[], bool], what: str, process: subprocess.Popen[Any], log: Path
+) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if process.poll() is not None:
+            break
+        time.sleep(0.1)
+    raise AssertionError(f"{what}; twistd log:\n{log.read_text(errors='replace')}")
+
+
+def _https_get(port: int, host: str, roots: str) -> bytes:
+    context = ssl.create_default_context(cafile=roots)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname=host) as tls:
+            tls.sendall(f"GET / HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+            chunks = []
+            while chunk := tls.recv(65536):
+                chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_serve_with_twistd(ca: CA, home: Path) -> None:
+    """
+    quickstart's ``mkdir``/``touch``, endpoints.rst's ``twistd web --port acme:...``
+    (the CA, port and directory moved to the test CA, a free loopback port and a
+    temporary directory), then ``txacme status`` (quickstart, watching's ``--html``)
+    and cli.rst's cron lines on the certificate it obtained.
+    """
+    blocks = only("serve", 5)
+    work = home / "serve"
+    work.mkdir()
+    certs, root = work / "srv" / "www" / "certs", work / "srv" / "www" / "root"
+
+    def local(text: str) -> str:
+        return text.replace("/srv/", f"{work}/srv/").replace("/var/www/", f"{work}/var/www/")
+
+    # quickstart: the certificate directory and one empty file per name.
+    touch = find(blocks, "touch ")
+    for command in shell_commands(touch):
+        done = run_shell(local(command), work)
+        assert done.returncode == 0, f"{touch.where}: {command}: {done.stderr}"
+    assert sorted(p.name for p in certs.iterdir()) == ["example.com.pem", "www.example.com.pem"]
+    root.mkdir()
+    (root / "index.html").write_text("hello from the docs\n")
+
+    # endpoints.rst: twistd web on an acme: endpoint string.
+    serve = find(blocks, "twistd -n web")
+    (command,) = list(shell_commands(serve))
+    command = (
+        command.replace("/srv/certs", str(certs))
+        .replace("tcp:443", f"tcp:{ca.tlsalpn01_port}:interface=127.0.0.1")
+        .replace(
+            r"https\://ca.internal/directory",
+            quote(ca.directory_url) + ":ca_file=" + quote(ca.https_ca_file),
+        )
+    )
+    assert "ca.internal" not in command and str(certs) in command, command
+    command += f" --path {root}"
+    log = work / "twistd.log"
+    with open(log, "wb") as out:
+        twistd = subprocess.Popen(
+            ["bash", "-c", "exec " + command],
+            cwd=work,
+            env=env(),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        _wait(
+            lambda: all(
+                (certs / f"{n}.pem").stat().st_size > 0 for n in ("example.com", "www.example.com")
+            ),
+            f"{serve.where}: twistd did not obtain the certificates",
+            twistd,
+            log,
+        )
+        page = _https_get(ca.tlsalpn01_port, "www.example.com", ca.roots_file)
+        assert page.endswith(b"hello from the docs\n"), page[:200]
+    finally:
+        twistd.send_signal(signal.SIGTERM)
+        twistd.wait(20)
+    assert (certs / "client.key").stat().st_mode & 0o777 == 0o600
+
+    # quickstart: txacme status; watching: --html (into an existing web root); cli: cron lines.
+    (work / "var" / "www" / "status").mkdir(parents=True)
+    for needle in ("txacme status -C /srv/www/certs\n", "--html", "--check"):
+        block = next(
+            b
+            for b in blocks
+            if needle.strip() in b.text and "touch" not in b.text and "twistd" not in b.text
+        )
+        for command in shell_commands(block):
+            if "--store postgresql" in command:
+                continue  # watching.rst's second line needs a PostgreSQL store: checked below
+            done = run_shell(local(command), work)
+            assert done.returncode == 0, f"{block.where}: {command}: {done.stdout}{done.stderr}"
+            if (
+                command.startswith("txacme status -C")
+                and "--json" not in command
+                and ">" not in command
+            ):
+                assert "www.example.com" in done.stdout and " ok " in done.stdout, done.stdout
+    html = work / "var" / "www" / "status" / "index.html"
+    assert "www.example.com" in html.read_text()
+
+
+# -- txacme issue / revoke ------------------------------------------------------------------------
+
+
+VARIABLE = re.compile(r"(\d{4}-\d\d-\d\d|\d\d:\d\dZ|serial [0-9a-f]+\.\.\.)")
+
+
+def _output_pattern(line: str) -> re.Pattern[str]:
+    """A documented output line as a pattern: dates, times and serials vary."""
+    parts = VARIABLE.split(line)
+    pattern = ""
+    for i, part in enumerate(parts):
+        if i % 2 == 0:
+            pattern += re.escape(part)
+        elif part.startswith("serial"):
+            pattern += r"serial [0-9a-f]+(\.\.\.)?"  # the page abbreviates it
+        elif part.endswith("Z"):
+            pattern += r"\d\d:\d\dZ"
+        else:
+            pattern += r"\d{4}-\d\d-\d\d"
+    return re.compile(pattern)
+
+
+def test_cli_issue_and_revoke(ca: CA, home: Path) -> None:
+    """
+    cli.rst's ``txacme issue`` (``--le`` moved to the test CA, ``tcp:80`` to its
+    http-01 port) and ``txacme revoke``: they succeed and print what the page shows.
+    """
+    blocks = only("cli-issue", 2)
+    work = home / "cli"
+    work.mkdir()
+    certs = work / "certs"
+    certs.mkdir()
+
+    def local(command: str) -> str:
+        return (
+            command.replace("/srv/www/certs", str(certs))
+            .replace("--le", f"--directory {ca.directory_url} --ca-file {ca.https_ca_file}")
+            .replace("--http01 tcp:80", f"--http01 tcp:{ca.http01_port}:interface=127.0.0.1")
+        )
+
+    for block in blocks:
+        lines = block.text.splitlines()
+        expected = [line for line in lines if not line.startswith(("$", " "))]
+        (command,) = list(shell_commands(block))
+        done = run_shell(local(command), work)
+        assert done.returncode == 0, f"{block.where}: {local(command)}:\n{done.stdout}{done.stderr}"
+        got = done.stdout.splitlines()
+        for line in expected:
+            assert any(_output_pattern(line).fullmatch(g) for g in got), (
+                f"{block.where}: the page shows {line!r}; the command printed:\n{done.stdout}"
+            )
+
+
+# -- promtool -------------------------------------------------------------------------------------
+
+
+def test_promtool() -> None:
+    """watching.rst's promtool lines pass, run in docs/examples where the files are."""
+    (block,) = only("promtool", 1)
+    if shutil.which("promtool") is None:
+        pytest.skip("promtool (Debian's prometheus package) is not installed")
+    for command in shell_commands(block):
+        done = run_shell(command, ROOT / "docs" / "examples")
+        assert done.returncode == 0, f"{block.where}: {command}: {done.stdout}{done.stderr}"
