@@ -50,6 +50,7 @@ RUNNERS: dict[str, str] = {
     "serve": "test_serve_with_twistd",
     "cli-issue": "test_cli_issue_and_revoke",
     "promtool": "test_promtool",
+    "signatures": "test_migration_signatures",
 }
 
 
@@ -485,3 +486,79 @@ def test_promtool() -> None:
     for command in shell_commands(block):
         done = run_shell(command, ROOT / "docs" / "examples")
         assert done.returncode == 0, f"{block.where}: {command}: {done.stdout}{done.stderr}"
+
+
+# -- the 1.0 signatures of the migration guide --------------------------------------------------
+
+
+def _documented_signature(text: str) -> tuple[str, list[tuple[str, str, str | None]], bool]:
+    """
+    The ``# 1.0`` call of a signature block: its callable's dotted name, its parameters as
+    (name, kind, default source) and whether it ends with ``...`` (more parameters elided).
+    """
+    import ast
+
+    part = text.split("# 1.0", 1)[1].strip().split("\n\n", 1)[0]
+    name, _, rest = part.partition("(")
+    elided = rest.rstrip().endswith(", ...)")
+    if elided:
+        rest = rest.rstrip()[: -len(", ...)")] + ")"
+    tree = ast.parse(f"def f({rest}: pass")
+    function = tree.body[0]
+    assert isinstance(function, ast.FunctionDef)
+    args = function.args
+    params: list[tuple[str, str, str | None]] = []
+    positional = args.args
+    defaults: list[ast.expr | None] = [None] * (len(positional) - len(args.defaults))
+    defaults += list(args.defaults)
+    for arg, default in zip(positional, defaults):
+        source = None if default is None else ast.unparse(default)
+        params.append((arg.arg, "POSITIONAL_OR_KEYWORD", source))
+    for arg, kw_default in zip(args.kwonlyargs, args.kw_defaults):
+        source = None if kw_default is None else ast.unparse(kw_default)
+        params.append((arg.arg, "KEYWORD_ONLY", source))
+    if args.kwarg is not None:
+        params.append((args.kwarg.arg, "VAR_KEYWORD", None))
+    return name.strip(), params, elided
+
+
+def test_migration_signatures() -> None:
+    """The ``# 1.0`` signatures of migration.rst are the real ones: names, kinds, defaults."""
+    import datetime
+    import inspect
+
+    import txacme
+
+    for block in only("signatures", 3):
+        name, documented, elided = _documented_signature(block.text)
+        target: Any = txacme
+        for part in name.split("."):
+            target = getattr(target, part)
+        real = list(inspect.signature(target).parameters.values())
+        if elided:
+            real = real[: len(documented)]
+        assert [p.name for p in real] == [n for n, _, _ in documented], (
+            f"{block.where}: the page lists {[n for n, _, _ in documented]}, "
+            f"{name} takes {[p.name for p in real]}"
+        )
+        for (pname, kind, default), parameter in zip(documented, real):
+            assert parameter.kind.name == kind, f"{block.where}: {pname} is {parameter.kind.name}"
+            if default is None:
+                assert parameter.default is parameter.empty, f"{block.where}: {pname} has a default"
+                continue
+            if default == "...":
+                continue  # the page does not say
+            value = eval(default, {"timedelta": datetime.timedelta})  # noqa: S307 - the page's text
+            assert parameter.default == value, (
+                f"{block.where}: the page says {pname}={default}, the default is "
+                f"{parameter.default!r}"
+            )
+        if "# options:" in block.text:  # the keywords **options takes
+            from txacme.issuing.settings import ServiceOptions
+
+            listed = block.text.split("# options:", 1)[1].split("\n", 1)[1]
+            names = re.findall(r"(\w+)=", listed)
+            assert names == list(ServiceOptions.__annotations__), (
+                f"{block.where}: the page lists {names}, ServiceOptions has "
+                f"{list(ServiceOptions.__annotations__)}"
+            )

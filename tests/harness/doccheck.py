@@ -337,10 +337,24 @@ def check_pip_install(args: list[str], result: Result) -> None:
     for arg in args:
         if arg.startswith("-"):
             continue
+        local = re.fullmatch(r"(\.{1,2}|\.?\.?/[\w./-]*)(\[([\w,-]+)\])?", arg)
+        if local:  # a checkout: its extras must exist
+            unknown = set(filter(None, (local.group(3) or "").split(","))) - extras
+            if unknown:
+                result.problems.append(f"pip install {arg}: no extra {sorted(unknown)}")
+            else:
+                result.checks.append(f"pip install {arg}: a checkout, extras exist")
+            continue
         try:
             requirement = Requirement(arg)
         except InvalidRequirement as e:
             result.problems.append(f"pip install {arg}: {e}")
+            continue
+        if requirement.name == "txacme" and not requirement.url:  # drop once 1.0 is on PyPI
+            result.problems.append(
+                f"pip install {arg}: the package index has only txacme 0.9.3 (ACME v1); "
+                "install from a checkout"
+            )
             continue
         if requirement.name == "txacme":
             unknown = requirement.extras - extras
