@@ -511,10 +511,10 @@ def _documented_signature(text: str) -> tuple[str, list[tuple[str, str, str | No
     positional = args.args
     defaults: list[ast.expr | None] = [None] * (len(positional) - len(args.defaults))
     defaults += list(args.defaults)
-    for arg, default in zip(positional, defaults):
+    for arg, default in zip(positional, defaults, strict=True):
         source = None if default is None else ast.unparse(default)
         params.append((arg.arg, "POSITIONAL_OR_KEYWORD", source))
-    for arg, kw_default in zip(args.kwonlyargs, args.kw_defaults):
+    for arg, kw_default in zip(args.kwonlyargs, args.kw_defaults, strict=True):
         source = None if kw_default is None else ast.unparse(kw_default)
         params.append((arg.arg, "KEYWORD_ONLY", source))
     if args.kwarg is not None:
@@ -541,7 +541,7 @@ def test_migration_signatures() -> None:
             f"{block.where}: the page lists {[n for n, _, _ in documented]}, "
             f"{name} takes {[p.name for p in real]}"
         )
-        for (pname, kind, default), parameter in zip(documented, real):
+        for (pname, kind, default), parameter in zip(documented, real, strict=True):
             assert parameter.kind.name == kind, f"{block.where}: {pname} is {parameter.kind.name}"
             if default is None:
                 assert parameter.default is parameter.empty, f"{block.where}: {pname} has a default"
