@@ -136,6 +136,65 @@ def test_every_example_python_file_is_shown() -> None:
         assert path.resolve() in included, f"{path.relative_to(ROOT)} is shown by no page"
 
 
+def test_unclassified_block_reported_with_page_and_line(tmp_path: Path) -> None:
+    """A new page's unmarked block, a stray marker and a malformed one are each reported."""
+    from tests.harness import docexamples
+
+    page = tmp_path / "new.rst"
+    page.write_text(
+        "Title\n=====\n\n"
+        ".. example: run python\n\n"
+        "Run::\n\n    txacme status -C certs\n\n"
+        ".. code-block:: python\n\n   print(1)\n\n"
+        ".. example: checked\n\n"
+        ".. code-block:: shell\n\n   $ twistd --help\n\n"
+        ".. example: text (nothing after it)\n",
+        encoding="utf-8",
+    )
+    root = docexamples.ROOT
+    docexamples.ROOT = tmp_path
+    try:
+        blocks, problems = docexamples.scan(page)
+        messages = list(unclassified(blocks)) + [str(p) for p in problems]
+    finally:
+        docexamples.ROOT = root
+    assert [b.line for b in blocks] == [8, 10, 16]
+    assert blocks[0].marker is not None and blocks[0].marker.argument == "python"
+    assert messages[0].startswith("new.rst line 10: code block has no example classification")
+    assert "'.. example: checked' needs a reason in parentheses" in "\n".join(messages)
+    assert "example marker followed by no code block" in "\n".join(messages)
+
+
+def _checked(language: str, text: str) -> list[str]:
+    return check_block(Block(ROOT / "x.rst", 1, language, "code-block", text, None)).problems
+
+
+def test_checks_catch_wrong_examples() -> None:
+    """Each check fails on a wrong example of its kind (and passes the right one)."""
+    assert (
+        _checked("python", "from txacme import AutoTLSEndpoint\nAutoTLSEndpoint(1, 2, 3, 4)") == []
+    )
+    assert _checked(
+        "python", "from txacme import AutoTLSEndpoint\nAutoTLSEndpoint(1, 2, 3, 4, e=1)"
+    )
+    assert _checked("python", "from txacme.keys import no_such_name")
+    assert _checked("python", "Client.from_url(reactor, url, key, nope=1)")  # the facade's Client
+    assert _checked("python", "ca.fail_next(1, 2, 3, 4, 5, 6, 7)")  # a TestCA's method
+    assert _checked("python", "def f(:")
+    assert _checked("shell", "$ txacme status -C certs") == []
+    assert _checked("shell", "$ txacme status -C certs --no-such-option")
+    assert _checked("shell", "$ twistd -n web --port le:/srv/certs:tcp:443") == []
+    assert _checked("shell", "$ twistd -n web --port le:/srv/certs:tcp:443:no_such_keyword=1")
+    assert _checked("shell", "$ python -m txacme.testca --port 1 --no-such-option 2")
+    assert _checked("shell", "$ pip install './txacme[postgres]'") == []
+    assert _checked("shell", "$ pip install './txacme[nonexistent]'")
+    assert _checked("shell", "$ pip install txacme")  # the index has only 0.9.3
+    assert _checked("shell", "$ scripts/no-such-script")
+    assert _checked("ini", "[Service]\nExecStart=/usr/bin/txacme renew --frobnicate")
+    assert _checked("yaml", "- run: txacme issue --no-such-option")
+    assert _checked("yaml", "- a: [")
+
+
 # -- checked blocks -------------------------------------------------------------------------------
 
 ABSENT_FILE = re.compile(r"'(/[^']+)' is not a readable file")

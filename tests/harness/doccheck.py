@@ -19,6 +19,7 @@ example tests share.
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 import inspect
 import os
@@ -93,9 +94,47 @@ def check_python(source: str, result: Result) -> None:
                         result.checks.append(f"import {alias.name}")
                     except ImportError as e:
                         result.problems.append(f"import {alias.name}: {e}")
+    # A fragment uses the facade's names (``Client``, ``AutoTLSEndpoint``...) imported by
+    # an earlier block of its page: resolve those it neither imports nor defines.
+    import txacme
+
+    bound = {
+        target.id
+        for node in ast.walk(tree)
+        for target in getattr(node, "targets", [])
+        if isinstance(target, ast.Name)
+    } | {
+        node.name
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+    }
+    import txacme.testca
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id not in imported and node.id not in bound:
+            for module in (txacme, txacme.testca):
+                if node.id in getattr(module, "__all__", ()):
+                    imported[node.id] = getattr(module, node.id)
+                    break
+    for name, (module, cls) in RECEIVERS.items():
+        if name not in imported and name not in bound:
+            imported[name] = _Receiver(getattr(importlib.import_module(module), cls))
     for node in ast.walk(tree):
         if isinstance(node, ast.Call):
             _check_call(node, imported, result)
+
+
+#: The names fragments use for an instance of a txacme class they do not construct
+#: (``ca.fail_next(...)`` on docs/testing.rst): their method calls are bound too.
+RECEIVERS = {
+    "ca": ("txacme.testca", "TestCA"),
+    "dns": ("txacme.testca", "TestDNSServer"),
+}
+
+
+@dataclass
+class _Receiver:
+    cls: type
 
 
 def _resolve(node: ast.expr, imported: dict[str, object]) -> tuple[str, object] | None:
@@ -103,7 +142,18 @@ def _resolve(node: ast.expr, imported: dict[str, object]) -> tuple[str, object] 
         return node.id, imported[node.id]
     if isinstance(node, ast.Attribute):
         base = _resolve(node.value, imported)
-        if base is not None:
+        if base is not None and isinstance(base[1], _Receiver):
+            cls = base[1].cls
+            if not hasattr(cls, node.attr):
+                if re.search(rf"self\.{node.attr}\b", inspect.getsource(cls)):
+                    return None  # an instance attribute: its type is not known here
+                return f"{base[0]}.{node.attr}", _Missing(cls.__name__, node.attr)
+            method = inspect.getattr_static(cls, node.attr)
+            bound_method = getattr(cls, node.attr)
+            if inspect.isfunction(method):  # an instance method: bind self
+                bound_method = functools.partial(bound_method, None)
+            return f"{base[0]}.{node.attr}", bound_method
+        if base is not None and not isinstance(base[1], _Missing):
             if not hasattr(base[1], node.attr):
                 return f"{base[0]}.{node.attr}", _Missing(base[0], node.attr)
             return f"{base[0]}.{node.attr}", getattr(base[1], node.attr)
@@ -382,7 +432,8 @@ def check_endpoint(description: str, result: Result) -> None:
             from txacme.protocol.urls import LETSENCRYPT_DIRECTORY, LETSENCRYPT_STAGING_DIRECTORY
 
             url = {"le": LETSENCRYPT_DIRECTORY, "lets": LETSENCRYPT_STAGING_DIRECTORY}.get(prefix)
-            parse_endpoint_string_parts(prefix, url, [str(a) for a in args[1:]], kwargs)
+            config = parse_endpoint_string_parts(prefix, url, [str(a) for a in args[1:]], kwargs)
+            serverFromString(reactor, config.sub_endpoint)  # what is left: tcp:443:...
         else:
             serverFromString(reactor, description)
     except (ConfigurationError, ValueError, TypeError) as e:
@@ -408,9 +459,8 @@ def check_block(block: Block) -> Result:
             check_command(command, result)
         if language == "" and not result.checks and not result.problems:
             check_python(block.text, result)
-            if result.problems:  # not Python either
+            if not result.checks:  # not Python either
                 result.problems = []
-                result.checks = []
         return result
     if language == "ini":
         for command in ini_commands(block.text):
