@@ -51,6 +51,7 @@ RUNNERS: dict[str, str] = {
     "cli-issue": "test_cli_issue_and_revoke",
     "promtool": "test_promtool",
     "signatures": "test_migration_signatures",
+    "cli-postgres": "test_cli_postgres_and_rfc2136",
 }
 
 
@@ -193,6 +194,8 @@ def test_checks_catch_wrong_examples() -> None:
     assert _checked("ini", "[Service]\nExecStart=/usr/bin/txacme renew --frobnicate")
     assert _checked("yaml", "- run: txacme issue --no-such-option")
     assert _checked("yaml", "- a: [")
+    assert _checked("json", '{"a": 1}') == []
+    assert _checked("json", '{"a": 1,}')
 
 
 # -- checked blocks -------------------------------------------------------------------------------
@@ -621,3 +624,75 @@ def test_migration_signatures() -> None:
                 f"{block.where}: the page lists {names}, ServiceOptions has "
                 f"{list(ServiceOptions.__annotations__)}"
             )
+
+
+# -- txacme on a PostgreSQL store with RFC 2136 dns-01 ------------------------------------------
+
+
+def test_cli_postgres_and_rfc2136(home: Path) -> None:
+    """
+    cli.rst's ``txacme renew`` with RFC 2136 and its ``TXACME_STORE=postgresql://...``
+    commands, run against this machine's BIND and PostgreSQL, with a test CA that validates
+    dns-01 through that BIND: the database, DNS server, CA and paths moved to the local
+    ones (and the zone looked up through BIND), the commands as written.
+    """
+    block, renew = only("cli-postgres", 2)
+    from tests.harness.bind import BindUnavailable, start_bind
+    from tests.harness.postgres import PostgresUnavailable, shared_postgres
+    from txacme.stores.postgres import KeyEncryption
+    from txacme.testca import TestCAProcess
+
+    try:
+        postgres = shared_postgres()
+        bind = start_bind({"example.com": ["ns1 A 127.0.0.1"]})
+    except (BindUnavailable, PostgresUnavailable) as e:
+        pytest.skip(str(e))
+    work = home / "cli-postgres"
+    (work / "var" / "lib" / "txacme").mkdir(parents=True)
+    (work / "etc" / "txacme").mkdir(parents=True)
+    shutil.copy(bind.key_file, work / "etc" / "txacme" / "tsig.key")
+    KeyEncryption.generate_key_file(str(work / "etc" / "txacme" / "store.key"))  # as cluster.rst
+    database = postgres.new_database()
+    try:
+        with TestCAProcess.start(dns_server=[bind.address, bind.port], retry_after=0) as dns_ca:
+
+            def local(commands: str) -> str:
+                return (
+                    commands.replace("postgresql://txacme@db.example.com/txacme", database)
+                    .replace("/var/lib/", f"{work}/var/lib/")
+                    .replace("/srv/", f"{work}/srv/")
+                    .replace("/etc/txacme/", f"{work}/etc/txacme/")
+                    # example.com's zone is found through BIND, not the public DNS.
+                    .replace(
+                        "dns_server=192.0.2.53",
+                        f"dns_server={bind.server} --dns-option dns_resolvers={bind.server}",
+                    )
+                    .replace(
+                        "--le",
+                        f"--directory {dns_ca.directory_url} --ca-file {dns_ca.https_ca_file}",
+                    )
+                )
+
+            # renew: a directory with one empty entry, which is due.
+            certs = work / "srv" / "www" / "certs"
+            certs.mkdir(parents=True)
+            (certs / "www.example.com.pem").touch()
+            script = local("\n".join(shell_commands(renew)))
+            done = run_shell(script, work)
+            assert done.returncode == 0, f"{renew.where}:\n{script}\n{done.stdout}{done.stderr}"
+            assert (certs / "www.example.com.pem").stat().st_size > 0, done.stdout
+
+            script = local("\n".join(shell_commands(block)))
+            done = run_shell(script, work)
+            assert done.returncode == 0, f"{block.where}:\n{script}\n{done.stdout}{done.stderr}"
+            assert re.search(r"^new\.example\.com: obtained", done.stdout, re.M), done.stdout
+            # The certificate is in the database: status through the store sees it.
+            exports = "\n".join(line for line in script.splitlines() if line.startswith("export"))
+            status = run_shell(f"{exports}\ntxacme status -C {work}/var/lib/txacme --json", work)
+            assert status.returncode == 0, status.stderr
+            rows = json.loads(status.stdout)["certificates"]
+            assert [r["name"] for r in rows] == ["new.example.com"], rows
+            assert bind.txt("_acme-challenge.new.example.com") == set()  # cleaned up
+    finally:
+        bind.stop()
+        postgres.drop_database(database)

@@ -14,6 +14,7 @@ example tests share.
   requirements parsed with their extras looked up in ``pyproject.toml``,
   ``scripts/...`` found executable in the repository.
 * Endpoint strings on lines of their own (``le:...``, ``acme:...``): parsed.
+* YAML, JSON and TOML: parsed.
 """
 
 from __future__ import annotations
@@ -465,6 +466,28 @@ def check_block(block: Block) -> Result:
     if language == "ini":
         for command in ini_commands(block.text):
             check_command(command, result)
+        return result
+    if language == "json":
+        import json
+
+        try:
+            json.loads(block.text)
+        except ValueError as e:
+            result.problems.append(f"JSON does not parse: {e}")
+            return result
+        result.checks.append("JSON parses")
+        return result
+    if language == "toml":
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            return result
+        try:
+            tomllib.loads(block.text)
+        except tomllib.TOMLDecodeError as e:
+            result.problems.append(f"TOML does not parse: {e}")
+            return result
+        result.checks.append("TOML parses")
         return result
     if language == "yaml":
         import yaml
