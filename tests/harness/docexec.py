@@ -1,14 +1,15 @@
 """
-Execute the Python examples of one documentation page, in order, in one
-namespace, as a reader pasting them into one file would (``python -m
-tests.harness.docexec`` reads a JSON request on stdin, prints JSON results).
+Execute the Python examples of documentation pages: each page's blocks in order
+in one namespace, as a reader pasting them into one file would (``python -m
+tests.harness.docexec`` reads a JSON request on stdin, prints JSON results; one
+process for every page).
 
 The namespace starts with the names the pages use without defining them (the
 "fixtures"): ``reactor``, ``store`` (a MemoryStore), ``key``, ``client_creator``
 (a client of the test CA), ``sub_endpoint`` (TCP on a free loopback port),
 ``site``, ``root`` (a web resource), ``service`` (an AcmeIssuingService over ``store``), ``index``,
 ``creator``, ``url``, ``token``. Absolute paths under ``/srv``, ``/etc`` and
-``/var`` are moved under the request's ``root`` directory (their parents
+``/var`` are moved under the page's ``root`` directory (their parents
 created, a few files the examples read written first), and the well-known
 ports (80, 443, 5223, 9100) replaced by free ones. The reactor runs while
 the blocks execute, so top-level ``await`` works; every listening port is
@@ -58,6 +59,18 @@ def relocate(source: str, root: str) -> str:
 
 
 async def run(reactor: Any, request: dict[str, Any]) -> list[dict[str, Any]]:
+    """Run each page of the request in a namespace of its own; one result per block."""
+    results = []
+    for page in request["pages"]:
+        os.chdir(page["root"])
+        results += await run_page(reactor, request["ca"], page["root"], page["blocks"])
+    return results
+
+
+async def run_page(
+    reactor: Any, ca: dict[str, str], root: str, blocks: list[dict[str, str]]
+) -> list[dict[str, Any]]:
+    """Execute one page's ``blocks`` in order in one namespace of fixtures."""
     import ast
 
     from twisted.internet.defer import Deferred, ensureDeferred
@@ -71,8 +84,6 @@ async def run(reactor: Any, request: dict[str, Any]) -> list[dict[str, Any]]:
     from txacme.serving.tls import SNIConnectionCreator
     from txacme.testing import MemoryStore
 
-    root = request["root"]
-    ca = request["ca"]
     key = jwk_for(generate_private_key())
 
     def client_creator() -> Any:
@@ -96,7 +107,7 @@ async def run(reactor: Any, request: dict[str, Any]) -> list[dict[str, Any]]:
         "token": "example-token",
     }
     results = []
-    for block in request["blocks"]:
+    for block in blocks:
         source = relocate(block["source"], root)
         try:
             code = compile(source, block["where"], "exec", ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
@@ -123,7 +134,6 @@ def main() -> None:
 
     request = json.load(sys.stdin)
     sys.path.insert(0, request["examples"])
-    os.chdir(request["root"])
 
     async def go(reactor: Any) -> None:
         results = await run(reactor, request)
