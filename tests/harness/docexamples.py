@@ -116,7 +116,7 @@ def _parse_marker(text: str, line: int, path: Path) -> Marker | MarkerProblem | 
 def _docutils_setup(sources: Sequence[str]) -> None:
     """
     Register ``code-block`` and the other Sphinx directives and roles in
-    ``sources`` with docutils, once per process.
+    ``sources`` with docutils (for one parse: see :func:`_doctree`).
     """
     from docutils import nodes
     from docutils.parsers.rst import Directive, directives, roles
@@ -190,18 +190,30 @@ def _docutils_setup(sources: Sequence[str]) -> None:
 
 def _doctree(path: Path, source: str) -> Any:
     from docutils.core import publish_doctree
+    from docutils.parsers.rst import directives, roles
 
-    _docutils_setup([source])
-    return publish_doctree(
-        source,
-        source_path=str(path),
-        settings_overrides={
-            "report_level": 5,
-            "halt_level": 5,
-            "file_insertion_enabled": False,
-            "raw_enabled": False,
-        },
-    )
+    # docutils keeps its directives and roles in globals: register ours for this parse
+    # only, so that a Sphinx build in the same process sees docutils as it was.
+    saved = dict(directives._directives), dict(roles._roles), dict(roles._role_registry)
+    try:
+        _docutils_setup([source])
+        return publish_doctree(
+            source,
+            source_path=str(path),
+            settings_overrides={
+                "report_level": 5,
+                "halt_level": 5,
+                "file_insertion_enabled": False,
+                "raw_enabled": False,
+            },
+        )
+    finally:
+        directives._directives.clear()
+        directives._directives.update(saved[0])
+        roles._roles.clear()
+        roles._roles.update(saved[1])
+        roles._role_registry.clear()
+        roles._role_registry.update(saved[2])
 
 
 def scan(path: Path) -> tuple[list[Block], list[MarkerProblem]]:
