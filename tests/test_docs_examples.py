@@ -418,7 +418,7 @@ def test_serve_with_twistd(ca: CA, home: Path) -> None:
     temporary directory), then ``txacme status`` (quickstart, watching's ``--html``)
     and cli.rst's cron lines on the certificate it obtained.
     """
-    blocks = only("serve", 5)
+    blocks = only("serve", 6)
     work = home / "serve"
     work.mkdir()
     certs, root = work / "srv" / "www" / "certs", work / "srv" / "www" / "root"
@@ -476,11 +476,31 @@ def test_serve_with_twistd(ca: CA, home: Path) -> None:
 
     # quickstart: txacme status; watching: --html (into an existing web root); cli: cron lines.
     (work / "var" / "www" / "status").mkdir(parents=True)
+    # cli.rst's sample output: the same columns, and the name's row in the same form.
+    sample = find(blocks, "NAME             STATE")
+    done = run_shell(f"txacme status -C {certs}", work)
+    header = done.stdout.splitlines()[0]
+    documented = sample.text.splitlines()[1]
+    assert re.split(r"\s{2,}", header.strip()) == re.split(r"\s{2,}", documented.strip()), (
+        f"{sample.where}: the page shows the columns {documented!r}, txacme prints {header!r}"
+    )
+    row = next(line for line in done.stdout.splitlines() if line.startswith("www.example.com "))
+    cells = re.split(r"\s{2,}", row.strip())
+    when = r"\d{4}-\d\d-\d\d \d\d:\d\dZ \(in \d+d\)"
+    assert (
+        len(cells) == len(re.split(r"\s{2,}", header.strip()))
+        and cells[1:2] == ["ok"]
+        and cells[3] == "ec256"
+        and re.fullmatch(when, cells[4])
+        and re.fullmatch(when, cells[5])
+        and cells[-1] == "-"
+    ), f"{sample.where}: a row unlike the page's: {row!r}"
     for needle in ("txacme status -C /srv/www/certs\n", "--html", "--check"):
         block = next(
             b
             for b in blocks
-            if needle.strip() in b.text and "touch" not in b.text and "twistd" not in b.text
+            if needle.strip() in b.text
+            and not any(other in b.text for other in ("touch", "twistd", "NAME  "))
         )
         for command in shell_commands(block):
             if "--store postgresql" in command:
