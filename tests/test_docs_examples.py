@@ -53,6 +53,7 @@ RUNNERS: dict[str, str] = {
     "signatures": "test_migration_signatures",
     "cli-postgres": "test_cli_postgres_and_rfc2136",
     "serve-metrics": "test_status_json_of_twistd",
+    "bind-setup": "test_bind_setup",
 }
 
 
@@ -793,3 +794,43 @@ def test_status_json_of_twistd(ca: CA, home: Path) -> None:
     finally:
         twistd.send_signal(signal.SIGTERM)
         twistd.wait(20)
+
+
+# -- BIND's side of dns-01 ----------------------------------------------------------------------
+
+
+def test_bind_setup() -> None:
+    """
+    dns01.rst's BIND commands, paths moved to a temporary directory: ``tsig-keygen`` makes
+    a key file txacme reads as it is, and ``named-checkconf`` accepts the ``named.conf``
+    excerpt with it.
+    """
+    commands, conf = only("bind-setup", 2)
+    for tool in ("tsig-keygen", "named-checkconf"):
+        if shutil.which(tool) is None and not os.path.exists(f"/usr/sbin/{tool}"):
+            pytest.skip(f"{tool} (Debian's bind9 packages) is not installed")
+    from txacme.challenges.dnsproviders.rfc2136 import read_tsig_key_file
+
+    with tempfile.TemporaryDirectory(prefix="txacme-docex-bind-") as directory:
+        work = Path(directory)
+        for path in ("etc/bind", "etc/txacme"):
+            (work / path).mkdir(parents=True)
+
+        def local(text: str) -> str:
+            return text.replace("/etc/", f"{work}/etc/").replace("/var/lib/", f"{work}/var/lib/")
+
+        script = "export PATH=$PATH:/usr/sbin\n" + "\n".join(
+            local(c) for c in shell_commands(commands)
+        )
+        done = run_shell(script, work)
+        assert done.returncode == 0, f"{commands.where}: {done.stderr}"
+        key_file = work / "etc" / "txacme" / "tsig.key"
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        key = read_tsig_key_file(str(key_file))
+        assert (str(key.name).rstrip("."), str(key.algorithm).rstrip(".")) == (
+            "txacme",
+            "hmac-sha256",
+        ), (key.name, key.algorithm)
+        (work / "named.conf").write_text(local(conf.text) + "\n")
+        check = run_shell(f"named-checkconf {work / 'named.conf'}", work)
+        assert check.returncode == 0, f"{conf.where}: {check.stdout}{check.stderr}"
