@@ -54,6 +54,7 @@ RUNNERS: dict[str, str] = {
     "cli-postgres": "test_cli_postgres_and_rfc2136",
     "serve-metrics": "test_status_json_of_twistd",
     "bind-setup": "test_bind_setup",
+    "pytest-fixture": "test_pytest_fixture",
 }
 
 
@@ -834,3 +835,38 @@ def test_bind_setup() -> None:
         (work / "named.conf").write_text(local(conf.text) + "\n")
         check = run_shell(f"named-checkconf {work / 'named.conf'}", work)
         assert check.returncode == 0, f"{conf.where}: {check.stdout}{check.stderr}"
+
+
+# -- the pytest fixture -------------------------------------------------------------------------
+
+
+def test_pytest_fixture(home: Path) -> None:
+    """
+    testing.rst's ``conftest.py`` and test module, run by pytest in a child process, with
+    ``run_my_client`` (the reader's client) fetching the directory over HTTPS with the
+    bundle, and port 8080 moved to a free one.
+    """
+    (block,) = only("pytest-fixture", 1)
+    conftest, _, module = block.text.partition("# test_something.py")
+    work = home / "pytest-fixture"
+    work.mkdir()
+    client = (
+        "import json, ssl, urllib.request\n\n\n"
+        "def run_my_client(directory, ca_bundle):\n"
+        "    context = ssl.create_default_context(cafile=ca_bundle)\n"
+        "    with urllib.request.urlopen(directory, context=context, timeout=10) as r:\n"
+        "        assert 'newOrder' in json.load(r)\n\n\n"
+    )
+    (work / "conftest.py").write_text(conftest.replace("8080", str(free_port())))
+    (work / "test_something.py").write_text(client + module)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(work)],
+        cwd=work,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and "1 passed" in done.stdout, (
+        f"{block.where}:\n{done.stdout}{done.stderr}"
+    )
