@@ -575,14 +575,44 @@ def test_cli_issue_and_revoke(ca: CA, home: Path) -> None:
 # -- promtool -------------------------------------------------------------------------------------
 
 
-def test_promtool() -> None:
-    """watching.rst's promtool lines pass, run in docs/examples where the files are."""
-    (block,) = only("promtool", 1)
+def test_promtool(home: Path) -> None:
+    """
+    watching.rst's promtool lines pass, run in docs/examples where the files are; its
+    ``prometheus.yml`` passes ``promtool check config`` (the rule file moved to the
+    example's); metrics.rst's rule passes ``promtool check rules`` in a group, and the
+    metrics its expression names are txacme's.
+    """
+    blocks = only("promtool", 3)
     if shutil.which("promtool") is None:
         pytest.skip("promtool (Debian's prometheus package) is not installed")
-    for command in shell_commands(block):
-        done = run_shell(command, ROOT / "docs" / "examples")
-        assert done.returncode == 0, f"{block.where}: {command}: {done.stdout}{done.stderr}"
+    examples = ROOT / "docs" / "examples"
+    work = home / "promtool"
+    work.mkdir()
+    commands = find(blocks, "promtool check rules")
+    for command in shell_commands(commands):
+        done = run_shell(command, examples)
+        assert done.returncode == 0, f"{commands.where}: {command}: {done.stdout}{done.stderr}"
+
+    config = find(blocks, "scrape_configs")
+    (work / "prometheus.yml").write_text(
+        config.text.replace(
+            "/etc/prometheus/rules/txacme-alerts.yml", str(examples / "prometheus-alerts.yml")
+        )
+    )
+    done = run_shell("promtool check config prometheus.yml", work)
+    assert done.returncode == 0, f"{config.where}: {done.stdout}{done.stderr}"
+
+    rule = find(blocks, "- alert:")
+    group = "groups:\n  - name: docs\n    rules:\n" + "".join(
+        f"      {line}\n" for line in rule.text.splitlines()
+    )
+    (work / "rule.yml").write_text(group)
+    done = run_shell("promtool check rules rule.yml", work)
+    assert done.returncode == 0, f"{rule.where}: {done.stdout}{done.stderr}"
+    source = (ROOT / "src" / "txacme" / "reporting" / "metrics.py").read_text(encoding="utf-8")
+    for metric in re.findall(r"\b(txacme_\w+)", rule.text):
+        base = metric.removeprefix("txacme_")
+        assert base in source or metric in source, f"{rule.where}: no metric {metric} in txacme"
 
 
 # -- the 1.0 signatures of the migration guide --------------------------------------------------
