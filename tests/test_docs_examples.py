@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -55,6 +56,7 @@ RUNNERS: dict[str, str] = {
     "serve-metrics": "test_status_json_of_twistd",
     "bind-setup": "test_bind_setup",
     "pytest-fixture": "test_pytest_fixture",
+    "serve-txsni": "test_txsni_serves_the_same_directory",
 }
 
 
@@ -900,3 +902,74 @@ def test_pytest_fixture(home: Path) -> None:
     assert done.returncode == 0 and "1 passed" in done.stdout, (
         f"{block.where}:\n{done.stdout}{done.stderr}"
     )
+
+
+# -- txsni: on the same directory ---------------------------------------------------------------
+
+
+def test_txsni_serves_the_same_directory(ca: CA, home: Path) -> None:
+    """
+    certs-dir.rst's two twistd lines: an ``le:`` endpoint (moved to the test CA) obtains
+    the certificate, then a second twistd (its own pid file) serves the same directory
+    with ``txsni:`` on another port, and a client verifies it against the CA's roots.
+    """
+    (block,) = only("serve-txsni", 1)
+    work = home / "serve-txsni"
+    certs = work / "srv" / "www" / "certs"
+    certs.mkdir(parents=True)
+    for site in ("root", "other"):
+        (work / "srv" / site).mkdir(parents=True, exist_ok=True)
+    (work / "srv" / "other" / "index.html").write_text("the other site\n")
+    (certs / "shop.example.org.pem").touch()
+    txsni_port = free_port()
+    first, second = (c.replace("/srv/", f"{work}/srv/") for c in shell_commands(block))
+    first = first.replace(
+        f"le:{certs}:tcp:443",
+        shlex.quote(
+            f"acme:{certs}:tcp:{ca.tlsalpn01_port}:interface=127.0.0.1"
+            f":directory={quote(ca.directory_url)}:ca_file={quote(ca.https_ca_file)}"
+        ),
+    )
+    second = second.replace("tcp:8443", f"tcp:{txsni_port}:interface=127.0.0.1")
+    assert "acme:" in first and str(txsni_port) in second, (first, second)
+    processes = []
+    try:
+        for number, command in enumerate((first, second)):
+            log = work / f"twistd-{number}.log"
+            with open(log, "wb") as out:
+                processes.append(
+                    subprocess.Popen(
+                        ["bash", "-c", "exec " + command],
+                        cwd=work,
+                        env=env(),
+                        stdin=subprocess.DEVNULL,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+            if number == 0:
+                _wait(
+                    lambda: (certs / "shop.example.org.pem").stat().st_size > 0,
+                    f"{block.where}: the le: twistd did not obtain shop.example.org",
+                    processes[0],
+                    log,
+                )
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                page = _https_get(txsni_port, "shop.example.org", ca.roots_file)
+                break
+            except OSError:
+                if time.monotonic() > deadline or processes[1].poll() is not None:
+                    raise AssertionError(
+                        f"{block.where}: txsni did not serve:\n"
+                        + (work / "twistd-1.log").read_text(errors="replace")
+                    ) from None
+                time.sleep(0.2)
+        assert page.endswith(b"the other site\n"), page[:200]
+        assert (work / "other.pid").exists() and (work / "twistd.pid").exists()
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            process.wait(20)
