@@ -57,6 +57,7 @@ RUNNERS: dict[str, str] = {
     "bind-setup": "test_bind_setup",
     "pytest-fixture": "test_pytest_fixture",
     "serve-txsni": "test_txsni_serves_the_same_directory",
+    "serve-ondemand": "test_on_demand_with_twistd",
 }
 
 
@@ -973,3 +974,59 @@ def test_txsni_serves_the_same_directory(ca: CA, home: Path) -> None:
             process.send_signal(signal.SIGTERM)
         for process in processes:
             process.wait(20)
+
+
+# -- on-demand issuance --------------------------------------------------------------------------
+
+
+def test_on_demand_with_twistd(ca: CA, home: Path) -> None:
+    """
+    ondemand.rst's ``twistd web`` with ``on_demand=``: ``le:`` moved to the test CA, port
+    443 to a free loopback one, an empty directory. A client asking for an allowed name
+    gets a certificate for it, issued during its handshake; a name outside the list is
+    refused and never issued.
+    """
+    (block,) = only("serve-ondemand", 1)
+    work = home / "serve-ondemand"
+    certs = work / "srv" / "www" / "certs"
+    certs.mkdir(parents=True)
+    (work / "srv" / "www" / "root").mkdir()
+    (work / "srv" / "www" / "root" / "index.html").write_text("on demand\n")
+    (command,) = (c.replace("/srv/", f"{work}/srv/") for c in shell_commands(block))
+    command = command.replace(
+        f"'le:{certs}:tcp:443:",
+        f"'acme:{certs}:tcp:{ca.tlsalpn01_port}:interface=127.0.0.1"
+        f":directory={quote(ca.directory_url)}:ca_file={quote(ca.https_ca_file)}:",
+    )
+    assert "acme:" in command, command
+    log = work / "twistd.log"
+    with open(log, "wb") as out:
+        twistd = subprocess.Popen(
+            ["bash", "-c", "exec " + command],
+            cwd=work,
+            env=env(),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                page = _https_get(ca.tlsalpn01_port, "a.customers.example.net", ca.roots_file)
+                break
+            except (OSError, ssl.SSLError):
+                if time.monotonic() > deadline or twistd.poll() is not None:
+                    raise AssertionError(
+                        f"{block.where}: no certificate on demand:\n"
+                        + log.read_text(errors="replace")
+                    ) from None
+                time.sleep(0.3)
+        assert page.endswith(b"on demand\n"), page[:200]
+        assert (certs / "a.customers.example.net.pem").stat().st_size > 0  # stored
+        with pytest.raises((OSError, ssl.SSLError)):
+            _https_get(ca.tlsalpn01_port, "other.example.org", ca.roots_file)
+        assert not (certs / "other.example.org.pem").exists()
+    finally:
+        twistd.send_signal(signal.SIGTERM)
+        twistd.wait(20)
