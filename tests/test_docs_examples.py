@@ -771,12 +771,15 @@ def test_cli_postgres_and_rfc2136(home: Path) -> None:
 
 def test_status_json_of_twistd(ca: CA, home: Path) -> None:
     """
-    watching.rst's ``twistd web`` with ``metrics=`` and its ``curl | jq`` line: ``le:`` moved
+    metrics.rst's and watching.rst's ``twistd web`` with ``metrics=``, the latter's ``curl |
+    jq`` line and the former's ``/metrics``: ``le:`` moved
     to the test CA (``acme:...:directory=...:ca_file=...``), ports 443 and 9100 to free
     loopback ones. A wildcard entry, which tls-alpn-01 cannot obtain, is the one the jq
     filter prints as needing attention.
     """
-    (block,) = only("serve-metrics", 1)
+    scrape, block = only("serve-metrics", 2)  # metrics.rst, watching.rst
+    # metrics.rst's command is the same as watching.rst's first: running one runs both.
+    assert list(shell_commands(scrape)) == list(shell_commands(block))[:1], scrape.where
     work = home / "serve-metrics"
     certs, root = work / "srv" / "www" / "certs", work / "srv" / "www" / "root"
     certs.mkdir(parents=True)
@@ -825,6 +828,14 @@ def test_status_json_of_twistd(ca: CA, home: Path) -> None:
                 + log.read_text(errors="replace")
             )
             time.sleep(0.3)
+        # metrics.rst: "and scrape http://127.0.0.1:9100/metrics".
+        done = run_shell(f"curl -sf http://127.0.0.1:{metrics_port}/metrics", work)
+        assert done.returncode == 0, done.stderr
+        assert re.search(
+            r'^txacme_certificate_not_after_timestamp_seconds\{name="www\.example\.org"\} [1-9]',
+            done.stdout,
+            re.M,
+        ), f"{scrape.where}: {done.stdout[:2000]}"
     finally:
         twistd.send_signal(signal.SIGTERM)
         twistd.wait(20)
