@@ -225,8 +225,11 @@ def pytest_fixture(
     Make a pytest fixture yielding a running :class:`TestCAProcess`::
 
         # conftest.py
-        from txacme.testca import pytest_fixture
-        acme_ca = pytest_fixture(http01_port=5002)
+        from txacme import testca
+        acme_ca = testca.pytest_fixture(http01_port=5002)
+
+    (In a ``conftest.py``, do not import the function under its own name: pytest
+    takes every ``pytest_*`` name there for a hook, and stops on an unknown one.)
 
     :param scope: the pytest fixture scope.
     :param name: the fixture name (default: the variable it is assigned to).
