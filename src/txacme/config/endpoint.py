@@ -33,6 +33,7 @@ from txacme.protocol.client import Client
 from txacme.protocol.resources import EAB
 from txacme.protocol.transport import Exchange
 from txacme.reporting.state import STATE_FILENAME
+from txacme.serving.deadline import DEFAULT_HANDSHAKE_TIMEOUT
 from txacme.serving.endpoint import AutoTLSEndpoint, ClientCreator
 from txacme.serving.reuseport import reuse_port_endpoint, reuse_port_supported
 from txacme.stores.directory import DirectoryStore
@@ -77,6 +78,7 @@ OWN_KEYWORDS = frozenset(
         "on_demand_ask",
         "on_demand_rate",
         "reuse_port",
+        "handshake_timeout",
     }
 )
 #: Keyword prefix of the options of ``store=`` (``store_key_file=``...).
@@ -134,6 +136,7 @@ class EndpointConfig:
     on_demand_ask: str | None = None
     on_demand_rate: int = DEFAULT_ON_DEMAND_RATE
     reuse_port: bool = False
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
 
 
 # ---------------------------------------------------------------------------
@@ -234,6 +237,7 @@ class _Fields(TypedDict, total=False):
     on_demand_ask: str | None
     on_demand_rate: int
     reuse_port: bool
+    handshake_timeout: float
 
 
 def _key(parts: _Parts) -> _Fields:
@@ -301,6 +305,7 @@ def _intervals(parts: _Parts) -> _Fields:
         "timeout": _seconds(parts, "timeout", DEFAULT_TIMEOUT),
         "check_interval": _seconds(parts, "check_interval", DEFAULT_CHECK_INTERVAL),
         "watch_interval": _seconds(parts, "watch_interval", DEFAULT_WATCH_INTERVAL),
+        "handshake_timeout": _seconds(parts, "handshake_timeout", DEFAULT_HANDSHAKE_TIMEOUT),
     }
 
 
@@ -574,6 +579,7 @@ def endpoint_from_config(reactor: IReactorTime, config: EndpointConfig) -> AutoT
         metrics=config.metrics,
         on_demand=on_demand,
         on_demand_rate=config.on_demand_rate,
+        handshake_timeout=config.handshake_timeout,
         close_store=bool(config.store) or isinstance(store, CoordinatingDirectoryStore),
     )
 

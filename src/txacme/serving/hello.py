@@ -4,8 +4,12 @@ connection set-up (:class:`ServerTLSProtocol`, :class:`ServerTLSFactory`), and
 holding a TLS handshake until its ClientHello has been judged (the ClientHello
 parser and the connection factory that shows each ClientHello to a hook).
 
-``ServerTLSProtocol`` is Twisted's ``BufferingTLSTransport`` with two costs
-per connection removed, and nothing else changed: the interfaces of the
+``ServerTLSProtocol`` is Twisted's ``BufferingTLSTransport`` with three costs
+per connection removed, and nothing else changed: the OpenSSL connection (an
+``SSL`` object of about 17 KB, and OpenSSL's buffers once it has read
+something: about 50 KB in all) is made when the first TLS record from the
+client is complete, not when the connection is accepted, so a connection that
+sends nothing, or part of a ClientHello, holds about 3 KB; the interfaces of the
 transport are declared on the connection once per transport class (Twisted
 re-declares them one by one, about ten times per connection; the resulting
 declaration is the same), and the server does not call ``do_handshake`` before
@@ -35,7 +39,12 @@ The hooks are :meth:`txacme.issuing.ondemand.OnDemandIssuer.hello_hook` (on-dema
 issuance) and :meth:`txacme.serving.cluster.ClusterNode.hello_hook` (a cluster's
 challenge look-up).
 
-May import the core modules only.
+Both factories give every connection a handshake deadline
+(:mod:`txacme.serving.deadline`, ``handshake_timeout``, 10 s by default): one
+that has not completed its handshake by then, whether it sent nothing, part of
+a ClientHello or stalled in the handshake, is aborted.
+
+May import the core modules and :mod:`txacme.serving.deadline`.
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ import enum
 from collections.abc import Callable
 from typing import Any
 
+from OpenSSL import SSL
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import (
     IDelayedCall,
@@ -60,6 +70,11 @@ from zope.interface import providedBy
 from zope.interface.declarations import Provides
 
 from txacme.errors import ConfigurationError
+from txacme.serving.deadline import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    HandshakeDeadlines,
+    check_handshake_timeout,
+)
 
 log = Logger()
 
@@ -250,6 +265,78 @@ def combine_hooks(*hooks: HelloHook | None) -> HelloHook:
     return hook
 
 
+def _first_record_incomplete(data: bytes) -> bool:
+    """Whether ``data`` is the start of a TLS handshake record, not yet all there."""
+    size = len(data)
+    if not size or data[0] != 22:
+        return False
+    if size < 5:
+        return True
+    length = (data[3] << 8) | data[4]
+    return length <= 16384 + 2048 and size < 5 + length
+
+
+class _NotStarted:
+    """
+    Stands for the OpenSSL connection of a :class:`ServerTLSProtocol` until the
+    client's first TLS record is complete (an ``SSL`` object costs about 17 KB,
+    most of what a connection that sends nothing would hold): behaves as a
+    server connection that has received nothing, keeps a partial first record
+    itself, and makes the real connection when there is something for OpenSSL
+    to read (a whole record, or bytes that are not a TLS handshake record).
+    """
+
+    __slots__ = ("_protocol", "_eof", "_buffer")
+
+    def __init__(self, protocol: ServerTLSProtocol) -> None:
+        self._protocol = protocol
+        self._eof = False
+        self._buffer = b""
+
+    def bio_write(self, data: bytes) -> int:
+        buffered = self._buffer + data if self._buffer else data
+        if _first_record_incomplete(buffered):
+            # Nothing OpenSSL could act on yet: keep what was sent, not 17 KB.
+            self._buffer = buffered
+            return len(data)
+        self._buffer = b""
+        protocol = self._protocol
+        connection = protocol.factory._creatorCallable(protocol)
+        protocol._tlsConnection = connection
+        connection.bio_write(buffered)
+        return len(data)
+
+    def do_handshake(self) -> None:
+        raise SSL.WantReadError()
+
+    def bio_read(self, bufsiz: int) -> bytes:
+        raise SSL.WantReadError()
+
+    def send(self, buf: bytes, flags: int = 0) -> int:
+        raise SSL.WantReadError()
+
+    def recv(self, bufsiz: int, flags: int | None = None) -> bytes:
+        if self._eof:
+            # What OpenSSL says of a peer gone before its ClientHello.
+            raise SSL.SysCallError(-1, "Unexpected EOF")
+        raise SSL.WantReadError()
+
+    def bio_shutdown(self) -> None:
+        self._eof = True
+
+    def shutdown(self) -> bool:
+        return False  # as OpenSSL during a handshake: nothing to send
+
+    def get_alpn_proto_negotiated(self) -> bytes:
+        return b""
+
+    def get_peer_certificate(self, *, as_cryptography: bool = False) -> None:
+        return None
+
+    def get_servername(self) -> None:
+        return None
+
+
 _provides: dict[tuple[type, object], Any] = {}
 """Interface declarations by (protocol class, transport's declaration)."""
 
@@ -260,9 +347,11 @@ class ServerTLSProtocol(BufferingTLSTransport):
     work per connection (see the module documentation).
     """
 
+    factory: ServerTLSFactory
+
     def makeConnection(self, transport: ITransport) -> None:  # noqa: N802
-        """Make the TLS connection and connect the application's protocol."""
-        self._tlsConnection = self.factory._creatorCallable(self)
+        """Connect the application's protocol; the TLS connection comes with the first bytes."""
+        self._tlsConnection: Any = _NotStarted(self)
         self._appSendBuffer: list[bytes] = []
         # What Twisted's directlyProvides(self, providedBy(transport)) leaves.
         declared = providedBy(transport)
@@ -273,15 +362,42 @@ class ServerTLSProtocol(BufferingTLSTransport):
         self.__provides__ = spec
         Protocol.makeConnection(self, transport)  # type: ignore[no-untyped-call]
         self.factory.registerProtocol(self)  # type: ignore[no-untyped-call]
+        deadlines = self.factory.deadlines
+        if deadlines is not None:
+            deadlines.add(self)
         if self._connectWrapped:
             self.wrappedProtocol.makeConnection(self)
         if self.disconnecting:
             # The application closed at once: let Twisted handle it as usual.
-            self._checkHandshakeStatus()  # type: ignore[no-untyped-call]
+            self._checkHandshakeStatus()
+
+    def _checkHandshakeStatus(self) -> None:  # noqa: N802
+        super()._checkHandshakeStatus()  # type: ignore[no-untyped-call]
+        if self._handshakeDone:
+            deadlines = self.factory.deadlines
+            if deadlines is not None:
+                deadlines.discard(self)
+
+    def handshake_expired(self) -> None:
+        """The handshake deadline passed: abort the connection."""
+        if self.connected and not self._handshakeDone:
+            self.abortConnection()  # type: ignore[no-untyped-call]
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
+        """Forget the deadline and close as usual."""
+        deadlines = self.factory.deadlines
+        if deadlines is not None:
+            deadlines.discard(self)
+        super().connectionLost(reason)
 
 
 class ServerTLSFactory(TLSMemoryBIOFactory):
-    """``TLSMemoryBIOFactory`` for server connections, with :class:`ServerTLSProtocol`."""
+    """
+    ``TLSMemoryBIOFactory`` for server connections, with :class:`ServerTLSProtocol`.
+
+    :param handshake_timeout: seconds a connection has to complete its
+        handshake before it is aborted, or ``None`` for no deadline.
+    """
 
     protocol = ServerTLSProtocol
 
@@ -291,8 +407,19 @@ class ServerTLSFactory(TLSMemoryBIOFactory):
         wrapped_factory: IProtocolFactory,
         *,
         clock: IReactorTime | None = None,
+        handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
     ) -> None:
+        timeout = check_handshake_timeout(handshake_timeout)
         super().__init__(creator, False, wrapped_factory, clock=clock)
+        self.deadlines: HandshakeDeadlines | None = None
+        if timeout is not None:
+            self.deadlines = HandshakeDeadlines(self._clock, timeout)
+
+    def stopFactory(self) -> None:  # noqa: N802
+        """The last port stopped: leave no deadline timer once none is pending."""
+        if self.deadlines is not None:
+            self.deadlines.stop()
+        super().stopFactory()  # type: ignore[no-untyped-call]
 
 
 class HelloHookProtocol(ServerTLSProtocol):
@@ -338,6 +465,9 @@ class HelloHookProtocol(ServerTLSProtocol):
             self._release()
             return
         self._hello_waiting = waiting
+        deadlines = self.factory.deadlines
+        if deadlines is not None:
+            deadlines.discard(self)  # txacme's wait, not the client's: paused
         self._hello_timer = self.factory.clock.callLater(
             self.factory.timeout, self._timed_out, hello
         )
@@ -368,6 +498,9 @@ class HelloHookProtocol(ServerTLSProtocol):
         data, self._hello_buffer = self._hello_buffer, b""
         if self._lostTLSConnection or self._tlsConnection is None or not self.connected:
             return
+        deadlines = self.factory.deadlines
+        if self._hello_waiting is not None and deadlines is not None:
+            deadlines.add(self)  # the rest of the handshake gets a full deadline
         if data:
             super().dataReceived(data)  # type: ignore[no-untyped-call]
 
@@ -393,6 +526,8 @@ class HelloHookFactory(ServerTLSFactory):
     :param hook: a :data:`HelloHook` (see :func:`combine_hooks`).
     :param timeout: the longest a handshake is held, in seconds.
     :param clock: the reactor's time.
+    :param handshake_timeout: as for :class:`ServerTLSFactory`; the time a
+        handshake is held for ``hook`` does not count.
     """
 
     protocol = HelloHookProtocol
@@ -405,10 +540,13 @@ class HelloHookFactory(ServerTLSFactory):
         *,
         timeout: float = DEFAULT_HELLO_TIMEOUT,
         clock: IReactorTime,
+        handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
     ) -> None:
         if not timeout > 0:
             raise ConfigurationError(f"hello timeout={timeout!r} must be positive")
-        super().__init__(creator, wrapped_factory, clock=clock)
+        super().__init__(
+            creator, wrapped_factory, clock=clock, handshake_timeout=handshake_timeout
+        )
         self.hook = hook
         self.timeout = float(timeout)
         self.clock: IReactorTime = clock
