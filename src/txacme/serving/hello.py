@@ -4,7 +4,7 @@ connection set-up (:class:`ServerTLSProtocol`, :class:`ServerTLSFactory`), and
 holding a TLS handshake until its ClientHello has been judged (the ClientHello
 parser and the connection factory that shows each ClientHello to a hook).
 
-``ServerTLSProtocol`` is Twisted's ``BufferingTLSTransport`` with three costs
+``ServerTLSProtocol`` is Twisted's ``BufferingTLSTransport`` with four costs
 per connection removed, and nothing else changed: the OpenSSL connection (an
 ``SSL`` object of about 17 KB, and OpenSSL's buffers once it has read
 something: about 50 KB in all) is made when the first TLS record from the
@@ -12,9 +12,11 @@ client is complete, not when the connection is accepted, so a connection that
 sends nothing, or part of a ClientHello, holds about 3 KB; the interfaces of the
 transport are declared on the connection once per transport class (Twisted
 re-declares them one by one, about ten times per connection; the resulting
-declaration is the same), and the server does not call ``do_handshake`` before
+declaration is the same), the server does not call ``do_handshake`` before
 the client has sent anything (it can only fail with ``WantReadError``; the
-handshake starts with the first bytes received, as before).
+handshake starts with the first bytes received, as before), and OpenSSL's
+output is read without allocating 32 KiB and raising ``WantReadError`` each
+time there is none (four times a handshake, about half of them empty).
 
 OpenSSL asks for a certificate in callbacks that must answer at once (the SNI
 callback; the certificate callback ``SSL_CTX_set_cert_cb`` can pause a
@@ -337,6 +339,17 @@ class _NotStarted:
         return None
 
 
+try:  # pyOpenSSL's own bindings, for a send-BIO read without an exception when empty
+    from OpenSSL._util import ffi as _ffi
+    from OpenSSL._util import lib as _lib
+
+    _BIO_read: Any = _lib.BIO_read
+    _SEND_SIZE = 2**15
+    _send_buffer: Any = _ffi.new("char[]", _SEND_SIZE)  # one per process: the reactor's thread
+except Exception:  # pragma: no cover - another pyOpenSSL: use the public API
+    _BIO_read = None
+
+
 _provides: dict[tuple[type, object], Any] = {}
 """Interface declarations by (protocol class, transport's declaration)."""
 
@@ -377,6 +390,17 @@ class ServerTLSProtocol(BufferingTLSTransport):
             deadlines = self.factory.deadlines
             if deadlines is not None:
                 deadlines.discard(self)
+
+    def _flushSendBIO(self) -> None:  # noqa: N802
+        # Twisted's, without allocating 32 KiB and raising WantReadError when
+        # the send BIO is empty (about half of the 4 calls of a handshake).
+        bio = getattr(self._tlsConnection, "_from_ssl", None)
+        if bio is None or _BIO_read is None:
+            super()._flushSendBIO()  # type: ignore[no-untyped-call]
+            return
+        size = _BIO_read(bio, _send_buffer, _SEND_SIZE)
+        if size > 0:
+            self.transport.write(_ffi.buffer(_send_buffer, size)[:])  # type: ignore[union-attr]
 
     def handshake_expired(self) -> None:
         """The handshake deadline passed: abort the connection."""
