@@ -6,7 +6,8 @@ handshake held for a ClientHello hook gets its full deadline afterwards.
 
 The end-to-end tests run a real ``AutoTLSEndpoint`` on loopback with a 1 s
 deadline, open thousands of hostile connections from a thread of this process,
-and make ordinary handshakes meanwhile.
+and make ordinary handshakes meanwhile; one runs ``twistd web`` with the
+keyword in its endpoint string.
 """
 
 from __future__ import annotations
@@ -455,3 +456,77 @@ class LazyConnectionTests(SynchronousTestCase):
         protocol.makeConnection(transport)
         protocol.dataReceived(b"GET / HTTP/1.1\r\n\r\n")
         self.assertTrue(transport.disconnecting)
+
+
+class TwistdDeadlineTests(TestCase):
+    """``twistd web --port acme:...:handshake_timeout=1``: silent connections closed."""
+
+    timeout = 90
+
+    def test_twistd_closes_silent_connections(self) -> None:
+        import os
+        import shutil
+        import subprocess
+        import tempfile
+        from pathlib import Path
+
+        from tests.harness.pebble import shared_pebble
+        from tests.harness.processes import free_port
+        from tests.test_twistd_plugin import TWISTD, quote, subprocess_env
+
+        pebble = shared_pebble()
+        work = Path(tempfile.mkdtemp(prefix="txacme-deadline-twistd-"))
+        self.addCleanup(shutil.rmtree, work, True)
+        certs = work / "certs"
+        certs.mkdir()
+        now = datetime.now(timezone.utc)
+        good = make_pem_objects([GOOD], now - timedelta(days=1), now + timedelta(days=89))
+        (certs / f"{GOOD}.pem").write_bytes(b"".join(o.as_bytes() for o in good))
+        os.chmod(certs / f"{GOOD}.pem", 0o600)
+        port = free_port()
+        description = (
+            f"acme:{quote(str(certs))}:tcp:{port}:interface=127.0.0.1:backlog=1024"
+            f":directory={quote(pebble.directory_url)}:ca_file={quote(pebble.ca_file)}"
+            ":handshake_timeout=1"
+        )
+        log = open(work / "twistd.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [TWISTD, "-n", "--pidfile=", "web", "--port", description, "--path", str(work)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=str(work),
+            env=subprocess_env(),
+        )
+        log.close()
+
+        def stop() -> None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+        self.addCleanup(stop)
+
+        async def check() -> None:
+            for _ in range(300):
+                result = await deferToThread(_handshake, port)
+                if isinstance(result, bytes):
+                    break
+                if proc.poll() is not None:
+                    self.fail((work / "twistd.log").read_text(errors="replace"))
+                await deferLater(reactor, 0.1, lambda: None)
+            else:
+                self.fail("twistd never served a handshake")
+            hostile = _Hostile(port, 300, 100, wait=8.0)
+            await deferToThread(hostile.run)
+            self.assertEqual(hostile.still_open, 0)
+            self.assertEqual(len(hostile.closed_after), 400)
+            self.assertGreaterEqual(min(hostile.closed_after), 1.0 - GRANULARITY)
+            self.assertLess(max(hostile.closed_after), 5.0)
+            self.assertIsInstance(await deferToThread(_handshake, port), bytes)
+            text = (work / "twistd.log").read_text(errors="replace")
+            self.assertIn("did not complete the TLS handshake within 1.0 s", text)
+
+        return Deferred.fromCoroutine(check())
