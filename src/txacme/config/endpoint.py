@@ -44,6 +44,7 @@ from txacme.protocol.client import Client
 from txacme.protocol.resources import EAB
 from txacme.protocol.transport import Exchange
 from txacme.reporting.state import STATE_FILENAME
+from txacme.serving.deadline import DEFAULT_HANDSHAKE_TIMEOUT
 from txacme.serving.endpoint import AutoTLSEndpoint, ClientCreator
 from txacme.serving.reuseport import reuse_port_endpoint, reuse_port_supported
 from txacme.stores.directory import DirectoryStore
@@ -99,6 +100,7 @@ OWN_KEYWORDS = frozenset(
         "http01_redirect",
         "preferred_chain",
         "log_level",
+        "handshake_timeout",
     }
 )
 #: Keyword prefix of the options of ``store=`` (``store_key_file=``...).
@@ -163,6 +165,7 @@ class EndpointConfig:
     #: The limits of on-demand issuance (:func:`txacme.config.ondemand.on_demand_keywords`).
     on_demand_limits: OnDemandLimits = attrs.field(factory=OnDemandLimits)
     log_level: str | None = None
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
 
 
 # ---------------------------------------------------------------------------
@@ -279,6 +282,7 @@ class _Fields(TypedDict, total=False):
     http01_redirect: int | None
     preferred_chain: str | None
     log_level: str | None
+    handshake_timeout: float
 
 
 def _key(parts: _Parts) -> _Fields:
@@ -346,6 +350,7 @@ def _intervals(parts: _Parts) -> _Fields:
         "timeout": _seconds(parts, "timeout", DEFAULT_TIMEOUT),
         "check_interval": _seconds(parts, "check_interval", DEFAULT_CHECK_INTERVAL),
         "watch_interval": _seconds(parts, "watch_interval", DEFAULT_WATCH_INTERVAL),
+        "handshake_timeout": _seconds(parts, "handshake_timeout", DEFAULT_HANDSHAKE_TIMEOUT),
     }
 
 
@@ -693,6 +698,7 @@ def endpoint_from_config(reactor: IReactorTime, config: EndpointConfig) -> AutoT
         metrics=config.metrics,
         on_demand=on_demand,
         on_demand_options=config.on_demand_limits.issuer_options(),
+        handshake_timeout=config.handshake_timeout,
         close_store=bool(config.store) or isinstance(store, CoordinatingDirectoryStore),
     )
     endpoint.label = f"{config.prefix}:{config.cert_dir}"

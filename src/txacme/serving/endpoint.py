@@ -44,6 +44,7 @@ from txacme.protocol.transport import Exchange
 from txacme.reporting.metrics import Metrics, serve_metrics
 from txacme.reporting.state import StateFile, StateRecorder
 from txacme.serving.cluster import ClusterNode
+from txacme.serving.deadline import DEFAULT_HANDSHAKE_TIMEOUT, check_handshake_timeout
 from txacme.serving.hello import HelloHook, HelloHookFactory, combine_hooks
 from txacme.serving.index import CertificateIndex, StoreEntries
 from txacme.serving.loader import StoreLoader
@@ -172,6 +173,10 @@ class AutoTLSEndpoint:
         :doc:`ondemand`).
     :param hello_timeout: seconds a handshake is held for on-demand issuance
         (or a cluster's challenge look-up) before it falls back.
+    :param handshake_timeout: seconds a connection has to complete its TLS
+        handshake (the time it is held for ``hello_timeout`` not counted)
+        before it is aborted, or ``None`` for no deadline
+        (:mod:`txacme.serving.deadline`).
     :param close_store: call ``cert_store.close()`` when the port stops (for a
         store the endpoint made, such as one from ``store=``).
 
@@ -211,6 +216,7 @@ class AutoTLSEndpoint:
         on_demand_rate: int | None = None,
         on_demand_options: Mapping[str, Any] | None = None,
         hello_timeout: float = 10.0,
+        handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
         close_store: bool = False,
     ) -> None:
         if not (tls_alpn or http01_endpoint is not None or responders):
@@ -249,6 +255,7 @@ class AutoTLSEndpoint:
         self.refusals = RefusalLog(reactor)
         self._state_recorder: StateRecorder | None = None
         self.hello_timeout = hello_timeout
+        self.handshake_timeout = check_handshake_timeout(handshake_timeout)
         self.close_store = close_store
         self.service: AcmeIssuingService | None = None
         self.index: CertificateIndex | None = None
@@ -401,10 +408,12 @@ class AutoTLSEndpoint:
     def _tls_factory(
         self, creator: SNIConnectionCreator, factory: IProtocolFactory, hooks: list[HelloHook]
     ) -> IProtocolFactory:
+        deadline = self.handshake_timeout
         if not hooks:
-            return tls_server_factory(creator, factory)
+            return tls_server_factory(creator, factory, handshake_timeout=deadline)
         return HelloHookFactory(
-            creator, factory, combine_hooks(*hooks), timeout=self.hello_timeout, clock=self.reactor
+            creator, factory, combine_hooks(*hooks), timeout=self.hello_timeout,
+            clock=self.reactor, handshake_timeout=deadline,
         )
 
     async def _listen_http01(

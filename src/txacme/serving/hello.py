@@ -4,13 +4,19 @@ connection set-up (:class:`ServerTLSProtocol`, :class:`ServerTLSFactory`), and
 holding a TLS handshake until its ClientHello has been judged (the ClientHello
 parser and the connection factory that shows each ClientHello to a hook).
 
-``ServerTLSProtocol`` is Twisted's ``BufferingTLSTransport`` with two costs
-per connection removed, and nothing else changed: the interfaces of the
+``ServerTLSProtocol`` is Twisted's ``BufferingTLSTransport`` with four costs
+per connection removed, and nothing else changed: the OpenSSL connection (an
+``SSL`` object of about 17 KB, and OpenSSL's buffers once it has read
+something: about 50 KB in all) is made when the first TLS record from the
+client is complete, not when the connection is accepted, so a connection that
+sends nothing, or part of a ClientHello, holds about 3 KB; the interfaces of the
 transport are declared on the connection once per transport class (Twisted
 re-declares them one by one, about ten times per connection; the resulting
-declaration is the same), and the server does not call ``do_handshake`` before
+declaration is the same), the server does not call ``do_handshake`` before
 the client has sent anything (it can only fail with ``WantReadError``; the
-handshake starts with the first bytes received, as before).
+handshake starts with the first bytes received, as before), and OpenSSL's
+output is read without allocating 32 KiB and raising ``WantReadError`` each
+time there is none (four times a handshake, about half of them empty).
 
 OpenSSL asks for a certificate in callbacks that must answer at once (the SNI
 callback; the certificate callback ``SSL_CTX_set_cert_cb`` can pause a
@@ -35,7 +41,12 @@ The hooks are :meth:`txacme.issuing.ondemand.OnDemandIssuer.hello_hook` (on-dema
 issuance) and :meth:`txacme.serving.cluster.ClusterNode.hello_hook` (a cluster's
 challenge look-up).
 
-May import the core modules only.
+Both factories give every connection a handshake deadline
+(:mod:`txacme.serving.deadline`, ``handshake_timeout``, 10 s by default): one
+that has not completed its handshake by then, whether it sent nothing, part of
+a ClientHello or stalled in the handshake, is aborted.
+
+May import the core modules and :mod:`txacme.serving.deadline`.
 """
 
 from __future__ import annotations
@@ -44,6 +55,8 @@ import enum
 from collections.abc import Callable
 from typing import Any
 
+from OpenSSL import SSL
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import (
     IDelayedCall,
@@ -60,6 +73,11 @@ from zope.interface.declarations import Provides
 
 from txacme.errors import ConfigurationError
 from txacme.logs import Logger
+from txacme.serving.deadline import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    HandshakeDeadlines,
+    check_handshake_timeout,
+)
 
 log = Logger()
 
@@ -250,6 +268,123 @@ def combine_hooks(*hooks: HelloHook | None) -> HelloHook:
     return hook
 
 
+def _first_record_incomplete(data: bytes) -> bool:
+    """Whether ``data`` is the start of a TLS handshake record, not yet all there."""
+    size = len(data)
+    if not size or data[0] != 22:
+        return False
+    if size < 5:
+        return True
+    length = (data[3] << 8) | data[4]
+    return length <= 16384 + 2048 and size < 5 + length
+
+
+class _NotStarted:
+    """
+    Stands for the OpenSSL connection of a :class:`ServerTLSProtocol` until the
+    client's first TLS record is complete (an ``SSL`` object costs about 17 KB,
+    most of what a connection that sends nothing would hold): behaves as a
+    server connection that has received nothing, keeps a partial first record
+    itself, and makes the real connection when there is something for OpenSSL
+    to read (a whole record, or bytes that are not a TLS handshake record).
+    """
+
+    __slots__ = ("_protocol", "_eof", "_buffer")
+
+    def __init__(self, protocol: ServerTLSProtocol) -> None:
+        self._protocol = protocol
+        self._eof = False
+        self._buffer = b""
+
+    def bio_write(self, data: bytes) -> int:
+        buffered = self._buffer + data if self._buffer else data
+        if _first_record_incomplete(buffered):
+            # Nothing OpenSSL could act on yet: keep what was sent, not 17 KB.
+            self._buffer = buffered
+            return len(data)
+        self._buffer = b""
+        protocol = self._protocol
+        connection = protocol.factory._creatorCallable(protocol)
+        protocol._tlsConnection = connection
+        connection.bio_write(buffered)
+        return len(data)
+
+    def do_handshake(self) -> None:
+        raise SSL.WantReadError()
+
+    def bio_read(self, bufsiz: int) -> bytes:
+        raise SSL.WantReadError()
+
+    def send(self, buf: bytes, flags: int = 0) -> int:
+        raise SSL.WantReadError()
+
+    def recv(self, bufsiz: int, flags: int | None = None) -> bytes:
+        if self._eof:
+            # What OpenSSL says of a peer gone before its ClientHello.
+            raise SSL.SysCallError(-1, "Unexpected EOF")
+        raise SSL.WantReadError()
+
+    def bio_shutdown(self) -> None:
+        self._eof = True
+
+    def shutdown(self) -> bool:
+        return False  # as OpenSSL during a handshake: nothing to send
+
+    def get_alpn_proto_negotiated(self) -> bytes:
+        return b""
+
+    def get_peer_certificate(self, *, as_cryptography: bool = False) -> None:
+        return None
+
+    def get_servername(self) -> None:
+        return None
+
+
+try:  # pyOpenSSL's own bindings, for a send-BIO read without an exception when empty
+    from OpenSSL._util import ffi as _ffi
+    from OpenSSL._util import lib as _lib
+
+    _BIO_read: Any = _lib.BIO_read
+    _SEND_SIZE = 2**15
+    _send_buffer: Any = _ffi.new("char[]", _SEND_SIZE)  # one per process: the reactor's thread
+except Exception:  # pragma: no cover - another pyOpenSSL: use the public API
+    _BIO_read = None
+
+
+_direct: dict[type, bool] = {}
+"""Transport classes :func:`_send` may write to directly (the posix reactors' sockets)."""
+
+
+def _send(transport: Any, data: bytes) -> None:
+    """
+    ``transport.write(data)``, but sent at once when the transport is a socket
+    with nothing buffered: a handshake flight then costs one ``send`` instead of
+    two ``epoll`` changes and a turn of the reactor. Whatever is not sent at
+    once (a full socket buffer, an error) goes through ``transport.write``,
+    which keeps the order and reports errors as usual.
+    """
+    direct = _direct.get(type(transport))
+    if direct is None:
+        direct = _direct[type(transport)] = isinstance(transport, FileDescriptor) and hasattr(
+            transport, "socket"
+        )
+    if (
+        direct
+        and transport.connected
+        and not transport._writeDisconnected
+        and not transport._tempDataBuffer
+        and transport.offset == len(transport.dataBuffer)
+    ):
+        try:
+            sent = transport.socket.send(data)
+        except OSError:
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
+
+
 _provides: dict[tuple[type, object], Any] = {}
 """Interface declarations by (protocol class, transport's declaration)."""
 
@@ -260,9 +395,11 @@ class ServerTLSProtocol(BufferingTLSTransport):
     work per connection (see the module documentation).
     """
 
+    factory: ServerTLSFactory
+
     def makeConnection(self, transport: ITransport) -> None:  # noqa: N802
-        """Make the TLS connection and connect the application's protocol."""
-        self._tlsConnection = self.factory._creatorCallable(self)
+        """Connect the application's protocol; the TLS connection comes with the first bytes."""
+        self._tlsConnection: Any = _NotStarted(self)
         self._appSendBuffer: list[bytes] = []
         # What Twisted's directlyProvides(self, providedBy(transport)) leaves.
         declared = providedBy(transport)
@@ -273,15 +410,53 @@ class ServerTLSProtocol(BufferingTLSTransport):
         self.__provides__ = spec
         Protocol.makeConnection(self, transport)  # type: ignore[no-untyped-call]
         self.factory.registerProtocol(self)  # type: ignore[no-untyped-call]
+        deadlines = self.factory.deadlines
+        if deadlines is not None:
+            deadlines.add(self)
         if self._connectWrapped:
             self.wrappedProtocol.makeConnection(self)
         if self.disconnecting:
             # The application closed at once: let Twisted handle it as usual.
-            self._checkHandshakeStatus()  # type: ignore[no-untyped-call]
+            self._checkHandshakeStatus()
+
+    def _checkHandshakeStatus(self) -> None:  # noqa: N802
+        super()._checkHandshakeStatus()  # type: ignore[no-untyped-call]
+        if self._handshakeDone:
+            deadlines = self.factory.deadlines
+            if deadlines is not None:
+                deadlines.discard(self)
+
+    def _flushSendBIO(self) -> None:  # noqa: N802
+        # Twisted's, without allocating 32 KiB and raising WantReadError when
+        # the send BIO is empty (about half of the 4 calls of a handshake).
+        bio = getattr(self._tlsConnection, "_from_ssl", None)
+        if bio is None or _BIO_read is None:
+            super()._flushSendBIO()  # type: ignore[no-untyped-call]
+            return
+        size = _BIO_read(bio, _send_buffer, _SEND_SIZE)
+        if size > 0:
+            _send(self.transport, _ffi.buffer(_send_buffer, size)[:])
+
+    def handshake_expired(self) -> None:
+        """The handshake deadline passed: abort the connection."""
+        if self.connected and not self._handshakeDone:
+            self.abortConnection()  # type: ignore[no-untyped-call]
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
+        """Forget the deadline and close as usual."""
+        deadlines = self.factory.deadlines
+        if deadlines is not None:
+            deadlines.discard(self)
+        super().connectionLost(reason)
 
 
 class ServerTLSFactory(TLSMemoryBIOFactory):
-    """``TLSMemoryBIOFactory`` for server connections, with :class:`ServerTLSProtocol`."""
+    """
+    ``TLSMemoryBIOFactory`` for server connections, with :class:`ServerTLSProtocol`.
+
+    :param handshake_timeout: seconds a connection has to complete its
+        handshake before it is aborted, or ``None`` for no deadline.
+    """
 
     protocol = ServerTLSProtocol
 
@@ -291,8 +466,19 @@ class ServerTLSFactory(TLSMemoryBIOFactory):
         wrapped_factory: IProtocolFactory,
         *,
         clock: IReactorTime | None = None,
+        handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
     ) -> None:
+        timeout = check_handshake_timeout(handshake_timeout)
         super().__init__(creator, False, wrapped_factory, clock=clock)
+        self.deadlines: HandshakeDeadlines | None = None
+        if timeout is not None:
+            self.deadlines = HandshakeDeadlines(self._clock, timeout)
+
+    def stopFactory(self) -> None:  # noqa: N802
+        """The last port stopped: leave no deadline timer once none is pending."""
+        if self.deadlines is not None:
+            self.deadlines.stop()
+        super().stopFactory()  # type: ignore[no-untyped-call]
 
 
 class HelloHookProtocol(ServerTLSProtocol):
@@ -338,6 +524,9 @@ class HelloHookProtocol(ServerTLSProtocol):
             self._release()
             return
         self._hello_waiting = waiting
+        deadlines = self.factory.deadlines
+        if deadlines is not None:
+            deadlines.discard(self)  # txacme's wait, not the client's: paused
         self._hello_timer = self.factory.clock.callLater(
             self.factory.timeout, self._timed_out, hello
         )
@@ -368,6 +557,9 @@ class HelloHookProtocol(ServerTLSProtocol):
         data, self._hello_buffer = self._hello_buffer, b""
         if self._lostTLSConnection or self._tlsConnection is None or not self.connected:
             return
+        deadlines = self.factory.deadlines
+        if self._hello_waiting is not None and deadlines is not None:
+            deadlines.add(self)  # the rest of the handshake gets a full deadline
         if data:
             super().dataReceived(data)  # type: ignore[no-untyped-call]
 
@@ -393,6 +585,8 @@ class HelloHookFactory(ServerTLSFactory):
     :param hook: a :data:`HelloHook` (see :func:`combine_hooks`).
     :param timeout: the longest a handshake is held, in seconds.
     :param clock: the reactor's time.
+    :param handshake_timeout: as for :class:`ServerTLSFactory`; the time a
+        handshake is held for ``hook`` does not count.
     """
 
     protocol = HelloHookProtocol
@@ -405,10 +599,11 @@ class HelloHookFactory(ServerTLSFactory):
         *,
         timeout: float = DEFAULT_HELLO_TIMEOUT,
         clock: IReactorTime,
+        handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
     ) -> None:
         if not timeout > 0:
             raise ConfigurationError(f"hello timeout={timeout!r} must be positive")
-        super().__init__(creator, wrapped_factory, clock=clock)
+        super().__init__(creator, wrapped_factory, clock=clock, handshake_timeout=handshake_timeout)
         self.hook = hook
         self.timeout = float(timeout)
         self.clock: IReactorTime = clock

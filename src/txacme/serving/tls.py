@@ -72,7 +72,7 @@ times as much on the server side (``bench/handshake.py`` measures both). Give a
 cache larger than the number of names that receive regular traffic.
 
 May import the core modules, :mod:`txacme.challenges.tlsalpn01`,
-:mod:`txacme.issuing.refusals`, :mod:`txacme.serving.hello` and
+:mod:`txacme.issuing.refusals`, :mod:`txacme.serving.deadline`, :mod:`txacme.serving.hello` and
 :mod:`txacme.serving.index`.
 """
 
@@ -94,6 +94,7 @@ from twisted.internet.interfaces import (
     IOpenSSLServerConnectionCreator,
     IProtocolFactory,
     IProtocolNegotiationFactory,
+    IReactorTime,
 )
 from twisted.internet.ssl import CertificateOptions, TLSVersion
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
@@ -108,6 +109,7 @@ from txacme.challenges.tlsalpn01 import (
 from txacme.errors import ConfigurationError
 from txacme.issuing.refusals import RefusalLog
 from txacme.logs import Logger
+from txacme.serving.deadline import DEFAULT_HANDSHAKE_TIMEOUT
 from txacme.serving.hello import ServerTLSFactory
 from txacme.serving.index import CertificateEntry, CertificateIndex
 
@@ -510,14 +512,23 @@ def _safe_sni(connection: SSL.Connection) -> bytes | None:
 
 
 def tls_server_factory(
-    creator: SNIConnectionCreator, factory: IProtocolFactory
+    creator: SNIConnectionCreator,
+    factory: IProtocolFactory,
+    *,
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+    clock: IReactorTime | None = None,
 ) -> TLSMemoryBIOFactory:
     """
     Wrap the application's ``factory`` in TLS served by ``creator``; listen on
     any stream endpoint with the result. The application's factory is used as
     it is: ``acme-tls/1`` connections never deliver data to it.
+
+    :param handshake_timeout: seconds a connection has to complete its TLS
+        handshake before it is aborted (:mod:`txacme.serving.deadline`), or
+        ``None`` for no deadline.
+    :param clock: the reactor's time (default: the global reactor).
     """
-    return ServerTLSFactory(creator, factory)
+    return ServerTLSFactory(creator, factory, clock=clock, handshake_timeout=handshake_timeout)
 
 
 __all__ = [
