@@ -206,7 +206,7 @@ def test_checks_catch_wrong_examples() -> None:
 
 # -- checked blocks -------------------------------------------------------------------------------
 
-ABSENT_FILE = re.compile(r"'(/[^']+)' is not a readable file")
+ABSENT_FILE = re.compile(r"'(/[^']+)' (?:is not a readable file|cannot be read)")
 
 
 @pytest.mark.parametrize("block", marked("checked"), ids=block_id)
