@@ -58,6 +58,8 @@ RUNNERS: dict[str, str] = {
     "pytest-fixture": "test_pytest_fixture",
     "serve-txsni": "test_txsni_serves_the_same_directory",
     "serve-ondemand": "test_on_demand_with_twistd",
+    "persist-record": "test_persist_record",
+    "deploy-hooks": "test_deploy_hooks",
 }
 
 
@@ -206,7 +208,7 @@ def test_checks_catch_wrong_examples() -> None:
 
 # -- checked blocks -------------------------------------------------------------------------------
 
-ABSENT_FILE = re.compile(r"'(/[^']+)' is not a readable file")
+ABSENT_FILE = re.compile(r"'(/[^']+)' (?:is not a readable file|cannot be read)")
 
 
 @pytest.mark.parametrize("block", marked("checked"), ids=block_id)
@@ -1041,3 +1043,138 @@ def test_on_demand_with_twistd(ca: CA, home: Path) -> None:
     finally:
         twistd.send_signal(signal.SIGTERM)
         twistd.wait(20)
+
+
+# -- dns-persist-01: the record to publish --------------------------------------------------------
+
+
+def test_persist_record(ca: CA, home: Path) -> None:
+    """
+    dns-persist-01.rst's ``txacme account create`` and ``txacme persist-record`` lines,
+    ``--le`` moved to the test CA: they succeed and print the page's records, with the
+    test CA's issuer domain name (its ``caaIdentities``) for ``letsencrypt.org`` and the
+    account URL the CA gave for the page's (``...`` on the page: any).
+    """
+    (block,) = only("persist-record", 1)
+    work = home / "persist-record"
+    certs = work / "certs"
+    certs.mkdir(parents=True)
+
+    def local(command: str) -> str:
+        return command.replace("/srv/certs", str(certs)).replace(
+            "--le", f"--directory {ca.directory_url} --ca-file {ca.https_ca_file}"
+        )
+
+    steps: list[tuple[str, list[str]]] = []
+    for line in block.text.splitlines():
+        if line.startswith("$ "):
+            steps.append((line[2:], []))
+        elif line.strip():
+            steps[-1][1].append(line)
+    assert [c.split()[1] for c, _ in steps] == ["account", "persist-record", "persist-record"]
+    issuer = ca.info.get("issuer_domain_names", ["testca.invalid"])[0]
+    account = None
+    for command, expected in steps:
+        done = run_shell(local(command), work)
+        assert done.returncode == 0, f"{block.where}: {local(command)}:\n{done.stdout}{done.stderr}"
+        for line in expected:
+            pattern = re.escape(line).replace(
+                re.escape("letsencrypt.org;"), re.escape(issuer + ";")
+            )
+            pattern = re.sub(
+                r"accounturi=(?:https://acme\\-v02\\.api\\.letsencrypt\\.org/acme/acct/123|\\\.\\\.\\\.)",
+                'accounturi=(?P<account>[^;"]+)',
+                pattern,
+            )
+            assert "(?P<account>" in pattern, line
+            match = re.fullmatch(pattern, done.stdout.strip())
+            assert match, (
+                f"{block.where}: the page shows {line!r}; {local(command)} printed {done.stdout!r}"
+            )
+            # The same account, registered at this CA, in every record.
+            assert match["account"].startswith(ca.directory_url.rsplit("/", 1)[0]), match["account"]
+            assert account in (None, match["account"]), (account, match["account"])
+            account = match["account"]
+    assert account is not None
+
+
+# -- deploy hooks -------------------------------------------------------------------------------
+
+_HOOKS_SCRIPT = r"""
+import json, sys
+from twisted.internet.defer import ensureDeferred
+from twisted.internet.task import react
+from twisted.logger import formatEvent, globalLogPublisher
+from txacme.issuing.hooks import DeployHook
+
+lines = []
+globalLogPublisher.addObserver(
+    lambda event: event.get("event") == "deploy_hook" and lines.append(formatEvent(event))
+)
+
+async def main(reactor):
+    for argv, timeout, pem in json.load(sys.stdin):
+        hook = DeployHook(reactor, argv, timeout=timeout, pem_path=lambda name, pem=pem: pem)
+        await hook.run("example.com", ["example.com", "www.example.com"], "obtained")
+    print(json.dumps(lines))
+
+react(lambda reactor: ensureDeferred(main(reactor)))
+"""
+
+
+def test_deploy_hooks(home: Path) -> None:
+    """
+    hooks.rst's ``deploy_hook=sh -c '...'`` run by txacme's hook runner: with the
+    HAProxy directory and reload moved to local ones, ``$TXACME_PEM`` expands in the
+    shell and the certificate is copied; as written on a machine without
+    ``/etc/haproxy/certs``, it fails with the page's ``cp: cannot create regular file``
+    line. The page's three log lines (finished, failed, killed) are what it logs.
+    """
+    from txacme.issuing.hooks import parse_hook_command
+
+    keyword, lines = only("deploy-hooks", 2)
+    (value,) = [
+        line.strip().removeprefix("deploy_hook=")
+        for line in keyword.text.splitlines()
+        if line.strip().startswith("deploy_hook=")
+    ]
+    work = home / "deploy-hooks"
+    target = work / "haproxy-certs"
+    target.mkdir(parents=True)
+    pem = work / "example.com.pem"
+    pem.write_text("the certificate\n")
+    local = value.replace("/etc/haproxy/certs/", f"{target}/").replace(
+        "systemctl reload haproxy", "echo Reloading haproxy"
+    )
+    assert local != value and "$TXACME_PEM" in local, local
+    written = list(parse_hook_command(value))  # sh is on PATH; quoting as the page has it
+    assert written[:2] == ["sh", "-c"], written
+    runs = [
+        [list(parse_hook_command(local)), 10, str(pem)],
+        [written, 10, str(pem)],  # /etc/haproxy/certs/ does not exist here
+        [["sh", "-c", "sleep 30"], 1, str(pem)],
+    ]
+    assert not Path("/etc/haproxy/certs").exists()
+    done = subprocess.run(
+        [sys.executable, "-c", _HOOKS_SCRIPT],
+        input=json.dumps(runs),
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=60,
+        cwd=work,
+    )
+    assert done.returncode == 0, done.stderr
+    logged = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (target / "example.com.pem").read_text() == "the certificate\n", logged
+    documented = [line for line in lines.text.splitlines() if line.strip()]
+    assert len(logged) == len(documented) == 3, (logged, documented)
+    patterns = [
+        r"deploy hook for example\.com finished in [\d.]+ s: Reloading \w+",
+        r"deploy hook for example\.com failed \(exit status 1\): cp: cannot create regular "
+        r"file .*",
+        r"deploy hook for example\.com killed after \d+ s \(deploy_hook_timeout\)",
+    ]
+    for page, got, pattern in zip(documented, logged, patterns, strict=True):
+        assert re.fullmatch(pattern, page.strip()), f"{lines.where}: {page!r} !~ {pattern}"
+        assert re.fullmatch(pattern, got), f"{lines.where}: the page shows {page!r}, logged {got!r}"

@@ -451,7 +451,12 @@ def check_block(block: Block) -> Result:
         check_python(python_source(block), result)
         return result
     if language in SHELL_LANGUAGES or language == "":
-        lines = [line.strip() for line in block.text.splitlines() if line.strip()]
+        # Endpoint strings on lines of their own, with ``#`` comments between them.
+        lines = [
+            line.strip()
+            for line in block.text.splitlines()
+            if line.strip() and not line.strip().startswith("#")
+        ]
         if lines and all(ENDPOINT_LINE.match(line) for line in lines):
             for line in lines:
                 check_endpoint(line, result)
