@@ -127,7 +127,11 @@ def _ca_problem(command: Command, error: BaseException) -> tuple[bool, str]:
     if url and url not in text:
         text = f"{url}: {text}"
     lowered = text.lower()
-    if "certificate verify" in lowered or "untrusted" in lowered:
+    if isinstance(error, errors.CAUntrusted) or isinstance(error.__cause__, errors.CAUntrusted):
+        untrusted = True
+    else:  # a failure already worded by the CLI
+        untrusted = "certificate verify" in lowered or "untrusted" in lowered
+    if untrusted:
         fix = "give the CA's certificate with --ca-file or $TXACME_CA_FILE"
         return True, f"untrusted: {text} ({fix})"
     return False, f"unreachable: {text}; renewal information was not checked"
