@@ -43,11 +43,13 @@ from txacme.issuing.hooks import DeployHook, parse_hook_command
 from txacme.issuing.provenance import ISSUERS_FILENAME, IssuerRecords
 from txacme.stores.url import redact_url
 
-# Records the hook's TXACME_* environment (one JSON line per run) in argv[1].
+# Records the hook's variables (one JSON line per run) in argv[1]; the other
+# TXACME_* variables of the test run (TXACME_NO_SKIPS...) are inherited, not the hook's.
 HOOK_SCRIPT = """\
 import json, os, sys
+HOOK = ("TXACME_NAME", "TXACME_NAMES", "TXACME_EVENT", "TXACME_PEM")
 with open(sys.argv[1], "a") as f:
-    f.write(json.dumps({k: v for k, v in os.environ.items() if k.startswith("TXACME_")}) + "\\n")
+    f.write(json.dumps({k: v for k, v in os.environ.items() if k in HOOK}) + "\\n")
 print("hook ran for", os.environ["TXACME_NAME"])
 """
 
