@@ -45,6 +45,7 @@ from typing import Any
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorTime
+from twisted.internet.process import reapAllProcesses
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
@@ -66,6 +67,8 @@ DEFAULT_HOOK_TIMEOUT = 60.0
 """Seconds a deploy hook may run before its process group is killed."""
 OUTPUT_LIMIT = 4096
 """Bytes of a hook's output kept; the rest is read and dropped."""
+_REAP_DELAY = 0.2
+"""Seconds between two looks for a killed hook's exit."""
 _LOGGED_OUTPUT = 300
 """Characters of output shown in the log line."""
 
@@ -246,12 +249,28 @@ class DeployHook:
                         os.kill(protocol.pid, signal.SIGKILL)
                     except OSError:
                         pass
+                # Collect the killed process even where no SIGCHLD handler runs
+                # (a reactor started without signal handlers).
+                reaping[:] = [clock.callLater(_REAP_DELAY, reap, int(5 / _REAP_DELAY))]
+
+        reaping: list[IDelayedCall] = []
+
+        def reap(tries: int) -> None:
+            reaping.clear()
+            if done.called or tries <= 0:
+                return
+            reapAllProcesses()
+            if not done.called:
+                reaping.append(clock.callLater(_REAP_DELAY, reap, tries - 1))
 
         timer: IDelayedCall = clock.callLater(self.timeout, expire)
 
         def ended(status: tuple[int | None, int | None]) -> HookResult:
             if timer.active():
                 timer.cancel()
+            for call in reaping:
+                if call.active():
+                    call.cancel()
             code, sig = status
             result = HookResult(
                 name, code, sig, timed_out, time.monotonic() - started, bytes(protocol.output)
