@@ -305,7 +305,7 @@ class DeployHook:
             )
         elif result.timed_out:
             log.error(
-                "deploy hook for {name} killed after {timeout:.0f} s (deploy_hook_timeout){shown}",
+                "deploy hook for {name} killed after {timeout:g} s (deploy_hook_timeout){shown}",
                 timeout=self.timeout,
                 shown=shown,
                 **fields,
