@@ -363,7 +363,7 @@ except Exception:  # pragma: no cover - another pyOpenSSL: use the public API
     _BIO_read = None
 
 
-_plain: set[type] = set()
+_plain: set[Any] = set()
 """
 Connection classes whose ``do_handshake`` and ``recv`` are pyOpenSSL's own, so
 that :class:`ServerTLSProtocol` may call OpenSSL directly and skip raising
@@ -538,10 +538,14 @@ class ServerTLSProtocol(BufferingTLSTransport):
     def _flushSendBIO(self) -> None:  # noqa: N802
         # Twisted's, without allocating 32 KiB and raising WantReadError when
         # the send BIO is empty (about half of the 4 calls of a handshake).
-        bio = getattr(self._tlsConnection, "_from_ssl", None)
-        if bio is None or _BIO_read is None:
-            super()._flushSendBIO()  # type: ignore[no-untyped-call]
-            return
+        connection: Any = self._tlsConnection
+        if connection.__class__ in _plain:
+            bio = connection._from_ssl
+        else:
+            bio = getattr(connection, "_from_ssl", None)
+            if bio is None or _BIO_read is None:
+                super()._flushSendBIO()  # type: ignore[no-untyped-call]
+                return
         size = _BIO_read(bio, _send_buffer, _SEND_SIZE)
         if size > 0:
             _send(self.transport, _ffi.buffer(_send_buffer, size)[:])
