@@ -16,7 +16,12 @@ declaration is the same), the server does not call ``do_handshake`` before
 the client has sent anything (it can only fail with ``WantReadError``; the
 handshake starts with the first bytes received, as before), and OpenSSL's
 output is read without allocating 32 KiB and raising ``WantReadError`` each
-time there is none (four times a handshake, about half of them empty).
+time there is none (four times a handshake, about half of them empty); and,
+when the connection is pyOpenSSL's own, the handshake step and the reads of
+application data call OpenSSL directly, so that "the client has not sent
+more yet" is a return value instead of a ``WantReadError`` raised and caught
+(twice a handshake; the outcome, including exceptions kept by pyOpenSSL's
+callbacks, is the same).
 
 OpenSSL asks for a certificate in callbacks that must answer at once (the SNI
 callback; the certificate callback ``SSL_CTX_set_cert_cb`` can pause a
@@ -60,12 +65,14 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import (
     IDelayedCall,
+    IHandshakeListener,
     IOpenSSLServerConnectionCreator,
     IProtocolFactory,
     IReactorTime,
     ITransport,
 )
 from twisted.internet.protocol import Protocol, connectionDone
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import providedBy
@@ -345,10 +352,55 @@ try:  # pyOpenSSL's own bindings, for a send-BIO read without an exception when 
     from OpenSSL._util import lib as _lib
 
     _BIO_read: Any = _lib.BIO_read
+    _SSL_do_handshake: Any = _lib.SSL_do_handshake
+    _SSL_read: Any = _lib.SSL_read
+    _SSL_get_error: Any = _lib.SSL_get_error
+    _WANT_READ: int = _lib.SSL_ERROR_WANT_READ
     _SEND_SIZE = 2**15
     _send_buffer: Any = _ffi.new("char[]", _SEND_SIZE)  # one per process: the reactor's thread
+    _recv_buffer: Any = _ffi.new("char[]", _SEND_SIZE)
 except Exception:  # pragma: no cover - another pyOpenSSL: use the public API
     _BIO_read = None
+
+
+_plain: set[Any] = set()
+"""
+Connection classes whose ``do_handshake`` and ``recv`` are pyOpenSSL's own, so
+that :class:`ServerTLSProtocol` may call OpenSSL directly and skip raising
+``WantReadError`` (the usual outcome: two or three times a handshake).
+"""
+_not_plain: set[type] = set()
+
+
+def _is_plain(connection: object) -> bool:
+    kind: Any = type(connection)
+    if kind in _not_plain:
+        return False
+    if (
+        _BIO_read is not None
+        and isinstance(connection, SSL.Connection)
+        and kind.do_handshake is SSL.Connection.do_handshake
+        and kind.recv is SSL.Connection.recv
+        and kind._raise_ssl_error is SSL.Connection._raise_ssl_error
+    ):
+        _plain.add(kind)
+        return True
+    _not_plain.add(kind)
+    return False
+
+
+def _no_callback_problem(connection: Any) -> bool:
+    """
+    Whether no pyOpenSSL callback of the connection's context kept an
+    exception (pyOpenSSL checks these before looking at OpenSSL's result).
+    """
+    context = connection._context
+    alpn = context._alpn_select_helper
+    return (
+        (alpn is None or not alpn._problems)
+        and context._verify_helper is None
+        and context._ocsp_helper is None
+    )
 
 
 _direct: dict[type, bool] = {}
@@ -420,19 +472,80 @@ class ServerTLSProtocol(BufferingTLSTransport):
             self._checkHandshakeStatus()
 
     def _checkHandshakeStatus(self) -> None:  # noqa: N802
-        super()._checkHandshakeStatus()  # type: ignore[no-untyped-call]
+        # Twisted's, calling OpenSSL directly for a plain pyOpenSSL connection:
+        # the same outcome, without raising WantReadError while the handshake
+        # waits for the client.
+        connection = self._tlsConnection
+        if connection.__class__ not in _plain and not _is_plain(connection):
+            super()._checkHandshakeStatus()  # type: ignore[no-untyped-call]
+        elif self._aborted:
+            return
+        else:
+            ssl = connection._ssl
+            result = _SSL_do_handshake(ssl)
+            if result != 1 or not _no_callback_problem(connection):
+                if _SSL_get_error(ssl, result) == _WANT_READ and _no_callback_problem(connection):
+                    self._flushSendBIO()
+                    return
+                try:
+                    connection._raise_ssl_error(ssl, result)
+                except SSL.WantReadError:
+                    self._flushSendBIO()
+                    return
+                except SSL.Error:
+                    self._tlsShutdownFinished(Failure())  # type: ignore[no-untyped-call]
+                    return
+            self._handshakeDone = True
+            if IHandshakeListener.providedBy(self.wrappedProtocol):
+                self.wrappedProtocol.handshakeCompleted()
         if self._handshakeDone:
             deadlines = self.factory.deadlines
             if deadlines is not None:
                 deadlines.discard(self)
 
+    def _flushReceiveBIO(self) -> None:  # noqa: N802
+        # Twisted's, calling OpenSSL directly for a plain pyOpenSSL connection:
+        # no 32 KiB allocation per read, and no WantReadError once the
+        # received bytes are consumed (every time data arrives).
+        connection = self._tlsConnection
+        if connection.__class__ not in _plain and not _is_plain(connection):
+            super()._flushReceiveBIO()  # type: ignore[no-untyped-call]
+            return
+        ssl = connection._ssl
+        while not self._lostTLSConnection:
+            result = _SSL_read(ssl, _recv_buffer, _SEND_SIZE)
+            if (
+                result <= 0
+                and _SSL_get_error(ssl, result) == _WANT_READ
+                and _no_callback_problem(connection)
+            ):
+                break
+            try:
+                connection._raise_ssl_error(ssl, result)
+            except SSL.WantReadError:
+                break
+            except SSL.ZeroReturnError:
+                self._shutdownTLS()  # type: ignore[no-untyped-call]
+                self._tlsShutdownFinished(None)  # type: ignore[no-untyped-call]
+            except SSL.Error:
+                self._tlsShutdownFinished(Failure())  # type: ignore[no-untyped-call]
+            else:
+                if not self._aborted:
+                    data = _ffi.buffer(_recv_buffer, result)[:]
+                    ProtocolWrapper.dataReceived(self, data)  # type: ignore[no-untyped-call]
+        self._flushSendBIO()
+
     def _flushSendBIO(self) -> None:  # noqa: N802
         # Twisted's, without allocating 32 KiB and raising WantReadError when
         # the send BIO is empty (about half of the 4 calls of a handshake).
-        bio = getattr(self._tlsConnection, "_from_ssl", None)
-        if bio is None or _BIO_read is None:
-            super()._flushSendBIO()  # type: ignore[no-untyped-call]
-            return
+        connection: Any = self._tlsConnection
+        if connection.__class__ in _plain:
+            bio = connection._from_ssl
+        else:
+            bio = getattr(connection, "_from_ssl", None)
+            if bio is None or _BIO_read is None:
+                super()._flushSendBIO()  # type: ignore[no-untyped-call]
+                return
         size = _BIO_read(bio, _send_buffer, _SEND_SIZE)
         if size > 0:
             _send(self.transport, _ffi.buffer(_send_buffer, size)[:])
