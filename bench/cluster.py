@@ -77,8 +77,9 @@ def fill_directory(path: str, certs: dict[str, tuple[bytes, str]]) -> None:
             f.write(key_pem + chain.encode())
 
 
-def fill_database(url: str, schema: str, certs: dict[str, tuple[bytes, str]],
-                  sealing: KeyEncryption | None) -> None:
+def fill_database(
+    url: str, schema: str, certs: dict[str, tuple[bytes, str]], sealing: KeyEncryption | None
+) -> None:
     """Bulk-load entries in the PostgresStore layout (one COPY)."""
     import psycopg
     from psycopg import sql
@@ -149,8 +150,9 @@ class Handshaker:
         return spent
 
 
-def compare(configs: dict[str, Handshaker], names: list[bytes], per_round: int,
-            rounds: int) -> tuple[dict[str, float], list[float]]:
+def compare(
+    configs: dict[str, Handshaker], names: list[bytes], per_round: int, rounds: int
+) -> tuple[dict[str, float], list[float]]:
     """
     Best rate of each configuration, and the ratio second/first of every round
     (the two run back to back, in alternating order, so each ratio compares
@@ -210,8 +212,7 @@ async def run(reactor: Any, args: argparse.Namespace) -> None:
             await setup.close()
             t = time.perf_counter()
             fill_database(url, schema, certs, sealer)
-            print(f"loaded {count} rows into schema {schema!r} in "
-                  f"{time.perf_counter() - t:.1f} s")
+            print(f"loaded {count} rows into schema {schema!r} in {time.perf_counter() - t:.1f} s")
 
         # -- start-up ---------------------------------------------------------
         print(f"\nstart-up with {count} certificates (until the index can serve):")
@@ -246,8 +247,7 @@ async def run(reactor: Any, args: argparse.Namespace) -> None:
         single_creator = SNIConnectionCreator(indexes["directory"], acceptable_protocols=ALPN)
         single = TLSMemoryBIOFactory(single_creator, False, application(), clock=clock)
         responder = TLSALPN01Responder()
-        node = ClusterNode(stores[0], indexes["postgres"], tls_alpn=responder.registry,
-                           clock=clock)
+        node = ClusterNode(stores[0], indexes["postgres"], tls_alpn=responder.registry, clock=clock)
         on_demand = OnDemandIssuer(
             OnDemandPolicy(allow=["*.ondemand.bench"], clock=clock),
             lambda name: Deferred(),
@@ -270,17 +270,21 @@ async def run(reactor: Any, args: argparse.Namespace) -> None:
         per_round, rounds = (200, 10) if args.quick else (250, 40)
         compare(configs, names, len(names), 1)  # build every OpenSSL context first
         best, ratios = compare(configs, names, per_round, rounds)
-        print(f"\nhandshakes per second, server side (TLS 1.3, {len(names)} names, "
-              f"best of {rounds} rounds of {per_round}):")
+        print(
+            f"\nhandshakes per second, server side (TLS 1.3, {len(names)} names, "
+            f"best of {rounds} rounds of {per_round}):"
+        )
         for label, rate in best.items():
             print(f"  {label:42} {rate:8.0f}/s")
         rates = list(best.values())
         ratios.sort()
         median = ratios[len(ratios) // 2]
         print(f"  difference of the best rounds: {(rates[1] - rates[0]) / rates[0] * 100:+.1f}%")
-        print(f"  median difference of back-to-back rounds: {(median - 1) * 100:+.1f}% "
-              f"(quartiles {(ratios[len(ratios) // 4] - 1) * 100:+.1f}% .. "
-              f"{(ratios[3 * len(ratios) // 4] - 1) * 100:+.1f}%)")
+        print(
+            f"  median difference of back-to-back rounds: {(median - 1) * 100:+.1f}% "
+            f"(quartiles {(ratios[len(ratios) // 4] - 1) * 100:+.1f}% .. "
+            f"{(ratios[3 * len(ratios) // 4] - 1) * 100:+.1f}%)"
+        )
         for store in stores:
             await store.close()
         node.stop()

@@ -325,14 +325,20 @@ def main(argv: list[str]) -> int:
         f"TLS 1.2 {results12[big_name] / results12[one_name]:.3f} (target within 5%)"
     )
     print()
-    print(f"index of {count} certificates from PEM objects: {index_seconds:.2f}s, "
-          f"{rss_index:.1f} MB ({rss_index * 1024 / count:.1f} KB per certificate)")
+    print(
+        f"index of {count} certificates from PEM objects: {index_seconds:.2f}s, "
+        f"{rss_index:.1f} MB ({rss_index * 1024 / count:.1f} KB per certificate)"
+    )
     print(f"index of {count} certificates from a certificate directory: {disk_seconds:.2f}s")
-    print(f"{len(working_set)} OpenSSL contexts (one per name in use): +{rss_contexts:.1f} MB "
-          f"({rss_contexts * 1024 / len(working_set):.1f} KB each; the creator keeps at most "
-          f"{big._cache_size})")
-    print(f"resident memory after the handshakes: {rss_after_run:.0f} MB "
-          f"(at start {rss_start:.0f} MB; includes the benchmark's own copies of the PEM data)")
+    print(
+        f"{len(working_set)} OpenSSL contexts (one per name in use): +{rss_contexts:.1f} MB "
+        f"({rss_contexts * 1024 / len(working_set):.1f} KB each; the creator keeps at most "
+        f"{big._cache_size})"
+    )
+    print(
+        f"resident memory after the handshakes: {rss_after_run:.0f} MB "
+        f"(at start {rss_start:.0f} MB; includes the benchmark's own copies of the PEM data)"
+    )
     print(f"total time {time.perf_counter() - began:.0f}s")
     return 0
 

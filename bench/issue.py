@@ -63,17 +63,22 @@ async def run(reactor: Any, pebble: Any, args: argparse.Namespace) -> None:
     site.noisy = False
     port = reactor.listenTCP(pebble.http_port, site, interface="127.0.0.1", backlog=1024)
     client = await Client.from_url(
-        reactor, pebble.directory_url, jwk_for(generate_private_key()),
-        ca_file=pebble.ca_file, persistent_connections=max(16, args.n),
+        reactor,
+        pebble.directory_url,
+        jwk_for(generate_private_key()),
+        ca_file=pebble.ca_file,
+        persistent_connections=max(16, args.n),
     )
     try:
         await client.start()
         # Warm up: TLS connection, nonce pool, code paths.
-        await obtain_certificate(client, ["warmup.example.com"], [responder],
-                                 key_type=args.key_type)
+        await obtain_certificate(
+            client, ["warmup.example.com"], [responder], key_type=args.key_type
+        )
 
         sequential: list[float] = []
         start = time.perf_counter()
+
         def issue(name: str) -> Callable[[], defer.Deferred[Any]]:
             return lambda: obtain_certificate(client, [name], [responder], key_type=args.key_type)
 
@@ -82,9 +87,9 @@ async def run(reactor: Any, pebble: Any, args: argparse.Namespace) -> None:
         report("sequential", sequential, time.perf_counter() - start)
 
         start = time.perf_counter()
-        concurrent = await defer.gatherResults([
-            Deferred_from(timed(issue(f"par{i}.example.com"))) for i in range(args.n)
-        ])
+        concurrent = await defer.gatherResults(
+            [Deferred_from(timed(issue(f"par{i}.example.com"))) for i in range(args.n)]
+        )
         report("concurrent", concurrent, time.perf_counter() - start)
     finally:
         await client.close()
@@ -100,15 +105,20 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=100, help="certificates per run (100)")
     parser.add_argument("--key-type", default="ec256", help="certificate key type (ec256)")
     parser.add_argument(
-        "--pebble-env", action="append", default=[], metavar="NAME=VALUE",
+        "--pebble-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
         help="extra Pebble environment, e.g. PEBBLE_WFE_NONCEREJECT=50 (repeatable)",
     )
     args = parser.parse_args()
     env = dict(item.split("=", 1) for item in args.pebble_env)
     pebble = start_pebble(env=env)
     try:
-        print(f"Pebble at {pebble.directory_url}; {args.n} certificates, {args.key_type} keys"
-              + "".join(f", {k}={v}" for k, v in env.items()))
+        print(
+            f"Pebble at {pebble.directory_url}; {args.n} certificates, {args.key_type} keys"
+            + "".join(f", {k}={v}" for k, v in env.items())
+        )
         task.react(lambda reactor: Deferred_from(run(reactor, pebble, args)))
     finally:
         pebble.stop()

@@ -151,9 +151,11 @@ async def run(options: argparse.Namespace) -> int:
         )
         started = time.monotonic()
         port = await endpoint.listen(site())
-        print(f"{len(names)} certificates obtained from Pebble in "
-              f"{time.monotonic() - started:.2f} s; starting {options.clients} clients in "
-              f"{options.workers} processes for {options.duration:g} s")
+        print(
+            f"{len(names)} certificates obtained from Pebble in "
+            f"{time.monotonic() - started:.2f} s; starting {options.clients} clients in "
+            f"{options.workers} processes for {options.duration:g} s"
+        )
         renewed: list[float] = []
         renew_failures: list[str] = []
 
@@ -175,8 +177,16 @@ async def run(options: argparse.Namespace) -> int:
             outputs.append(out)
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-c", WORKER, str(pebble.tls_port), ",".join(names),
-                     str(roots), str(count), str(options.duration)],
+                    [
+                        sys.executable,
+                        "-c",
+                        WORKER,
+                        str(pebble.tls_port),
+                        ",".join(names),
+                        str(roots),
+                        str(count),
+                        str(options.duration),
+                    ],
                     stdout=out,
                 )
             )
@@ -212,18 +222,31 @@ async def run(options: argparse.Namespace) -> int:
         for reason, count in sorted(failures.items(), key=lambda kv: -kv[1])[:5]:
             print(f"    {count} x {reason}")
         print(f"handshakes per second:  {len(handshakes) / options.duration:.0f}")
-        print(f"handshake latency:      p50 {percentile(handshakes, 0.5) * 1000:.1f} ms, "
-              f"p99 {percentile(handshakes, 0.99) * 1000:.1f} ms "
-              f"(mean {statistics.fmean(handshakes) * 1000:.1f} ms)" if handshakes else "")
-        print(f"request latency:        p50 {percentile(requests, 0.5) * 1000:.1f} ms, "
-              f"p99 {percentile(requests, 0.99) * 1000:.1f} ms" if requests else "")
-        print(f"renewals during load:   {len(renewed)} completed"
-              + (f" (median {statistics.median(renewed):.2f} s)" if renewed else "")
-              + f", {len(renew_failures)} failed")
+        print(
+            f"handshake latency:      p50 {percentile(handshakes, 0.5) * 1000:.1f} ms, "
+            f"p99 {percentile(handshakes, 0.99) * 1000:.1f} ms "
+            f"(mean {statistics.fmean(handshakes) * 1000:.1f} ms)"
+            if handshakes
+            else ""
+        )
+        print(
+            f"request latency:        p50 {percentile(requests, 0.5) * 1000:.1f} ms, "
+            f"p99 {percentile(requests, 0.99) * 1000:.1f} ms"
+            if requests
+            else ""
+        )
+        print(
+            f"renewals during load:   {len(renewed)} completed"
+            + (f" (median {statistics.median(renewed):.2f} s)" if renewed else "")
+            + f", {len(renew_failures)} failed"
+        )
         for failure in renew_failures[:3]:
             print(f"    {failure}")
-        print(f"peak memory:            server {server_peak:.0f} MB, clients "
-              + ", ".join(f"{r['peak_mb']:.0f}" for r in results) + " MB")
+        print(
+            f"peak memory:            server {server_peak:.0f} MB, clients "
+            + ", ".join(f"{r['peak_mb']:.0f}" for r in results)
+            + " MB"
+        )
         return 0 if failed == 0 and handshakes else 1
     finally:
         for client in clients:

@@ -104,9 +104,10 @@ class Cluster:
     def fetch(self, name: str) -> bytes | None:
         context = ssl.create_default_context(cafile=str(self.roots))
         try:
-            with socket.create_connection(
-                ("127.0.0.1", self.pebble.tls_port), timeout=10
-            ) as raw, context.wrap_socket(raw, server_hostname=name) as tls:
+            with (
+                socket.create_connection(("127.0.0.1", self.pebble.tls_port), timeout=10) as raw,
+                context.wrap_socket(raw, server_hostname=name) as tls,
+            ):
                 tls.sendall(f"GET / HTTP/1.0\r\nHost: {name}\r\n\r\n".encode())
                 data = b""
                 while chunk := tls.recv(4096):

@@ -194,8 +194,16 @@ def run(args: argparse.Namespace) -> None:
         env = dict(os.environ, PYTHONPATH=str(Path(args.src).resolve()))
         launched = time.monotonic()
         server = subprocess.Popen(
-            [sys.executable, "-c", SERVER, str(directory), str(port),
-             pebble.directory_url, pebble.ca_file, args.watch],
+            [
+                sys.executable,
+                "-c",
+                SERVER,
+                str(directory),
+                str(port),
+                pebble.directory_url,
+                pebble.ca_file,
+                args.watch,
+            ],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=open(work / "server.log", "wb"),
@@ -204,16 +212,20 @@ def run(args: argparse.Namespace) -> None:
             last = f"host{args.count - 1}.bench.example"
             first = wait_for(lambda: last in names_of(handshake(port, last)), 120)
             print(f"source tree: {args.src}; {args.count} certificates; watch={args.watch}")
-            print(f"launch -> first handshake: {first if first is None else round(first, 2)} s"
-                  f" (launch to now {time.monotonic() - launched:.2f} s)")
+            print(
+                f"launch -> first handshake: {first if first is None else round(first, 2)} s"
+                f" (launch to now {time.monotonic() - launched:.2f} s)"
+            )
             print(f"RSS at first handshake: {rss_mib(server.pid):.0f} MiB")
             for window in ("next", "idle"):
                 before = cpu_seconds(server.pid)
                 time.sleep(args.idle)
                 used = cpu_seconds(server.pid) - before
                 share = 100 * used / args.idle
-                print(f"CPU over the {window} {args.idle:.0f} s: {used:.2f} s "
-                      f"({share:.1f} % of a core); RSS {rss_mib(server.pid):.0f} MiB")
+                print(
+                    f"CPU over the {window} {args.idle:.0f} s: {used:.2f} s "
+                    f"({share:.1f} % of a core); RSS {rss_mib(server.pid):.0f} MiB"
+                )
             added = "added.bench.example"
             (directory / f"{added}.pem").write_bytes(b"")
             took = wait_for(lambda: added in names_of(handshake(port, added)), args.max_wait)
@@ -228,10 +240,12 @@ def run(args: argparse.Namespace) -> None:
             print(f"entry replaced -> new certificate served: {seconds(took, args, 1000)} ms")
             waits = churn_run(port, directory, args)
             if waits:
-                print(f"handshakes while {args.churn} entries were replaced: {len(waits)}; "
-                      f"p50 {waits[len(waits) // 2] * 1000:.1f} ms, "
-                      f"p99 {waits[int(len(waits) * 0.99)] * 1000:.1f} ms, "
-                      f"max {waits[-1] * 1000:.0f} ms")
+                print(
+                    f"handshakes while {args.churn} entries were replaced: {len(waits)}; "
+                    f"p50 {waits[len(waits) // 2] * 1000:.1f} ms, "
+                    f"p99 {waits[int(len(waits) * 0.99)] * 1000:.1f} ms, "
+                    f"max {waits[-1] * 1000:.0f} ms"
+                )
         finally:
             server.terminate()
             server.wait()

@@ -42,12 +42,18 @@ html_theme = "alabaster"
 # python-treq-doc), so the build needs no network. A missing one is skipped.
 _INVENTORIES = {
     "python": ("https://docs.python.org/3", "/usr/share/doc/python3.11/html/objects.inv"),
-    "twisted": ("https://docs.twisted.org/en/stable/api",
-                "/usr/share/doc/twisted-doc/html/api/objects.inv"),
-    "cryptography": ("https://cryptography.io/en/latest",
-                     "/usr/share/doc/python-cryptography-doc/html/objects.inv"),
-    "treq": ("https://treq.readthedocs.io/en/latest",
-             "/usr/share/doc/python-treq-doc/html/objects.inv"),
+    "twisted": (
+        "https://docs.twisted.org/en/stable/api",
+        "/usr/share/doc/twisted-doc/html/api/objects.inv",
+    ),
+    "cryptography": (
+        "https://cryptography.io/en/latest",
+        "/usr/share/doc/python-cryptography-doc/html/objects.inv",
+    ),
+    "treq": (
+        "https://treq.readthedocs.io/en/latest",
+        "/usr/share/doc/python-treq-doc/html/objects.inv",
+    ),
 }
 intersphinx_mapping = {
     name: (url, inventory)

@@ -50,8 +50,13 @@ class LocalCA:
     """The parts of a local test CA the demo needs, whichever CA it is."""
 
     def __init__(
-        self, name: str, directory_url: str, ca_file: str, tls_port: int,
-        roots: list[bytes], stop: Callable[[], object],
+        self,
+        name: str,
+        directory_url: str,
+        ca_file: str,
+        tls_port: int,
+        roots: list[bytes],
+        stop: Callable[[], object],
     ) -> None:
         self.name = name
         self.directory_url = directory_url
@@ -69,8 +74,12 @@ def start_pebble_ca() -> LocalCA:
 
     pebble = start_pebble()
     return LocalCA(
-        "Pebble (Let's Encrypt's test CA)", pebble.directory_url, pebble.ca_file,
-        pebble.tls_port, pebble.roots(), pebble.stop,
+        "Pebble (Let's Encrypt's test CA)",
+        pebble.directory_url,
+        pebble.ca_file,
+        pebble.tls_port,
+        pebble.roots(),
+        pebble.stop,
     )
 
 
@@ -80,8 +89,12 @@ def start_txacme_ca() -> LocalCA:
     tls_port = free_port()
     ca = TestCAProcess.start(tlsalpn01_port=tls_port, retry_after=0)
     return LocalCA(
-        "txacme.testca (txacme's own test CA)", ca.directory_url,
-        ca.https_ca_file, tls_port, [ca.root_pem], ca.stop,
+        "txacme.testca (txacme's own test CA)",
+        ca.directory_url,
+        ca.https_ca_file,
+        tls_port,
+        [ca.root_pem],
+        ca.stop,
     )
 
 
@@ -108,7 +121,9 @@ def _interrupted(signum: int, frame: object) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description="txacme's demo: twistd web on an acme: endpoint")
     parser.add_argument(
-        "--ca", choices=["auto", "pebble", "testca"], default="auto",
+        "--ca",
+        choices=["auto", "pebble", "testca"],
+        default="auto",
         help="which local CA to use (default: Pebble when installed, else txacme's test CA)",
     )
     args = parser.parse_args()

@@ -135,7 +135,10 @@ class IssueTests(PebbleCLITestCase):
     def test_issue_tls_alpn(self) -> None:
         """``--tls-alpn`` answers tls-alpn-01 on a listener of its own."""
         self.txacme(
-            "issue", *self.ca, "--tls-alpn", f"tcp:{self.pebble.tls_port}:interface=127.0.0.1",
+            "issue",
+            *self.ca,
+            "--tls-alpn",
+            f"tcp:{self.pebble.tls_port}:interface=127.0.0.1",
             "alpn.cli.example",
         )
         verify_entry(
@@ -149,7 +152,11 @@ class IssueTests(PebbleCLITestCase):
         the error for ``status``.
         """
         result = self.txacme(
-            "issue", *self.ca, "--http01", "tcp:0:interface=127.0.0.1", "lost.cli.example",
+            "issue",
+            *self.ca,
+            "--http01",
+            "tcp:0:interface=127.0.0.1",
+            "lost.cli.example",
             expect=1,
         )
         self.assertIn("lost.cli.example: failed: connection:", result.stderr)
@@ -171,8 +178,14 @@ class StatusTests(PebbleCLITestCase):
         """
         self.issue("ok.cli.example")
         self.txacme(
-            "issue", *self.ca, "--http01", "tcp:0:interface=127.0.0.1", "bad.cli.example",
-            "--key-type", "rsa2048", expect=1,
+            "issue",
+            *self.ca,
+            "--http01",
+            "tcp:0:interface=127.0.0.1",
+            "bad.cli.example",
+            "--key-type",
+            "rsa2048",
+            expect=1,
         )
         rows = self.status()
         self.assertEqual(sorted(rows), ["bad.cli.example", "ok.cli.example"])
@@ -323,9 +336,7 @@ class AccountTests(PebbleCLITestCase):
         hmac_file = os.path.join(self.dir, "..", "eab.hmac")
         with open(hmac_file, "w") as f:
             f.write(EAB_KEYS["kid-1"] + "\n")
-        self.txacme(
-            "account create", *ca, "--eab-kid", "kid-1", "--eab-hmac-file", hmac_file
-        )
+        self.txacme("account create", *ca, "--eab-kid", "kid-1", "--eab-hmac-file", hmac_file)
         shown = json.loads(self.txacme("account show", *ca, "--json").stdout)
         self.assertEqual(shown["status"], "valid")
 
@@ -348,8 +359,10 @@ class ARITests(TestCase):
         self.dir = os.path.abspath(self.mktemp())
         os.makedirs(self.dir)
         self.ca = [
-            "--directory", self.ca_process.directory_url,
-            "--ca-file", self.ca_process.https_ca_file,
+            "--directory",
+            self.ca_process.directory_url,
+            "--ca-file",
+            self.ca_process.https_ca_file,
         ]
         self.http01 = ["--http01", f"tcp:{self.http_port}:interface=127.0.0.1"]
 
@@ -426,28 +439,59 @@ class UsageErrorTests(TestCase):
             (["issue", *d, "a.example", "--http01", "80"], "choose the CA"),
             (["issue", *d, "a.example", *ca], "--http01 tcp:80, --tls-alpn tcp:443 or --dns"),
             (["issue", *d, "a..example", *ca, "--http01", "80"], "NAME 'a..example': empty label"),
-            (["issue", *d, "a.example", *ca, "--http01", "80", "--key-type", "rsa1024"],
-             "--key-type 'rsa1024'"),
+            (
+                ["issue", *d, "a.example", *ca, "--http01", "80", "--key-type", "rsa1024"],
+                "--key-type 'rsa1024'",
+            ),
             (["issue", *d, "a.example", *ca, "--http01", "bogus:1"], "--http01 'bogus:1'"),
-            (["issue", *d, "a.example", *ca, "--http01", "80", "--concurrency", "0"],
-             "--concurrency 0"),
-            (["issue", *d, "a.example", "--directory", "http://ca.invalid/", "--http01", "80"],
-             "--directory 'http://ca.invalid/'"),
-            (["issue", *d, "a.example", *ca, "--ca-file", "/no/such.pem", "--http01", "80"],
-             "--ca-file '/no/such.pem'"),
-            (["issue", *d, "a.example", *ca, "--email", "nobody", "--http01", "80"],
-             "--email 'nobody'"),
-            (["issue", *d, "a.example", *ca, "--eab-kid", "k", "--http01", "80"],
-             "--eab-kid and --eab-hmac-file"),
-            (["issue", *d, "a.example", *ca, "--eab-kid", "k", "--eab-hmac-file", "/no/file",
-              "--http01", "80"], "--eab-hmac-file '/no/file'"),
+            (
+                ["issue", *d, "a.example", *ca, "--http01", "80", "--concurrency", "0"],
+                "--concurrency 0",
+            ),
+            (
+                ["issue", *d, "a.example", "--directory", "http://ca.invalid/", "--http01", "80"],
+                "--directory 'http://ca.invalid/'",
+            ),
+            (
+                ["issue", *d, "a.example", *ca, "--ca-file", "/no/such.pem", "--http01", "80"],
+                "--ca-file '/no/such.pem'",
+            ),
+            (
+                ["issue", *d, "a.example", *ca, "--email", "nobody", "--http01", "80"],
+                "--email 'nobody'",
+            ),
+            (
+                ["issue", *d, "a.example", *ca, "--eab-kid", "k", "--http01", "80"],
+                "--eab-kid and --eab-hmac-file",
+            ),
+            (
+                [
+                    "issue",
+                    *d,
+                    "a.example",
+                    *ca,
+                    "--eab-kid",
+                    "k",
+                    "--eab-hmac-file",
+                    "/no/file",
+                    "--http01",
+                    "80",
+                ],
+                "--eab-hmac-file '/no/file'",
+            ),
             (["issue", *d, "a.example", *ca, "--dns", "carrier-pigeon"], "--dns carrier-pigeon"),
-            (["issue", *d, "a.example", *ca, "--dns", "rfc2136", "--dns-option", "dns_server"],
-             "--dns-option 'dns_server'"),
-            (["issue", *d, "a.example", *ca, "--dns", "rfc2136", "--dns-option", "colour=red"],
-             "colour"),
-            (["issue", *d, "a.example", *ca, "--http01", "80", "--dns-option", "a=b"],
-             "--dns-option needs --dns"),
+            (
+                ["issue", *d, "a.example", *ca, "--dns", "rfc2136", "--dns-option", "dns_server"],
+                "--dns-option 'dns_server'",
+            ),
+            (
+                ["issue", *d, "a.example", *ca, "--dns", "rfc2136", "--dns-option", "colour=red"],
+                "colour",
+            ),
+            (
+                ["issue", *d, "a.example", *ca, "--http01", "80", "--dns-option", "a=b"],
+                "--dns-option needs --dns",
+            ),
             (["revoke", *d, "known.example", *ca, "--reason", "boredom"], "--reason 'boredom'"),
             (["revoke", *d, "known.example", *ca], "holds no certificate"),
             (["revoke", *d, "other.example", *ca], "NAME 'other.example'"),
@@ -480,8 +524,14 @@ class UsageErrorTests(TestCase):
             s.listen()
             port = s.getsockname()[1]
             result = run_cli(
-                "issue", "-C", self.dir, "new.example", "--directory", "https://ca.invalid/",
-                "--http01", f"tcp:{port}:interface=127.0.0.1",
+                "issue",
+                "-C",
+                self.dir,
+                "new.example",
+                "--directory",
+                "https://ca.invalid/",
+                "--http01",
+                f"tcp:{port}:interface=127.0.0.1",
             )
         self.assertEqual(result.returncode, cli.EXIT_FAILURE, result.stderr)
         self.assertIn(f"--http01 tcp:{port}:interface=127.0.0.1: cannot listen", result.stderr)
@@ -570,8 +620,13 @@ class StateFileTests(TestCase):
         now = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
         state.record_failure(
             "a.example",
-            ErrorRecord(at=now, problem="urn:ietf:params:acme:error:dns", detail="x" * 5000,
-                        attempt=2, retry_at=now + timedelta(minutes=10)),
+            ErrorRecord(
+                at=now,
+                problem="urn:ietf:params:acme:error:dns",
+                detail="x" * 5000,
+                attempt=2,
+                retry_at=now + timedelta(minutes=10),
+            ),
         )
         record = state.get("a.example")
         assert record.last_error is not None
@@ -610,16 +665,23 @@ class StateRecorderTests(TestCase):
         clock.advance(1_800_000_000)
         issuer = FakeIssuer(clock.seconds)
         service = AcmeIssuingService(
-            MemoryStore({"a.example": [], "b.example": []}), None, clock, [],
-            client=FakeClient(), issue=issuer,
+            MemoryStore({"a.example": [], "b.example": []}),
+            None,
+            clock,
+            [],
+            client=FakeClient(),
+            issue=issuer,
         )
         detach = StateRecorder(state, clock).attach(service)
         service.startService()
         a, b = sorted(issuer.calls, key=lambda call: call.names)
         issued = a.succeed()
-        b.fail(IssuanceFailed("no", RateLimited(
-            "urn:ietf:params:acme:error:rateLimited", "too many", retry_after=7200
-        )))
+        b.fail(
+            IssuanceFailed(
+                "no",
+                RateLimited("urn:ietf:params:acme:error:rateLimited", "too many", retry_after=7200),
+            )
+        )
         self.assertEqual(writes, [])  # nothing written inside the burst
         clock.advance(0)
         self.assertEqual(writes, [["a.example", "b.example"]])
@@ -709,9 +771,7 @@ class StoreURLTests(PebbleCLITestCase):
     def test_environment_variables(self) -> None:
         """``$TXACME_STORE`` and ``$TXACME_STORE_KEY_FILE`` are the defaults."""
         self.issue("env.cli.example", *self.store)
-        env = {
-            k: v for k, v in os.environ.items() if not k.startswith("TXACME_")
-        }
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TXACME_")}
         env.update(
             PYTHONPATH=os.pathsep.join([SRC, *filter(None, [env.get("PYTHONPATH")])]),
             TXACME_CERT_DIR=self.dir,
@@ -721,7 +781,11 @@ class StoreURLTests(PebbleCLITestCase):
         env.pop("TERM", None)
         result = subprocess.run(
             [sys.executable, "-m", "txacme", "status", "--json"],
-            capture_output=True, text=True, env=env, timeout=120, stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
         )
         self.assertEqual(result.returncode, 0, result.stderr)
         rows = json.loads(result.stdout)["certificates"]

@@ -139,8 +139,9 @@ class FakeCA(Resource):
 
     isLeaf = True
 
-    def __init__(self, clock: task.Clock, *, meta: dict[str, Any] | None = None,
-                 ari: bool = False) -> None:
+    def __init__(
+        self, clock: task.Clock, *, meta: dict[str, Any] | None = None, ari: bool = False
+    ) -> None:
         super().__init__()
         self.clock = clock
         self.meta: dict[str, Any] = {"termsOfService": BASE + "/tos"} if meta is None else meta
@@ -165,7 +166,8 @@ class FakeCA(Resource):
         self.processing_polls = 0
         self.poll_retry_after: str | None = None
         self.ari_window: dict[str, str] = {
-            "start": "2030-01-01T00:00:00Z", "end": "2030-01-03T00:00:00Z"
+            "start": "2030-01-01T00:00:00Z",
+            "end": "2030-01-03T00:00:00Z",
         }
         self.ari_retry_after: str | None = None
         self.ari_explanation: str | None = None
@@ -173,12 +175,13 @@ class FakeCA(Resource):
         self.root_key = ec_key()
         self.alt_root_key = ec_key()
         self.inter_key = ec_key()
-        self.root = make_ca_cert("Fake Root X1", self.root_key, "Fake Root X1", self.root_key,
-                                 now)
-        self.inter = make_ca_cert("Fake Intermediate A", self.inter_key, "Fake Root X1",
-                                  self.root_key, now)
-        self.alt_inter = make_ca_cert("Fake Intermediate A", self.inter_key, "Fake Alt Root",
-                                      self.alt_root_key, now)
+        self.root = make_ca_cert("Fake Root X1", self.root_key, "Fake Root X1", self.root_key, now)
+        self.inter = make_ca_cert(
+            "Fake Intermediate A", self.inter_key, "Fake Root X1", self.root_key, now
+        )
+        self.alt_inter = make_ca_cert(
+            "Fake Intermediate A", self.inter_key, "Fake Alt Root", self.alt_root_key, now
+        )
         self.alternates = False
 
     # -- plumbing -------------------------------------------------------------------
@@ -266,8 +269,10 @@ class FakeCA(Resource):
             if account["status"] != "valid":
                 return problem("unauthorized", 403, detail="account is deactivated")
             key = account["jwk"]
-        expected_alg = {"EC": {"P-256": "ES256", "P-384": "ES384"}.get(
-            key.to_partial_json().get("crv", "")), "RSA": "RS256"}[key.to_partial_json()["kty"]]
+        expected_alg = {
+            "EC": {"P-256": "ES256", "P-384": "ES384"}.get(key.to_partial_json().get("crv", "")),
+            "RSA": "RS256",
+        }[key.to_partial_json()["kty"]]
         if protected.get("alg") != expected_alg:
             return problem("badSignatureAlgorithm", detail=f"{protected.get('alg')}")
         if not jws.verify(key):
@@ -315,7 +320,8 @@ class FakeCA(Resource):
                     return problem("unauthorized", detail=error)
             url = f"{BASE}/acct/{next(self.counter)}"
             self.accounts[url] = {
-                "jwk": key.public_key(), "contact": payload.get("contact", []),
+                "jwk": key.public_key(),
+                "contact": payload.get("contact", []),
                 "status": "valid",
             }
             return ok_json(self.account_doc(url), 201, Location=url)
@@ -353,8 +359,12 @@ class FakeCA(Resource):
 
     def account_doc(self, url: str) -> dict[str, Any]:
         account = self.accounts[url]
-        return {"status": account["status"], "contact": account["contact"],
-                "key": account["jwk"].to_partial_json(), "orders": url + "/orders"}
+        return {
+            "status": account["status"],
+            "contact": account["contact"],
+            "key": account["jwk"].to_partial_json(),
+            "orders": url + "/orders",
+        }
 
     def check_eab(self, binding: dict[str, Any], key: JWK) -> str | None:
         protected = json.loads(unb64(binding["protected"]))
@@ -388,21 +398,32 @@ class FakeCA(Resource):
             types = ["dns-01"] if wildcard else list(self.challenge_types)
             for typ in types:
                 c = next(self.counter)
-                chall = {"type": typ, "url": f"{BASE}/chall/{c}", "status": "pending",
-                         "token": b64(secrets.token_bytes(32)), "authz": f"/authz/{a}"}
+                chall = {
+                    "type": typ,
+                    "url": f"{BASE}/chall/{c}",
+                    "status": "pending",
+                    "token": b64(secrets.token_bytes(32)),
+                    "authz": f"/authz/{a}",
+                }
                 self.challenges[f"/chall/{c}"] = chall
                 challs.append(chall)
             self.authzs[f"/authz/{a}"] = {
                 "identifier": {"type": ident["type"], "value": base},
                 "status": "valid" if value in self.reuse_valid else "pending",
-                "wildcard": wildcard, "challenges": challs, "polls_left": self.pending_polls,
+                "wildcard": wildcard,
+                "challenges": challs,
+                "polls_left": self.pending_polls,
                 "answered": False,
             }
             authz_paths.append(f"/authz/{a}")
         self.orders[f"/order/{n}"] = {
-            "identifiers": seen.payload["identifiers"], "authz": authz_paths,
-            "finalize": f"{BASE}/finalize/{n}", "cert": None, "processing_left": None,
-            "profile": seen.payload.get("profile"), "replaces": seen.payload.get("replaces"),
+            "identifiers": seen.payload["identifiers"],
+            "authz": authz_paths,
+            "finalize": f"{BASE}/finalize/{n}",
+            "cert": None,
+            "processing_left": None,
+            "profile": seen.payload.get("profile"),
+            "replaces": seen.payload.get("replaces"),
             "account": seen.protected.get("kid"),
         }
         return ok_json(self.order_doc(f"/order/{n}"), 201, Location=f"{BASE}/order/{n}")
@@ -426,7 +447,8 @@ class FakeCA(Resource):
         order = self.orders[path]
         status = self.order_status(path, poll)
         doc: dict[str, Any] = {
-            "status": status, "identifiers": order["identifiers"],
+            "status": status,
+            "identifiers": order["identifiers"],
             "authorizations": [BASE + a for a in order["authz"]],
             "finalize": order["finalize"],
         }
@@ -458,7 +480,8 @@ class FakeCA(Resource):
                     authz["status"] = "valid"
                     chall["status"] = "valid"
         doc = {
-            "status": authz["status"], "identifier": authz["identifier"],
+            "status": authz["status"],
+            "identifier": authz["identifier"],
             "challenges": [self.chall_doc(c) for c in authz["challenges"]],
             "expires": "2099-01-01T00:00:00Z",
         }
@@ -500,8 +523,10 @@ class FakeCA(Resource):
         pem = serialization.Encoding.PEM
         leaf_pem = leaf.public_bytes(pem)
         n = next(self.counter)
-        self.certs[f"/cert/{n}"] = [leaf_pem + self.inter.public_bytes(pem),
-                                    leaf_pem + self.alt_inter.public_bytes(pem)]
+        self.certs[f"/cert/{n}"] = [
+            leaf_pem + self.inter.public_bytes(pem),
+            leaf_pem + self.alt_inter.public_bytes(pem),
+        ]
         order["cert"] = f"/cert/{n}"
         order["processing_left"] = self.processing_polls
         return ok_json(self.order_doc(path), **self.retry_header())
@@ -512,8 +537,11 @@ class FakeCA(Resource):
         index = int(alt) if alt else 0
         headers = {"Content-Type": "application/pem-certificate-chain"}
         if self.alternates:
-            links = [f'<{BASE}{base}/alt{i}>;rel="alternate"'
-                     for i in range(len(chains)) if i and i != index]
+            links = [
+                f'<{BASE}{base}/alt{i}>;rel="alternate"'
+                for i in range(len(chains))
+                if i and i != index
+            ]
             if index:
                 links.append(f'<{base}>; rel="alternate"')
             headers["Link"] = ", ".join(links)
@@ -543,8 +571,11 @@ class FakeCA(Resource):
         cert = x509.load_der_x509_certificate(unb64(seen.payload["certificate"]))
         if "jwk" in seen.protected:
             key = seen.protected["_key"]
-            cert_key = JWK.load(cert.public_key().public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+            cert_key = JWK.load(
+                cert.public_key().public_bytes(
+                    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+                )
+            )
             if key.public_key() != cert_key:
                 return problem("unauthorized", 403, detail="not the certificate's key")
         self.revoked.append((cert.serial_number, seen.payload.get("reason", 0)))
@@ -631,15 +662,22 @@ class ProblemTests(ClientTestMixin, unittest.TestCase):
             "type": PROBLEM + "compound",
             "detail": "several",
             "subproblems": [
-                {"type": PROBLEM + "rejectedIdentifier", "detail": "no",
-                 "identifier": {"type": "dns", "value": "bad.example"}},
-                {"type": PROBLEM + "caa", "detail": "caa says no",
-                 "identifier": {"type": "dns", "value": "caa.example"}},
+                {
+                    "type": PROBLEM + "rejectedIdentifier",
+                    "detail": "no",
+                    "identifier": {"type": "dns", "value": "bad.example"},
+                },
+                {
+                    "type": PROBLEM + "caa",
+                    "detail": "caa says no",
+                    "identifier": {"type": "dns", "value": "caa.example"},
+                },
                 "not a problem",
             ],
         }
-        self.answer_with(ca, (400, {"Content-Type": "application/problem+json"},
-                              json.dumps(doc).encode()))
+        self.answer_with(
+            ca, (400, {"Content-Type": "application/problem+json"}, json.dumps(doc).encode())
+        )
         exc = self.err(client.new_order(["bad.example", "caa.example"]), errors.Compound)
         self.assertEqual(len(exc.subproblems), 2)
         self.assertIsInstance(exc.subproblems[0], errors.RejectedIdentifier)
@@ -658,10 +696,16 @@ class ProblemTests(ClientTestMixin, unittest.TestCase):
             (b"[1, 2, 3]", errors.ServerInternal),
             (b'"just a string"', errors.ServerInternal),
             (b"{}", errors.ACMEProblem),
-            (json.dumps({"type": 42, "detail": ["x"], "identifier": "nope",
-                         "subproblems": "nope"}).encode(), errors.ACMEProblem),
-            (json.dumps({"type": PROBLEM + "malformed", "detail": None}).encode(),
-             errors.Malformed),
+            (
+                json.dumps(
+                    {"type": 42, "detail": ["x"], "identifier": "nope", "subproblems": "nope"}
+                ).encode(),
+                errors.ACMEProblem,
+            ),
+            (
+                json.dumps({"type": PROBLEM + "malformed", "detail": None}).encode(),
+                errors.Malformed,
+            ),
         ]
         for body, klass in cases:
             self.answer_with(ca, (400, {"Content-Type": "application/problem+json"}, body))
@@ -673,8 +717,9 @@ class ProblemTests(ClientTestMixin, unittest.TestCase):
         """A proxy's HTML 502 page becomes ServerInternal with the status."""
         ca, client = self.make()
         self.ok(client.new_account())
-        self.answer_with(ca, (502, {"Content-Type": "text/html"},
-                              b"<html><body>Bad Gateway</body></html>"))
+        self.answer_with(
+            ca, (502, {"Content-Type": "text/html"}, b"<html><body>Bad Gateway</body></html>")
+        )
         exc = self.err(client.new_order(["example.com"]), errors.ServerInternal)
         self.assertEqual(exc.status, 502)
         self.assertIn("502", exc.detail)
@@ -694,15 +739,26 @@ class ProblemTests(ClientTestMixin, unittest.TestCase):
         ca, client = self.make()
         self.ok(client.new_account())
         for body in (b"{not json", b"[]", json.dumps({"status": "bogus"}).encode()):
-            self.answer_with(ca, (201, {"Content-Type": "application/json",
-                                        "Location": BASE + "/order/x"}, body))
+            self.answer_with(
+                ca, (201, {"Content-Type": "application/json", "Location": BASE + "/order/x"}, body)
+            )
             self.err(client.new_order(["example.com"]), errors.ProtocolError)
 
     def test_missing_location(self) -> None:
         ca, client = self.make()
         self.ok(client.new_account())
-        self.answer_with(ca, ok_json({"status": "pending", "identifiers": [],
-                                      "authorizations": [], "finalize": BASE + "/f"}, 201))
+        self.answer_with(
+            ca,
+            ok_json(
+                {
+                    "status": "pending",
+                    "identifiers": [],
+                    "authorizations": [],
+                    "finalize": BASE + "/f",
+                },
+                201,
+            ),
+        )
         exc = self.err(client.new_order(["example.com"]), errors.ProtocolError)
         self.assertIn("Location", str(exc))
 
@@ -733,9 +789,7 @@ class ProblemTests(ClientTestMixin, unittest.TestCase):
             parse_retry_after(email.utils.formatdate(now + 30, usegmt=True), now), 30.0
         )
         self.assertEqual(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now), 0.0)
-        self.assertEqual(
-            parse_retry_after("Tue, 14 Nov 2023 22:13:20 GMT", 1_699_999_999.0), 1.0
-        )
+        self.assertEqual(parse_retry_after("Tue, 14 Nov 2023 22:13:20 GMT", 1_699_999_999.0), 1.0)
         for bad in (None, "", "soon", "-5", "1.5e3", "Mon, 99 Foo 2020"):
             self.assertIsNone(parse_retry_after(bad, now), bad)
 
@@ -792,8 +846,7 @@ class TransportTests(ClientTestMixin, unittest.TestCase):
 
     def test_jws_algorithms(self) -> None:
         """ES256 for P-256, ES384 for P-384, RS256 for RSA; the fake CA verifies."""
-        for key, alg in ((ec_key(), ES256), (ec_key(ec.SECP384R1()), ES384),
-                         (RSA_KEY, RS256)):
+        for key, alg in ((ec_key(), ES256), (ec_key(ec.SECP384R1()), ES384), (RSA_KEY, RS256)):
             ca, client = self.make(key)
             self.assertEqual(client.alg, alg)
             self.ok(client.new_account())
@@ -855,8 +908,7 @@ class TransportTests(ClientTestMixin, unittest.TestCase):
     def test_identifier_for(self) -> None:
         self.assertEqual(identifier_for("Example.COM"), {"type": "dns", "value": "example.com"})
         self.assertEqual(identifier_for("192.0.2.1"), {"type": "ip", "value": "192.0.2.1"})
-        self.assertEqual(identifier_for("2001:DB8:0::1"),
-                         {"type": "ip", "value": "2001:db8::1"})
+        self.assertEqual(identifier_for("2001:DB8:0::1"), {"type": "ip", "value": "2001:db8::1"})
         with self.assertRaises(errors.ConfigurationError):
             identifier_for("")
 
@@ -865,13 +917,18 @@ class TransportTests(ClientTestMixin, unittest.TestCase):
         self.assertIsNone(self.successResultOf(client.close()))
 
     def test_from_url_rejects_non_jwk(self) -> None:
-        d = Client.from_url(task.Clock(), BASE + "/dir", ec_key(),  # type: ignore[arg-type]
-                            http=StubTreq(FakeCA(task.Clock())))
+        d = Client.from_url(
+            task.Clock(),
+            BASE + "/dir",
+            ec_key(),  # type: ignore[arg-type]
+            http=StubTreq(FakeCA(task.Clock())),
+        )
         self.failureResultOf(d, errors.ConfigurationError)
 
     def test_from_url_bad_ca_file(self) -> None:
-        d = Client.from_url(task.Clock(), BASE + "/dir", JWKEC(key=ec_key()),
-                            ca_file="/nonexistent/ca.pem")
+        d = Client.from_url(
+            task.Clock(), BASE + "/dir", JWKEC(key=ec_key()), ca_file="/nonexistent/ca.pem"
+        )
         exc = self.failureResultOf(d, errors.ConfigurationError).value
         self.assertIn("/nonexistent/ca.pem", str(exc))
         path = self.mktemp()
@@ -977,7 +1034,8 @@ class PollingTests(ClientTestMixin, unittest.TestCase):
         """An invalid authorization raises IssuanceFailed with the challenge's problem."""
         ca, client = self.make()
         ca.fail_names["example.com"] = {
-            "type": PROBLEM + "incorrectResponse", "detail": "wrong key authorization",
+            "type": PROBLEM + "incorrectResponse",
+            "detail": "wrong key authorization",
             "status": 403,
         }
         url = self.answered_authz(ca, client)
@@ -1003,16 +1061,21 @@ class PollingTests(ClientTestMixin, unittest.TestCase):
         ca, client = self.make()
         order = self.answered_order(ca, client)
         pem = self.csr(["example.com"]).public_bytes(serialization.Encoding.PEM)
-        self.assertEqual(self.ok(client.finalize(order, pem)).body.status,
-                         messages.STATUS_VALID)
+        self.assertEqual(self.ok(client.finalize(order, pem)).body.status, messages.STATUS_VALID)
         self.err(client.finalize(order, b"garbage"), errors.ConfigurationError)
 
     def test_finalize_invalid_order(self) -> None:
         ca, client = self.make()
         order = self.answered_order(ca, client)
         ca.overrides["/finalize/" + order.body.finalize.rsplit("/", 1)[1]] = lambda seen: ok_json(
-            {"status": "invalid", "error": {"type": PROBLEM + "badCSR", "detail": "weak key"},
-             "identifiers": [], "authorizations": [], "finalize": order.body.finalize})
+            {
+                "status": "invalid",
+                "error": {"type": PROBLEM + "badCSR", "detail": "weak key"},
+                "identifiers": [],
+                "authorizations": [],
+                "finalize": order.body.finalize,
+            }
+        )
         exc = self.err(client.finalize(order, self.csr(["example.com"])), errors.IssuanceFailed)
         self.assertIsInstance(exc.problem, errors.BadCSR)
 
@@ -1040,10 +1103,14 @@ class PollingTests(ClientTestMixin, unittest.TestCase):
 
 class AccountTests(ClientTestMixin, unittest.TestCase):
     def test_directory_meta(self) -> None:
-        ca, client = self.make(meta={
-            "termsOfService": "https://ca.test/tos", "externalAccountRequired": True,
-            "profiles": {"classic": "The usual", "shortlived": "Six days"},
-        }, ari=True)
+        ca, client = self.make(
+            meta={
+                "termsOfService": "https://ca.test/tos",
+                "externalAccountRequired": True,
+                "profiles": {"classic": "The usual", "shortlived": "Six days"},
+            },
+            ari=True,
+        )
         self.assertEqual(client.terms_of_service, "https://ca.test/tos")
         self.assertTrue(client.external_account_required)
         self.assertEqual(client.profiles, {"classic": "The usual", "shortlived": "Six days"})
@@ -1123,8 +1190,9 @@ class AccountTests(ClientTestMixin, unittest.TestCase):
         binding = ca.posts("/new-acct")[-1].payload["externalAccountBinding"]
         protected = json.loads(unb64(binding["protected"]))
         self.assertEqual(protected, {"alg": "HS256", "kid": "kid-1", "url": BASE + "/new-acct"})
-        self.assertEqual(json.loads(unb64(binding["payload"])),
-                         client.key.public_key().to_partial_json())
+        self.assertEqual(
+            json.loads(unb64(binding["payload"])), client.key.public_key().to_partial_json()
+        )
 
     def test_eab_given_to_the_client(self) -> None:
         """The client's own EAB serves start() and new_account() when they are given none."""
@@ -1145,8 +1213,9 @@ class AccountTests(ClientTestMixin, unittest.TestCase):
         clock = task.Clock()
         directory = messages.Directory.from_json(FakeCA(clock).directory())
         with self.assertRaises(errors.ConfigurationError):
-            Client(clock, directory, JWKEC(key=ec_key()), http=StubTreq(FakeCA(clock)),
-                   eab="kid:key")  # type: ignore[arg-type]
+            Client(
+                clock, directory, JWKEC(key=ec_key()), http=StubTreq(FakeCA(clock)), eab="kid:key"
+            )  # type: ignore[arg-type]
 
     def test_eab_wrong_key_rejected(self) -> None:
         ca, client = self.make(meta={"externalAccountRequired": True})
@@ -1202,10 +1271,17 @@ class OrderTests(ClientTestMixin, unittest.TestCase):
         ca, client = self.make()
         self.ok(client.new_account())
         order = self.ok(client.new_order(["Example.com", "*.example.com", "192.0.2.7", "::1"]))
-        self.assertEqual(ca.posts()[-1].payload, {"identifiers": [
-            {"type": "dns", "value": "example.com"}, {"type": "dns", "value": "*.example.com"},
-            {"type": "ip", "value": "192.0.2.7"}, {"type": "ip", "value": "::1"},
-        ]})
+        self.assertEqual(
+            ca.posts()[-1].payload,
+            {
+                "identifiers": [
+                    {"type": "dns", "value": "example.com"},
+                    {"type": "dns", "value": "*.example.com"},
+                    {"type": "ip", "value": "192.0.2.7"},
+                    {"type": "ip", "value": "::1"},
+                ]
+            },
+        )
         self.assertTrue(order.uri.startswith(BASE + "/order/"))
         self.assertEqual(len(order.body.authorizations), 4)
         self.assertEqual(order.body.status, messages.STATUS_PENDING)
@@ -1217,8 +1293,9 @@ class OrderTests(ClientTestMixin, unittest.TestCase):
         ca, client = self.make(meta={"profiles": {"classic": "x", "tlsserver": "y"}})
         self.ok(client.new_account())
         sent = len(ca.posts())
-        exc = self.err(client.new_order(["example.com"], profile="shortlived"),
-                        errors.ConfigurationError)
+        exc = self.err(
+            client.new_order(["example.com"], profile="shortlived"), errors.ConfigurationError
+        )
         self.assertIn("'shortlived'", str(exc))
         self.assertIn("classic, tlsserver", str(exc))
         self.assertEqual(len(ca.posts()), sent)
@@ -1229,8 +1306,9 @@ class OrderTests(ClientTestMixin, unittest.TestCase):
     def test_profile_without_profiles(self) -> None:
         ca, client = self.make(meta={})
         self.ok(client.new_account())
-        exc = self.err(client.new_order(["example.com"], profile="classic"),
-                        errors.ConfigurationError)
+        exc = self.err(
+            client.new_order(["example.com"], profile="classic"), errors.ConfigurationError
+        )
         self.assertIn("advertises: none", str(exc))
 
     def test_replaces(self) -> None:
@@ -1244,8 +1322,9 @@ class OrderTests(ClientTestMixin, unittest.TestCase):
         responder = Responder("http-01")
         issued = self.ok(obtain_certificate(client, names, [responder]))
         self.assertIsInstance(issued, IssuedCertificate)
-        return messages.OrderResource(uri=issued.order_url, body=messages.Order(
-            certificate=issued.url))
+        return messages.OrderResource(
+            uri=issued.order_url, body=messages.Order(certificate=issued.url)
+        )
 
     def test_fetch_certificate_default_chain(self) -> None:
         ca, client = self.make()
@@ -1283,7 +1362,7 @@ class OrderTests(ClientTestMixin, unittest.TestCase):
         ca, client = self.make()
         self.ok(client.new_account())
         order = self.issue(ca, client, ["example.com"])
-        path = order.body.certificate[len(BASE):]
+        path = order.body.certificate[len(BASE) :]
         ca.overrides[path] = lambda seen: (200, {}, b"<html>oops</html>")
         self.err(client.fetch_certificate(order), errors.ProtocolError)
 
@@ -1301,8 +1380,9 @@ class OrderTests(ClientTestMixin, unittest.TestCase):
         ca, client = self.make()
         self.ok(client.new_account())
         key = ec_key()
-        issued = self.ok(obtain_certificate(client, ["example.com"], [Responder("http-01")],
-                                             key=key))
+        issued = self.ok(
+            obtain_certificate(client, ["example.com"], [Responder("http-01")], key=key)
+        )
         _, stranger = self.make(ca=ca)  # a client with no account at all
         self.ok(stranger.revoke(issued.certificate, key=key))
         self.assertEqual(ca.revoked, [(issued.certificate.serial_number, 0)])
@@ -1314,8 +1394,9 @@ class OrderTests(ClientTestMixin, unittest.TestCase):
         ca, client = self.make()
         self.ok(client.new_account())
         key = ec_key()
-        issued = self.ok(obtain_certificate(client, ["example.com"], [Responder("http-01")],
-                                             key=key))
+        issued = self.ok(
+            obtain_certificate(client, ["example.com"], [Responder("http-01")], key=key)
+        )
         self.ok(client.revoke(issued.certificate, key=JWKEC(key=key)))
         post = ca.posts("/revoke")[-1]
         self.assertIn("jwk", post.protected)
@@ -1333,8 +1414,13 @@ class OrderTests(ClientTestMixin, unittest.TestCase):
         """Serial encodings computed by hand: no padding byte unless the high bit is set."""
         aki = bytes(range(20))
         expected_aki = base64.urlsafe_b64encode(aki).decode().rstrip("=")
-        for serial, der in ((0x7F, b"\x7f"), (0x80, b"\x00\x80"), (0x0102, b"\x01\x02"),
-                            (0xFFFF, b"\x00\xff\xff"), (1, b"\x01")):
+        for serial, der in (
+            (0x7F, b"\x7f"),
+            (0x80, b"\x00\x80"),
+            (0x0102, b"\x01\x02"),
+            (0xFFFF, b"\x00\xff\xff"),
+            (1, b"\x01"),
+        ):
             expected = expected_aki + "." + base64.urlsafe_b64encode(der).decode().rstrip("=")
             self.assertEqual(ari_cert_id(cert_with(aki, serial)), expected, hex(serial))
 
@@ -1377,8 +1463,13 @@ class OrderTests(ClientTestMixin, unittest.TestCase):
 class Responder:
     """A recording responder; ``gate`` (if set) delays start_responding."""
 
-    def __init__(self, challenge_type: str, gate: Deferred[None] | None = None,
-                 fail_start: bool = False, fail_stop: bool = False) -> None:
+    def __init__(
+        self,
+        challenge_type: str,
+        gate: Deferred[None] | None = None,
+        fail_start: bool = False,
+        fail_stop: bool = False,
+    ) -> None:
         self.challenge_type = challenge_type
         self.gate = gate
         self.fail_start = fail_start
@@ -1412,21 +1503,29 @@ class IssuanceTests(ClientTestMixin, unittest.TestCase):
     def test_issue(self) -> None:
         ca, client = self.setup()
         responder = Responder("http-01")
-        issued = self.ok(obtain_certificate(client, ["WWW.example.com", "example.com",
-                                                      "www.example.com"], [responder]))
+        issued = self.ok(
+            obtain_certificate(
+                client, ["WWW.example.com", "example.com", "www.example.com"], [responder]
+            )
+        )
         self.assertEqual(issued.names, ["www.example.com", "example.com"])
-        self.assertEqual(sorted(n for n, _, _ in responder.started),
-                         ["example.com", "www.example.com"])
-        self.assertEqual(sorted(n for n, _, _ in responder.stopped),
-                         ["example.com", "www.example.com"])
+        self.assertEqual(
+            sorted(n for n, _, _ in responder.started), ["example.com", "www.example.com"]
+        )
+        self.assertEqual(
+            sorted(n for n, _, _ in responder.stopped), ["example.com", "www.example.com"]
+        )
         kinds = [type(o).__name__ for o in issued.pem_objects]
         self.assertEqual(kinds, ["PrivateKey", "Certificate", "Certificate"])
-        self.assertEqual(issued.pem_objects[1].as_bytes(),
-                         issued.certificate.public_bytes(serialization.Encoding.PEM))
+        self.assertEqual(
+            issued.pem_objects[1].as_bytes(),
+            issued.certificate.public_bytes(serialization.Encoding.PEM),
+        )
         self.assertEqual(issued.not_after, issued.certificate.not_valid_after_utc)
         self.assertEqual(issued.not_before, issued.certificate.not_valid_before_utc)
-        self.assertEqual([c.subject.rfc4514_string() for c in issued.chain],
-                         ["CN=Fake Intermediate A"])
+        self.assertEqual(
+            [c.subject.rfc4514_string() for c in issued.chain], ["CN=Fake Intermediate A"]
+        )
         self.assertIsInstance(issued.key, ec.EllipticCurvePrivateKey)
         self.assertNotIn("PRIVATE", repr(issued))
 
@@ -1459,8 +1558,11 @@ class IssuanceTests(ClientTestMixin, unittest.TestCase):
         tls = Responder("tls-alpn-01")
         self.ok(obtain_certificate(client, ["example.com"], [Responder("http-01"), tls]))
         name, chall, response = tls.started[0]
-        token = chall.jobj["token"] if isinstance(chall, challenges.UnrecognizedChallenge) \
+        token = (
+            chall.jobj["token"]
+            if isinstance(chall, challenges.UnrecognizedChallenge)
             else b64(chall.token)
+        )
         self.assertEqual(response.key_authorization, f"{token}.{thumbprint(client.key)}")
 
     def test_challenge_response_helper(self) -> None:
@@ -1476,8 +1578,11 @@ class IssuanceTests(ClientTestMixin, unittest.TestCase):
         """A wildcard authorization is answered for the base name."""
         ca, client = self.setup()
         dns = Responder("dns-01")
-        issued = self.ok(obtain_certificate(client, ["*.example.com", "example.com"],
-                                             [Responder("http-01"), dns]))
+        issued = self.ok(
+            obtain_certificate(
+                client, ["*.example.com", "example.com"], [Responder("http-01"), dns]
+            )
+        )
         self.assertEqual(issued.names, ["*.example.com", "example.com"])
         self.assertIn(("example.com"), [n for n, _, _ in dns.started])
 
@@ -1485,8 +1590,9 @@ class IssuanceTests(ClientTestMixin, unittest.TestCase):
         """NoSupportedChallenge names the offered types; nothing is started."""
         ca, client = self.setup()
         http = Responder("http-01")
-        exc = self.err(obtain_certificate(client, ["*.example.com"], [http]),
-                        errors.NoSupportedChallenge)
+        exc = self.err(
+            obtain_certificate(client, ["*.example.com"], [http]), errors.NoSupportedChallenge
+        )
         self.assertIn("dns-01", str(exc))
         self.assertIn("*.example.com", str(exc))
         self.assertEqual(http.started, [])
@@ -1517,15 +1623,17 @@ class IssuanceTests(ClientTestMixin, unittest.TestCase):
     def test_failure_stops_responders(self) -> None:
         """An invalid authorization fails the order; every responder is stopped."""
         ca, client = self.setup()
-        ca.fail_names["bad.example.com"] = {"type": PROBLEM + "connection",
-                                            "detail": "refused"}
+        ca.fail_names["bad.example.com"] = {"type": PROBLEM + "connection", "detail": "refused"}
         responder = Responder("http-01")
-        exc = self.err(obtain_certificate(client, ["good.example.com", "bad.example.com"],
-                                           [responder]), errors.IssuanceFailed)
+        exc = self.err(
+            obtain_certificate(client, ["good.example.com", "bad.example.com"], [responder]),
+            errors.IssuanceFailed,
+        )
         self.assertIsInstance(exc.problem, errors.Connection)
         self.assertIn("bad.example.com", str(exc))
-        self.assertEqual(sorted(n for n, _, _ in responder.stopped),
-                         ["bad.example.com", "good.example.com"])
+        self.assertEqual(
+            sorted(n for n, _, _ in responder.stopped), ["bad.example.com", "good.example.com"]
+        )
         self.assertEqual(ca.posts("/finalize/"), [])
 
     def test_start_failure_not_stopped(self) -> None:
@@ -1543,24 +1651,28 @@ class IssuanceTests(ClientTestMixin, unittest.TestCase):
 
     def test_key_types(self) -> None:
         ca, client = self.setup()
-        issued = self.ok(obtain_certificate(client, ["example.com"], [Responder("http-01")],
-                                             key_type="ec384"))
+        issued = self.ok(
+            obtain_certificate(client, ["example.com"], [Responder("http-01")], key_type="ec384")
+        )
         self.assertEqual(issued.key.curve.name, "secp384r1")
-        issued = self.ok(obtain_certificate(client, ["example.com"], [Responder("http-01")],
-                                             key=RSA_KEY))
+        issued = self.ok(
+            obtain_certificate(client, ["example.com"], [Responder("http-01")], key=RSA_KEY)
+        )
         self.assertIs(issued.key, RSA_KEY)
-        self.err(obtain_certificate(client, ["example.com"], [Responder("http-01")],
-                                     key_type="dsa"), errors.UnsupportedKeyType)
+        self.err(
+            obtain_certificate(client, ["example.com"], [Responder("http-01")], key_type="dsa"),
+            errors.UnsupportedKeyType,
+        )
 
     def test_bad_input(self) -> None:
         ca, client = self.setup()
-        self.err(obtain_certificate(client, [], [Responder("http-01")]),
-                  errors.ConfigurationError)
+        self.err(obtain_certificate(client, [], [Responder("http-01")]), errors.ConfigurationError)
         self.err(obtain_certificate(client, ["example.com"], []), errors.ConfigurationError)
-        self.err(obtain_certificate(client, ["exa mple.com"], [Responder("http-01")]),
-                  errors.InvalidServerName)
-        self.err(obtain_certificate(client, ["example.com"], [object()]),
-                  errors.ConfigurationError)
+        self.err(
+            obtain_certificate(client, ["exa mple.com"], [Responder("http-01")]),
+            errors.InvalidServerName,
+        )
+        self.err(obtain_certificate(client, ["example.com"], [object()]), errors.ConfigurationError)
         self.assertEqual(ca.posts("/new-order"), [])
 
     def test_order_not_ready_retried(self) -> None:
@@ -1579,12 +1691,13 @@ class IssuanceTests(ClientTestMixin, unittest.TestCase):
 
     def test_certificate_for_other_key_rejected(self) -> None:
         ca, client = self.setup()
-        other_chain = self.ok(obtain_certificate(client, ["example.com"],
-                                                  [Responder("http-01")]))
+        other_chain = self.ok(obtain_certificate(client, ["example.com"], [Responder("http-01")]))
         pem = other_chain.certificate.public_bytes(serialization.Encoding.PEM)
         ca.overrides = _Prefix("/cert/", lambda seen: (200, {}, pem))  # type: ignore
-        exc = self.err(obtain_certificate(client, ["example.com"], [Responder("http-01")]),
-                        errors.ProtocolError)
+        exc = self.err(
+            obtain_certificate(client, ["example.com"], [Responder("http-01")]),
+            errors.ProtocolError,
+        )
         self.assertIn("key", str(exc))
 
     def test_nonce_rejections_during_issuance(self) -> None:
@@ -1599,8 +1712,9 @@ class IssuanceTests(ClientTestMixin, unittest.TestCase):
             return result
 
         ca.verify = flaky  # type: ignore[method-assign]
-        issued = self.ok(obtain_certificate(client, ["a.example.com", "b.example.com"],
-                                             [Responder("http-01")]))
+        issued = self.ok(
+            obtain_certificate(client, ["a.example.com", "b.example.com"], [Responder("http-01")])
+        )
         self.assertEqual(issued.names, ["a.example.com", "b.example.com"])
 
 

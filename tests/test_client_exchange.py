@@ -65,9 +65,7 @@ class ExchangeHookTests(ClientTestMixin, unittest.TestCase):
         )
         # One exchange per request the CA saw, to the URL it saw.
         self.assertEqual(len(seen), len(ca.seen))
-        self.assertEqual(
-            [e.url for e in seen], ["https://ca.test" + s.path for s in ca.seen]
-        )
+        self.assertEqual([e.url for e in seen], ["https://ca.test" + s.path for s in ca.seen])
         self.assertEqual(seen[2].problem, PROBLEM + "accountDoesNotExist")
         self.assertEqual([e.problem for e in seen[3:]], [None] * 7)
         self.assertTrue(all(e.seconds == 0.0 for e in seen))

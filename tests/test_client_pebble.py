@@ -295,8 +295,11 @@ class TransportTests(PebbleCase):
         for kwargs in ({"ca_file": other}, {}):
             with self.assertRaises(Exception) as cm:
                 client = await Client.from_url(
-                    reactor, self.pebble.directory_url, jwk_for(generate_private_key()),
-                    timeout=10, **kwargs,
+                    reactor,
+                    self.pebble.directory_url,
+                    jwk_for(generate_private_key()),
+                    timeout=10,
+                    **kwargs,
                 )
                 await client.close()
             self.assertNotIsInstance(cm.exception, errors.ACMEProblem)
@@ -312,7 +315,10 @@ class TransportTests(PebbleCase):
         url = f"https://127.0.0.1:{port.getHost().port}/dir"
         with self.assertRaises(errors.ACMETimeout):
             await Client.from_url(
-                reactor, url, jwk_for(generate_private_key()), ca_file=self.pebble.ca_file,
+                reactor,
+                url,
+                jwk_for(generate_private_key()),
+                ca_file=self.pebble.ca_file,
                 timeout=0.3,
             )
 

@@ -61,8 +61,9 @@ def node_main(argv: list[str]) -> None:
     parser.add_argument("--http-port", type=int, default=0)
     parser.add_argument("--challenges", default="tls-alpn-01,http-01")
     parser.add_argument("--lease-ttl", type=float, default=5.0)
-    parser.add_argument("--stall", action="store_true",
-                        help="take locks, then never finish (to be killed)")
+    parser.add_argument(
+        "--stall", action="store_true", help="take locks, then never finish (to be killed)"
+    )
     args = parser.parse_args(argv)
 
     from twisted.internet import reactor as node_reactor
@@ -344,9 +345,12 @@ class ClusterTests(TestCase):
 
     def start_node(self, node_id: str, *extra: str) -> Node:
         args = [
-            "--db", self.db,
-            "--directory", self.pebble.directory_url,
-            "--ca-file", self.pebble.ca_file,
+            "--db",
+            self.db,
+            "--directory",
+            self.pebble.directory_url,
+            "--ca-file",
+            self.pebble.ca_file,
             *extra,
         ]
         node = Node(node_id, args, self.workdir)
@@ -388,8 +392,10 @@ class ClusterTests(TestCase):
         # orders of the others would be validated against a closed port.
         node0 = self.start_node(
             "node0",
-            "--tls-port", str(self.pebble.tls_port),
-            "--http-port", str(self.pebble.http_port),
+            "--tls-port",
+            str(self.pebble.tls_port),
+            "--http-port",
+            str(self.pebble.http_port),
         )
         yield threads.deferToThread(node0.wait_ready)
         cluster = [
@@ -435,8 +441,7 @@ class ClusterTests(TestCase):
         stored_by = dict(
             self.postgres.execute(self.db, "SELECT name, updated_by FROM txacme_certificates")
         )
-        by_node = {n.node_id: sum(1 for v in stored_by.values() if v == n.node_id)
-                   for n in cluster}
+        by_node = {n.node_id: sum(1 for v in stored_by.values() if v == n.node_id) for n in cluster}
         self.assertGreater(by_node["node1"] + by_node["node2"], 0, by_node)
         answered_for_others = len(re.findall(r"started by node[12]", cluster[0].log_text()))
         self.assertGreater(answered_for_others, 0, self._logs())
@@ -474,8 +479,9 @@ class ClusterTests(TestCase):
                     self.fail(f"{node.node_id} still serves the old certificate")
                 yield deferLater(reactor, 0.05, lambda: None)
         self.assertEqual(pebble_order_count(self.pebble, log_start), 1)
-        print(f"\n{len(wanted)} names over {NODE_COUNT} nodes in {elapsed:.1f} s; "
-              f"stored by {by_node}")
+        print(
+            f"\n{len(wanted)} names over {NODE_COUNT} nodes in {elapsed:.1f} s; stored by {by_node}"
+        )
 
     def _logs(self) -> str:
         return "\n".join(f"== {n.node_id}\n{n.log_text()[-6000:]}" for n in self.nodes)

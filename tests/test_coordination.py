@@ -235,8 +235,7 @@ class RunLockedTests(SynchronousTestCase):
             return Deferred()
 
         d = Deferred.fromCoroutine(
-            coordinated_issue(self.store, "x.example", obtain, lambda objs: False,
-                              clock=self.clock)
+            coordinated_issue(self.store, "x.example", obtain, lambda objs: False, clock=self.clock)
         )
         result = self.successResultOf(d)
         self.assertIsInstance(result, StoredCertificate)
@@ -250,8 +249,13 @@ class RunLockedTests(SynchronousTestCase):
             ["x.example"], now(self.clock), now(self.clock) + timedelta(days=90)
         )
         d = Deferred.fromCoroutine(
-            coordinated_issue(self.store, "x.example", lambda: succeed(issued),
-                              lambda objs: True, clock=self.clock)
+            coordinated_issue(
+                self.store,
+                "x.example",
+                lambda: succeed(issued),
+                lambda objs: True,
+                clock=self.clock,
+            )
         )
         self.assertIs(self.successResultOf(d), issued)
         self.assertEqual(self.store.certs["x.example"], issued.pem_objects)
@@ -271,7 +275,10 @@ class ServiceClusterTests(SynchronousTestCase):
 
     def service(self, store: Any, issuer: FakeIssuer) -> AcmeIssuingService:
         service = AcmeIssuingService(
-            store, client=FakeClient(), clock=self.clock, responders=[HTTP01Responder()],
+            store,
+            client=FakeClient(),
+            clock=self.clock,
+            responders=[HTTP01Responder()],
             issue=issuer,
         )
         self.addCleanup(service.stopService)
@@ -317,7 +324,6 @@ class ServiceClusterTests(SynchronousTestCase):
         self.clock.pump([2] * 11)
         self.assertEqual(len(self.issuer_a.calls), 1)
 
-
     def test_lock_timeout_is_a_failure_of_the_name_only(self) -> None:
         """A lock that stays busy fails the attempt (LockTimeout), keeping the client."""
         from txacme.issuing.events import Failed
@@ -327,8 +333,13 @@ class ServiceClusterTests(SynchronousTestCase):
         # A certificate due for renewal (the client is made at the start-up check).
         self.successResultOf(store.store("w.example", entry(self.clock, "w.example", age=70)))
         client = FakeClient()
-        service = AcmeIssuingService(store, client=client, clock=self.clock,
-                                     responders=[HTTP01Responder()], issue=self.issuer_a)
+        service = AcmeIssuingService(
+            store,
+            client=client,
+            clock=self.clock,
+            responders=[HTTP01Responder()],
+            issue=self.issuer_a,
+        )
         self.addCleanup(service.stopService)
         events: list[Any] = []
         service.subscribe(events.append)
@@ -377,9 +388,7 @@ class SharedResponderTests(SynchronousTestCase):
         dns = DNS()
         wrapped = node.responders([dns, HTTP01Responder(), TLSALPN01Responder()])
         self.assertIs(wrapped[0], dns)
-        self.assertEqual(
-            [type(r) for r in wrapped[1:]], [SharedResponder, SharedResponder]
-        )
+        self.assertEqual([type(r) for r in wrapped[1:]], [SharedResponder, SharedResponder])
 
 
 class ClusterNodeTests(SynchronousTestCase):
@@ -393,8 +402,13 @@ class ClusterNodeTests(SynchronousTestCase):
         self.http = HTTP01Responder()
         self.wanted: list[str] = []
         self.node = ClusterNode(
-            self.store, self.index, tls_alpn=self.tls.registry, http01=self.http,
-            on_wanted=self.wanted.append, clock=self.clock, challenge_ttl=600,
+            self.store,
+            self.index,
+            tls_alpn=self.tls.registry,
+            http01=self.http,
+            on_wanted=self.wanted.append,
+            clock=self.clock,
+            challenge_ttl=600,
         )
         self.node.start()
         self.addCleanup(self.node.stop)
@@ -411,8 +425,10 @@ class ClusterNodeTests(SynchronousTestCase):
         self.successResultOf(self.orderer.store("a.example", objects))
         served = self.index.find("a.example")
         assert served is not None
-        self.assertEqual(served.certificate.serial_number,
-                         StoredCertificate.from_pem(objects).certificate.serial_number)
+        self.assertEqual(
+            served.certificate.serial_number,
+            StoredCertificate.from_pem(objects).certificate.serial_number,
+        )
         self.successResultOf(self.orderer.remove("a.example"))
         self.assertIsNone(self.index.find("a.example"))
 
@@ -431,9 +447,7 @@ class ClusterNodeTests(SynchronousTestCase):
         """A validator's hello for an unknown challenge is held while the store is asked."""
         record = ChallengeRecord("tls-alpn-01", "a.example", "tok", "tok.thumb")
         self.successResultOf(self.orderer.put_challenge(record))
-        self.assertIsNone(
-            self.node.hello_hook(ClientHello("a.example", (b"h2", b"acme-tls/1")))
-        )
+        self.assertIsNone(self.node.hello_hook(ClientHello("a.example", (b"h2", b"acme-tls/1"))))
         d = self.node.hello_hook(ClientHello("a.example", (b"acme-tls/1",)))
         assert d is not None
         self.assertTrue(self.successResultOf(d))

@@ -26,8 +26,14 @@ FAKE_PYTHON = '#!/bin/sh\necho "$@" >> "$(dirname "$0")/../calls"\n'
 class InstallVirtualenvTests(TestCase):
     def setUp(self) -> None:
         self.tree = os.path.abspath(self.mktemp())
-        for name in ["pyproject.toml", "setup.py", "LICENSE", "README.rst", "src/txacme/a.py",
-                     "twisted/plugins/p.py"]:
+        for name in [
+            "pyproject.toml",
+            "setup.py",
+            "LICENSE",
+            "README.rst",
+            "src/txacme/a.py",
+            "twisted/plugins/p.py",
+        ]:
             path = os.path.join(self.tree, name)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "w") as f:
@@ -46,8 +52,11 @@ class InstallVirtualenvTests(TestCase):
             os.remove(calls)
         subprocess.run(
             ["bash", "-c", f'set -euo pipefail; . {SETUP}; install_virtualenv "$@"', "-", *args],
-            cwd=self.tree, env=dict(os.environ, TXACME_VENV=self.venv), check=True,
-            capture_output=True, timeout=60,
+            cwd=self.tree,
+            env=dict(os.environ, TXACME_VENV=self.venv),
+            check=True,
+            capture_output=True,
+            timeout=60,
         )
         if not os.path.exists(calls):
             return []
@@ -89,7 +98,10 @@ class DemoSignalTests(TestCase):
         env["PYTHONPATH"] = os.pathsep.join(p for p in [package_parent, env.get("PYTHONPATH")] if p)
         demo = subprocess.Popen(
             [sys.executable, os.path.join(ROOT, "scripts", "demo.py"), "--ca", "testca"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
         )
         assert demo.stdout is not None
         line = ""

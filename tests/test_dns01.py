@@ -161,7 +161,9 @@ class TXTValueTests(TestCase):
                 hashlib.sha256(
                     b"evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA.nP1qzpXGymHBrUEepNY9HCsQk7K8Kh"
                 ).digest()
-            ).rstrip(b"=").decode(),
+            )
+            .rstrip(b"=")
+            .decode(),
         )
 
     def test_matches_acme_library(self) -> None:
@@ -442,8 +444,12 @@ class ResponderTests(TestCase):
 
     def test_bad_timeout(self) -> None:
         self.assertRaises(
-            ConfigurationError, DNS01Responder, self.provider, lookup=self.dns,
-            propagation_timeout=0, clock=self.clock,
+            ConfigurationError,
+            DNS01Responder,
+            self.provider,
+            lookup=self.dns,
+            propagation_timeout=0,
+            clock=self.clock,
         )
 
 
@@ -575,8 +581,10 @@ class OptionsTests(TestCase):
     def test_full(self) -> None:
         responder = dns01_responder_from_options(
             self.options(
-                dns_zone="Example.test", dns_resolvers="127.0.0.1:5353,[::1]:5354",
-                propagation_timeout="7.5", dns_ttl="30",
+                dns_zone="Example.test",
+                dns_resolvers="127.0.0.1:5353,[::1]:5354",
+                propagation_timeout="7.5",
+                dns_ttl="30",
             ),
             clock=Clock(),
         )
@@ -653,7 +661,6 @@ class OptionsTests(TestCase):
         )
         self.assertOptionError(
             {"dns": "lexicon", "dns_lexicon_provider": "ddns", "dns_server": "127.0.0.1"},
-            "dns_server", "dns=lexicon",
+            "dns_server",
+            "dns=lexicon",
         )
-
-

@@ -117,8 +117,7 @@ class DocstringTests(TestCase):
     def test_public_modules_have_docstrings(self) -> None:
         """Every public module says what it is for."""
         missing = [
-            name for name in public_modules()
-            if not has_docstring(importlib.import_module(name))
+            name for name in public_modules() if not has_docstring(importlib.import_module(name))
         ]
         self.assertEqual(missing, [])
 
@@ -292,9 +291,7 @@ class RESTStoreExampleTests(TestCase):
 
         clock = Clock()
         issuer = FakeIssuer(clock.seconds, auto="succeed")
-        service = AcmeIssuingService(
-            self.store, None, clock, [], client=FakeClient(), issue=issuer
-        )
+        service = AcmeIssuingService(self.store, None, clock, [], client=FakeClient(), issue=issuer)
         service.startService()
         self.successResultOf(service.when_certs_valid())
         service.stopService()
@@ -345,7 +342,9 @@ class WebrootExampleTests(TestCase):
 
         async def run() -> None:
             client = await Client.from_url(
-                reactor, pebble.directory_url, jwk_for(generate_private_key()),
+                reactor,
+                pebble.directory_url,
+                jwk_for(generate_private_key()),
                 ca_file=pebble.ca_file,
             )
             try:
@@ -354,8 +353,6 @@ class WebrootExampleTests(TestCase):
             finally:
                 await client.close()
             self.assertEqual(issued.names, ["webroot.example"])
-            self.assertEqual(
-                os.listdir(os.path.join(webroot, ".well-known", "acme-challenge")), []
-            )
+            self.assertEqual(os.listdir(os.path.join(webroot, ".well-known", "acme-challenge")), [])
 
         return Deferred.fromCoroutine(run())

@@ -232,9 +232,7 @@ class AutoTLSEndpointPebbleTests(TestCase):
 
         (self.certs / "metered.example.test.pem").write_bytes(b"")
         state_path = str(self.certs / ".txacme-state.json")
-        endpoint = self.make_endpoint(
-            metrics="tcp:0:interface=127.0.0.1", state_file=state_path
-        )
+        endpoint = self.make_endpoint(metrics="tcp:0:interface=127.0.0.1", state_file=state_path)
         port = yield endpoint.listen(site())
         self.addCleanup(port.stopListening)
         metrics_port = endpoint.metrics_port.port.getHost().port

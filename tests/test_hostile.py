@@ -131,8 +131,15 @@ def client_hello(sni: bytes | None, alpn: list[bytes] | None = None) -> bytes:
         names = b"".join(bytes([len(p)]) + p for p in alpn)
         exts += _ext(16, _u16(len(names)) + names)
     body = (
-        b"\x03\x03" + os.urandom(32) + b"\x20" + os.urandom(32)
-        + _u16(len(ciphers)) + ciphers + b"\x01\x00" + _u16(len(exts)) + exts
+        b"\x03\x03"
+        + os.urandom(32)
+        + b"\x20"
+        + os.urandom(32)
+        + _u16(len(ciphers))
+        + ciphers
+        + b"\x01\x00"
+        + _u16(len(exts))
+        + exts
     )
     handshake = b"\x01" + len(body).to_bytes(3, "big") + body
     return b"\x16\x03\x01" + _u16(len(handshake)) + handshake
@@ -317,7 +324,9 @@ class HostileSNITests(TestCase):
             quiet = await deferToThread(_run_json, MEASURE, port, 1.0)
             flood = subprocess.Popen(
                 [sys.executable, "-c", FLOOD, str(port), "1000"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
             )
             self.addCleanup(_stop, flood)
             assert flood.stdout is not None
@@ -426,7 +435,10 @@ print(json.dumps({"sent": sent, "served": served, "errors": errors,
 def _run_json(script: str, *args: Any) -> Any:
     out = subprocess.run(
         [sys.executable, "-c", script, *map(str, args)],
-        capture_output=True, text=True, timeout=60, check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     ).stdout
     return json.loads(out)
 
@@ -478,14 +490,24 @@ class HostileHTTP01Tests(SynchronousTestCase):
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner,
-                                                                 max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 PROBLEM_TYPES = [
     "urn:ietf:params:acme:error:" + c
-    for c in ("badNonce", "rateLimited", "malformed", "serverInternal", "accountDoesNotExist",
-              "unauthorized", "orderNotReady", "compound", "nonsense")
+    for c in (
+        "badNonce",
+        "rateLimited",
+        "malformed",
+        "serverInternal",
+        "accountDoesNotExist",
+        "unauthorized",
+        "orderNotReady",
+        "compound",
+        "nonsense",
+    )
 ]
 problem_documents = st.fixed_dictionaries(
     {},
@@ -493,33 +515,79 @@ problem_documents = st.fixed_dictionaries(
         "type": st.sampled_from(PROBLEM_TYPES) | json_values,
         "detail": json_values,
         "status": json_values,
-        "identifier": json_values | st.fixed_dictionaries({"type": json_values,
-                                                           "value": json_values}),
-        "subproblems": st.lists(json_values | st.fixed_dictionaries(
-            {"type": st.sampled_from(PROBLEM_TYPES) | json_values, "detail": json_values,
-             "identifier": json_values}), max_size=3) | json_values,
+        "identifier": json_values
+        | st.fixed_dictionaries({"type": json_values, "value": json_values}),
+        "subproblems": st.lists(
+            json_values
+            | st.fixed_dictionaries(
+                {
+                    "type": st.sampled_from(PROBLEM_TYPES) | json_values,
+                    "detail": json_values,
+                    "identifier": json_values,
+                }
+            ),
+            max_size=3,
+        )
+        | json_values,
     },
 )
-STAGES = ["/dir", "/nonce", "/new-acct", "/new-order", "/authz/", "/chall/", "/finalize/",
-          "/order/", "/cert/", "/ari/"]
-KNOWN_KEYS = ["status", "identifiers", "authorizations", "finalize", "certificate", "challenges",
-              "identifier", "type", "url", "token", "error", "expires", "wildcard", "contact",
-              "newNonce", "newAccount", "newOrder", "renewalInfo", "meta", "suggestedWindow",
-              "start", "end", "explanationURL", "orders", "key", "validated"]
+STAGES = [
+    "/dir",
+    "/nonce",
+    "/new-acct",
+    "/new-order",
+    "/authz/",
+    "/chall/",
+    "/finalize/",
+    "/order/",
+    "/cert/",
+    "/ari/",
+]
+KNOWN_KEYS = [
+    "status",
+    "identifiers",
+    "authorizations",
+    "finalize",
+    "certificate",
+    "challenges",
+    "identifier",
+    "type",
+    "url",
+    "token",
+    "error",
+    "expires",
+    "wildcard",
+    "contact",
+    "newNonce",
+    "newAccount",
+    "newOrder",
+    "renewalInfo",
+    "meta",
+    "suggestedWindow",
+    "start",
+    "end",
+    "explanationURL",
+    "orders",
+    "key",
+    "validated",
+]
 
 mutations = st.one_of(
     st.tuples(st.just("body"), st.binary(max_size=200)),
     st.tuples(st.just("json"), json_values),
     st.tuples(st.just("set"), st.sampled_from(KNOWN_KEYS), json_values),
     st.tuples(st.just("delete"), st.sampled_from(KNOWN_KEYS)),
-    st.tuples(st.just("nested"), st.sampled_from(KNOWN_KEYS), st.sampled_from(KNOWN_KEYS),
-              json_values),
+    st.tuples(
+        st.just("nested"), st.sampled_from(KNOWN_KEYS), st.sampled_from(KNOWN_KEYS), json_values
+    ),
     # 1xx are not final answers: the HTTP layer itself waits for another one.
     st.tuples(st.just("problem"), st.integers(min_value=200, max_value=599), problem_documents),
     st.tuples(st.just("status"), st.integers(min_value=200, max_value=599)),
-    st.tuples(st.just("header"), st.sampled_from(["Retry-After", "Location", "Link",
-                                                  "Content-Type", "Replay-Nonce"]),
-              st.text(max_size=40)),
+    st.tuples(
+        st.just("header"),
+        st.sampled_from(["Retry-After", "Location", "Link", "Content-Type", "Replay-Nonce"]),
+        st.text(max_size=40),
+    ),
     st.tuples(st.just("truncate"), st.integers(min_value=0, max_value=400)),
 )
 
@@ -646,8 +714,14 @@ class FuzzedACMETests(SynchronousTestCase):
         clock.advance(time.time())
         ca = FuzzCA(clock, stage, mutation)
         client = self.successResultOf(
-            Client.from_url(clock, BASE + "/dir", JWKEC(key=ec_key()), http=StubTreq(ca),
-                            timeout=5, poll_timeout=30)
+            Client.from_url(
+                clock,
+                BASE + "/dir",
+                JWKEC(key=ec_key()),
+                http=StubTreq(ca),
+                timeout=5,
+                poll_timeout=30,
+            )
         )
         store = MemoryStore({"fuzz.example": []})
         service = AcmeIssuingService(store, None, clock, [Responder("http-01")], client=client)
@@ -663,7 +737,8 @@ class FuzzedACMETests(SynchronousTestCase):
         for event in events:
             if isinstance(event, Failed):
                 self.assertIsInstance(
-                    event.failure.value, errors.TxACMEError,
+                    event.failure.value,
+                    errors.TxACMEError,
                     f"{stage} answered {mutation!r}: {event.failure.value!r}",
                 )
         self.successResultOf(service.stopService())
@@ -671,13 +746,33 @@ class FuzzedACMETests(SynchronousTestCase):
 
 # -- fuzzed endpoint strings ---------------------------------------------------------------
 
-_keyword = st.sampled_from(sorted(OWN_KEYWORDS) + ["dns", "tsig_key", "tsig_secret",
-                                                   "dns_server", "interface", "backlog"])
+_keyword = st.sampled_from(
+    sorted(OWN_KEYWORDS) + ["dns", "tsig_key", "tsig_secret", "dns_server", "interface", "backlog"]
+)
 _value = st.one_of(
     st.text(max_size=40),
-    st.sampled_from(["", "0", "-1", "nan", "inf", "1e400", "../../etc", "/dev/null", "\x00",
-                     "tls-alpn-01,http-01", "acme-tls/1", "h2,,", "ec256", "RSA4096",
-                     "https://ca.example/dir", "http://ca.example/dir", "a@b", "x" * 500]),
+    st.sampled_from(
+        [
+            "",
+            "0",
+            "-1",
+            "nan",
+            "inf",
+            "1e400",
+            "../../etc",
+            "/dev/null",
+            "\x00",
+            "tls-alpn-01,http-01",
+            "acme-tls/1",
+            "h2,,",
+            "ec256",
+            "RSA4096",
+            "https://ca.example/dir",
+            "http://ca.example/dir",
+            "a@b",
+            "x" * 500,
+        ]
+    ),
 )
 SECRET = "c2VjcmV0LWZ1enotdmFsdWUtMTIzNDU2Nzg5MA"
 
@@ -699,9 +794,7 @@ class FuzzedEndpointStringTests(SynchronousTestCase):
         parses or raises ConfigurationError whose message names what is
         wrong (a keyword, a value, the prefix) and never shows a secret.
         """
-        directory = {"le": "https://le.example/dir", "lets": "https://lets.example/dir"}.get(
-            prefix
-        )
+        directory = {"le": "https://le.example/dir", "lets": "https://lets.example/dir"}.get(prefix)
         if secret_in is not None:
             kwargs = {**kwargs, secret_in: SECRET}
         try:
@@ -710,9 +803,7 @@ class FuzzedEndpointStringTests(SynchronousTestCase):
             message = str(e)
             self.assertNotIn(SECRET, message)
             hints = [prefix, "directory", *kwargs, *(repr(v)[1:-1][:20] for v in kwargs.values())]
-            self.assertTrue(
-                any(h and h in message for h in hints), f"unclear error: {message!r}"
-            )
+            self.assertTrue(any(h and h in message for h in hints), f"unclear error: {message!r}")
 
     @settings(max_examples=300, deadline=None)
     @example(kind="tcp", rest="http")
@@ -759,8 +850,12 @@ _hello_bytes = st.one_of(
         lambda sni, cut, flip: _damaged(client_hello(sni), cut, flip),
         st.binary(min_size=1, max_size=300),
         st.integers(min_value=0, max_value=700),
-        st.lists(st.tuples(st.integers(min_value=0, max_value=699),
-                           st.integers(min_value=0, max_value=255)), max_size=3),
+        st.lists(
+            st.tuples(
+                st.integers(min_value=0, max_value=699), st.integers(min_value=0, max_value=255)
+            ),
+            max_size=3,
+        ),
     ),
 )
 
@@ -807,11 +902,20 @@ class OnDemandHostileTests(SynchronousTestCase):
         )
         rng = random.Random(11)
         alphabet = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-./\x00\xff*_"
-        names = [bytes(rng.choice(alphabet) for _ in range(rng.choice((3, 20, 80, 250))))
-                 for _ in range(10_000)]
-        names += [b"allowed.example", b"*.allowed.example", b"../x.allowed.example",
-                  b"x.allowed.example.evil", b"a.b.allowed.example", b"x.allowed.example\x00",
-                  b"Ok.Allowed.Example", b"ok.allowed.example."]
+        names = [
+            bytes(rng.choice(alphabet) for _ in range(rng.choice((3, 20, 80, 250))))
+            for _ in range(10_000)
+        ]
+        names += [
+            b"allowed.example",
+            b"*.allowed.example",
+            b"../x.allowed.example",
+            b"x.allowed.example.evil",
+            b"a.b.allowed.example",
+            b"x.allowed.example\x00",
+            b"Ok.Allowed.Example",
+            b"ok.allowed.example.",
+        ]
         with file_accesses() as accesses:
             for name in names:
                 hello = parse_client_hello(client_hello(name))

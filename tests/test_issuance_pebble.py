@@ -61,8 +61,9 @@ class SilentResponder:
         self.stopped.append(server_name)
 
 
-def check_issued(case: unittest.TestCase, pebble: Any, issued: IssuedCertificate,
-                 names: list[str]) -> None:
+def check_issued(
+    case: unittest.TestCase, pebble: Any, issued: IssuedCertificate, names: list[str]
+) -> None:
     case.assertEqual(issued.names, names)
     chain = verify_chain(pebble, issued, names[0])
     case.assertGreaterEqual(len(chain), 3)
@@ -114,8 +115,7 @@ class IssuanceTests(PebbleCase):
             check_issued(self, self.pebble, issued, [f"{key_type}.example.com"])
             self.assertEqual(key_type_of(issued.key), key_type)
         rsa_key = generate_private_key("rsa2048")
-        issued = await obtain_certificate(client, ["given.example.com"], [responder],
-                                          key=rsa_key)
+        issued = await obtain_certificate(client, ["given.example.com"], [responder], key=rsa_key)
         self.assertIsInstance(issued.key, rsa.RSAPrivateKey)
         self.assertIs(issued.key, rsa_key)
 

@@ -79,14 +79,17 @@ class MemoryProvider(LexiconBase):  # type: ignore[misc]
     def list_records(self, rtype: Any = None, name: Any = None, content: Any = None) -> Any:
         return []
 
-    def update_record(self, identifier: Any = None, rtype: Any = None, name: Any = None,
-                      content: Any = None) -> bool:
+    def update_record(
+        self, identifier: Any = None, rtype: Any = None, name: Any = None, content: Any = None
+    ) -> bool:
         return False
 
-    def delete_record(self, identifier: Any = None, rtype: Any = None, name: Any = None,
-                      content: Any = None) -> bool:
+    def delete_record(
+        self, identifier: Any = None, rtype: Any = None, name: Any = None, content: Any = None
+    ) -> bool:
         self.records[:] = [
-            r for r in self.records
+            r
+            for r in self.records
             if not (r[1] == rtype and r[2] == name and (content is None or r[3] == content))
         ]
         return True
@@ -157,9 +160,7 @@ class ContractTests(TestCase):
             def query_txt(self, server: Nameserver, name: str) -> Deferred[set[str]]:
                 return succeed({r[3] for r in MemoryProvider.records if r[2] == name})
 
-        responder = DNS01Responder(
-            self.provider, lookup=View(), poll_interval=0.01, clock=reactor
-        )
+        responder = DNS01Responder(self.provider, lookup=View(), poll_interval=0.01, clock=reactor)
 
         class Response:
             key_authorization = "tok.thumb"

@@ -185,8 +185,10 @@ class _Loader:
         other = make_pem_objects(["default.example"])
         yield self.store.store_default(other)
         yield wait_until(
-            lambda: self.index.default is not None
-            and self.index.default.serial_number == serial_of(other)
+            lambda: (
+                self.index.default is not None
+                and self.index.default.serial_number == serial_of(other)
+            )
         )
 
 
@@ -246,9 +248,7 @@ class EndpointFollowsDirectoryTests(TestCase):
             return endpoint.index is not None and endpoint.index.find("late.example") is not None
 
         yield wait_until(served, 60)
-        answer = yield threads.deferToThread(
-            tls_exchange, pebble.tls_port, "late.example", roots
-        )
+        answer = yield threads.deferToThread(tls_exchange, pebble.tls_port, "late.example", roots)
         self.assertIn("late.example", certificate_names(answer.certificate))
         stored = DirectoryStore(certs)
         objects = yield stored.get("late.example")

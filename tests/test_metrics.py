@@ -106,8 +106,9 @@ class MetricsPebbleTests(TestCase):
         os.makedirs(directory)
         store = DirectoryStore(directory)
         now = datetime.now(timezone.utc)
-        held = make_pem_objects(["held.metrics.example"], now - timedelta(days=1),
-                                now + timedelta(days=89))
+        held = make_pem_objects(
+            ["held.metrics.example"], now - timedelta(days=1), now + timedelta(days=89)
+        )
         with open(os.path.join(directory, "held.metrics.example.pem"), "wb") as f:
             f.write(b"".join(o.as_bytes() for o in held))
         for name in ("new.metrics.example", "fail.metrics.example"):
@@ -121,8 +122,9 @@ class MetricsPebbleTests(TestCase):
             return client
 
         def client_creator() -> Deferred[Client]:
-            d = Client.from_url(reactor, self.pebble.directory_url, key,
-                                ca_file=self.pebble.ca_file)
+            d = Client.from_url(
+                reactor, self.pebble.directory_url, key, ca_file=self.pebble.ca_file
+            )
             return d.addCallback(keep)
 
         service = AcmeIssuingService(
@@ -183,10 +185,12 @@ class MetricsPebbleTests(TestCase):
             self.assertEqual(value(got, "txacme_issuance_successes_total"), 1)
             self.assertEqual(value(got, "txacme_issuance_failures_total", problem=code), 1)
             self.assertEqual(value(got, "txacme_issuance_emergencies_total"), 1)
-            self.assertEqual(value(got, "txacme_certificate_failures",
-                                   name="fail.metrics.example"), 1)
-            self.assertEqual(value(got, "txacme_certificate_failures",
-                                   name="new.metrics.example"), 0)
+            self.assertEqual(
+                value(got, "txacme_certificate_failures", name="fail.metrics.example"), 1
+            )
+            self.assertEqual(
+                value(got, "txacme_certificate_failures", name="new.metrics.example"), 0
+            )
             duration = "txacme_issuance_duration_seconds_count"
             self.assertEqual(value(got, duration, outcome="success"), 1)
             self.assertEqual(value(got, duration, outcome="failure"), 1)
@@ -221,14 +225,18 @@ class MetricsServiceTests(TestCase):
         a, b = sorted(self.issuer.calls, key=lambda c: c.names)
         self.clock.advance(7)
         a.succeed()
-        b.fail(IssuanceFailed("nope", RateLimited(
-            "urn:ietf:params:acme:error:rateLimited", "slow down", retry_after=3600
-        )))
+        b.fail(
+            IssuanceFailed(
+                "nope",
+                RateLimited(
+                    "urn:ietf:params:acme:error:rateLimited", "slow down", retry_after=3600
+                ),
+            )
+        )
         got = self.scraped()
         self.assertEqual(value(got, "txacme_issuance_attempts_total", reason="missing"), 2)
         self.assertEqual(value(got, "txacme_issuance_failures_total", problem="rateLimited"), 1)
-        self.assertEqual(value(got, "txacme_issuance_duration_seconds_count", outcome="failure"),
-                         1)
+        self.assertEqual(value(got, "txacme_issuance_duration_seconds_count", outcome="failure"), 1)
         self.assertEqual(value(got, "txacme_issuance_duration_seconds_sum", outcome="failure"), 7)
         self.assertEqual(value(got, "txacme_certificate_failures", name="b.example"), 1)
         retry = value(got, "txacme_certificate_renewal_timestamp_seconds", name="b.example")

@@ -60,9 +60,10 @@ def orders_placed(pebble: Pebble) -> int:
 def fetch(port: int, name: str, roots: str) -> bytes:
     """GET / over TLS for ``name`` on the shared port, verifying against Pebble's roots."""
     context = ssl.create_default_context(cafile=roots)
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, context.wrap_socket(
-        raw, server_hostname=name
-    ) as tls:
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=name) as tls,
+    ):
         tls.sendall(f"GET / HTTP/1.0\r\nHost: {name}\r\n\r\n".encode())
         data = b""
         while chunk := tls.recv(4096):

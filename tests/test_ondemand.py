@@ -357,8 +357,14 @@ class IssuerTests(SynchronousTestCase):
         self.issue = FakeIssue()
         self.policy = OnDemandPolicy(allow=["*.ok.example", "one.example"], clock=self.clock)
         self.issuer = OnDemandIssuer(
-            self.policy, self.issue, self.index, rate=3, per=60, max_pending=10,
-            failure_cooldown=300, clock=self.clock,
+            self.policy,
+            self.issue,
+            self.index,
+            rate=3,
+            per=60,
+            max_pending=10,
+            failure_cooldown=300,
+            clock=self.clock,
         )
 
     def test_allowed_name_issued_once(self) -> None:
@@ -407,8 +413,9 @@ class IssuerTests(SynchronousTestCase):
 
     def test_max_pending(self) -> None:
         """At most max_pending issuances run at once."""
-        issuer = OnDemandIssuer(self.policy, self.issue, self.index, rate=100,
-                                max_pending=2, clock=self.clock)
+        issuer = OnDemandIssuer(
+            self.policy, self.issue, self.index, rate=100, max_pending=2, clock=self.clock
+        )
         for i in range(5):
             issuer.request(f"p{i}.ok.example")
         self.assertEqual(len(self.issue.calls), 2)
@@ -465,27 +472,34 @@ class OnDemandPebbleTests(TestCase):
         clients: list[Client] = []
 
         def client_creator() -> Deferred[Client]:
-            d = Client.from_url(reactor, self.pebble.directory_url, key,
-                                ca_file=self.pebble.ca_file)
+            d = Client.from_url(
+                reactor, self.pebble.directory_url, key, ca_file=self.pebble.ca_file
+            )
             return d.addCallback(lambda c: clients.append(c) or c)
 
         self.addCleanup(lambda: DeferredList([c.close() for c in clients]))
         index = CertificateIndex()
         responder = TLSALPN01Responder()
         self.store = MemoryStore()
-        service = AcmeIssuingService(self.store, client_creator, reactor, [responder],
-                                     on_stored=index.update)
+        service = AcmeIssuingService(
+            self.store, client_creator, reactor, [responder], on_stored=index.update
+        )
         service.startService()
         self.addCleanup(service.stopService)
         policy = OnDemandPolicy(allow=["*.ondemand.test"], clock=reactor)
-        self.issuer = OnDemandIssuer(policy, service.issue_cert, index, rate=rate, per=3600,
-                                     clock=reactor)
+        self.issuer = OnDemandIssuer(
+            policy, service.issue_cert, index, rate=rate, per=3600, clock=reactor
+        )
         self.addCleanup(self.issuer.stop)
         creator = SNIConnectionCreator(index, challenges=responder.registry)
-        factory = HelloHookFactory(creator, Factory.forProtocol(Protocol),
-                                   self.issuer.hello_hook, timeout=30, clock=reactor)
-        port = reactor.listenTCP(self.pebble.tls_port, factory, interface="127.0.0.1",
-                                 backlog=128)
+        factory = HelloHookFactory(
+            creator,
+            Factory.forProtocol(Protocol),
+            self.issuer.hello_hook,
+            timeout=30,
+            clock=reactor,
+        )
+        port = reactor.listenTCP(self.pebble.tls_port, factory, interface="127.0.0.1", backlog=128)
         self.addCleanup(port.stopListening)
         yield succeed(None)
 

@@ -47,7 +47,8 @@ def build_wheel(directory: str) -> str:
         source = os.path.join(ROOT, name)
         if os.path.isdir(source):
             shutil.copytree(
-                source, os.path.join(tree, name),
+                source,
+                os.path.join(tree, name),
                 ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "dropin.cache"),
             )
         else:
@@ -55,7 +56,9 @@ def build_wheel(directory: str) -> str:
     out = os.path.join(directory, "wheel")
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", out, tree],
-        check=True, capture_output=True, timeout=300,
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     [wheel] = os.listdir(out)
     return os.path.join(out, wheel)
@@ -130,8 +133,9 @@ class WheelTests(TestCase):
         """The documented extras exist and all gathers the optional ones."""
         extras = set(self.metadata.get_all("Provides-Extra") or [])
         self.assertEqual(extras, {"dns", "lexicon", "metrics", "postgres", "all", "test", "dev"})
-        optional = set().union(*(self.requirements(e) for e in ["dns", "lexicon", "metrics",
-                                                               "postgres"]))
+        optional = set().union(
+            *(self.requirements(e) for e in ["dns", "lexicon", "metrics", "postgres"])
+        )
         self.assertEqual(self.requirements("all"), optional)
         self.assertIn("mypy-zope", self.requirements("dev"))
 
@@ -150,8 +154,10 @@ class WheelTests(TestCase):
         self.assertIn("txacme/py.typed", self.files)
         self.assertIn("twisted/plugins/txacme_endpoints.py", self.files)
         # An __init__.py of ours would shadow Twisted's own package.
-        self.assertEqual([n for n in self.files if n.startswith("twisted/")],
-                         ["twisted/plugins/txacme_endpoints.py"])
+        self.assertEqual(
+            [n for n in self.files if n.startswith("twisted/")],
+            ["twisted/plugins/txacme_endpoints.py"],
+        )
         self.assertFalse([n for n in self.files if "/tests/" in n or n.startswith("tests/")])
         entry_points = [n for n in self.files if n.endswith("entry_points.txt")]
         with zipfile.ZipFile(self.wheel) as archive:
@@ -161,8 +167,8 @@ class WheelTests(TestCase):
         """Each package src/txacme imports at run time is a declared dependency or extra."""
         # test: txacme.testca's pytest_fixture imports pytest when called.
         declared = set().union(
-            self.requirements(), *(self.requirements(e) for e in ["dns", "lexicon", "metrics",
-                                                                  "postgres", "test"]),
+            self.requirements(),
+            *(self.requirements(e) for e in ["dns", "lexicon", "metrics", "postgres", "test"]),
         )
         providers = packages_distributions()
         imported: dict[str, str] = {}
@@ -178,8 +184,10 @@ class WheelTests(TestCase):
                 continue
             dists = {normalize(d) for d in providers.get(module, [])}
             if not dists & declared:
-                missing.append(f"{module} (imported by {os.path.relpath(path, ROOT)}; "
-                               f"installed from {sorted(dists) or 'nothing'})")
+                missing.append(
+                    f"{module} (imported by {os.path.relpath(path, ROOT)}; "
+                    f"installed from {sorted(dists) or 'nothing'})"
+                )
         self.assertEqual(missing, [])
         # Imported directly, so declared directly, not left to Twisted.
         self.assertIn("zope-interface", self.requirements())
@@ -189,9 +197,11 @@ class WheelTests(TestCase):
         """The import scan sees function-level imports and skips TYPE_CHECKING-only ones."""
         path = os.path.join(self._directory.name, "sample.py")
         with open(path, "w", encoding="utf-8") as f:
-            f.write("import a.b\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
-                    "    import hidden\nelse:\n    import shown\n"
-                    "def f():\n    from c import d\n    from . import e\n")
+            f.write(
+                "import a.b\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                "    import hidden\nelse:\n    import shown\n"
+                "def f():\n    from c import d\n    from . import e\n"
+            )
         self.assertEqual(runtime_imports(path), {"a", "typing", "shown", "c"})
 
 
@@ -200,7 +210,8 @@ class FloorsScriptTests(TestCase):
 
     def floors(self, lines: list[str], extras: set[str]) -> dict[str, str]:
         spec = importlib.util.spec_from_file_location(
-            "floors", os.path.join(ROOT, "scripts", "floors.py"))
+            "floors", os.path.join(ROOT, "scripts", "floors.py")
+        )
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
@@ -209,14 +220,24 @@ class FloorsScriptTests(TestCase):
 
     def test_pins(self) -> None:
         lines = [
-            "twisted[tls]>=23.10", "pyOpenSSL>=24.3", "zope.interface>=5",
-            'dns-lexicon<4,>=3.17; extra == "lexicon"', 'dnspython>=2.6; extra == "dns"',
-            'dnspython>=2.6; extra == "lexicon"', 'pytest>=8; extra == "test"',
+            "twisted[tls]>=23.10",
+            "pyOpenSSL>=24.3",
+            "zope.interface>=5",
+            'dns-lexicon<4,>=3.17; extra == "lexicon"',
+            'dnspython>=2.6; extra == "dns"',
+            'dnspython>=2.6; extra == "lexicon"',
+            'pytest>=8; extra == "test"',
         ]
-        self.assertEqual(self.floors(lines, {"lexicon"}), {
-            "twisted": "23.10", "pyopenssl": "24.3", "zope-interface": "5",
-            "dns-lexicon": "3.17", "dnspython": "2.6",
-        })
+        self.assertEqual(
+            self.floors(lines, {"lexicon"}),
+            {
+                "twisted": "23.10",
+                "pyopenssl": "24.3",
+                "zope-interface": "5",
+                "dns-lexicon": "3.17",
+                "dnspython": "2.6",
+            },
+        )
 
     def test_no_floor_refused(self) -> None:
         with self.assertRaises(SystemExit):

@@ -137,8 +137,9 @@ class SchemaTests(PostgresTestCase):
         """A server that is not there fails start() (and every operation) cleanly."""
         from tests.harness.pebble import free_port
 
-        store = self.make_store(url=f"postgresql://txacme@127.0.0.1:{free_port()}/x",
-                                connect_timeout=2)
+        store = self.make_store(
+            url=f"postgresql://txacme@127.0.0.1:{free_port()}/x", connect_timeout=2
+        )
         yield self.assertFailure(store.get("a.example"), Exception)
         yield self.assertFailure(store.start(), Exception)
 
@@ -260,7 +261,7 @@ class SealedKeyTests(PostgresTestCase):
         store = self.make_store(key_encryption=sealing)
         objects = entry("a.example")
         yield store.store("a.example", objects)
-        (key_data, key_format), = self.sql(
+        ((key_data, key_format),) = self.sql(
             f'SELECT key_data, key_format FROM "{self.schema}".txacme_certificates'
         )
         self.assertEqual(key_format, 2)
@@ -295,7 +296,7 @@ class SealedKeyTests(PostgresTestCase):
         self.assertEqual(len((yield rotated.get("a.example"))), 2)
         self.sql(
             f'INSERT INTO "{self.schema}".txacme_certificates (name, key_data, key_format, '
-            f'certificates) SELECT %s, key_data, key_format, certificates FROM '
+            f"certificates) SELECT %s, key_data, key_format, certificates FROM "
             f'"{self.schema}".txacme_certificates WHERE name = %s',
             ("b.example", "a.example"),
         )
@@ -411,10 +412,17 @@ class ChallengeAndNotifyTests(PostgresTestCase):
             [
                 StoreChange("certificate", "a.example", origin="a"),
                 StoreChange("certificate", "w.example", origin="a"),
-                StoreChange("challenge", "a.example", challenge_type="http-01", token="tok",
-                            origin="a"),
-                StoreChange("challenge", "a.example", deleted=True, challenge_type="http-01",
-                            token="tok", origin="a"),
+                StoreChange(
+                    "challenge", "a.example", challenge_type="http-01", token="tok", origin="a"
+                ),
+                StoreChange(
+                    "challenge",
+                    "a.example",
+                    deleted=True,
+                    challenge_type="http-01",
+                    token="tok",
+                    origin="a",
+                ),
             ],
         )
 
@@ -456,8 +464,16 @@ class StoreFromURLTests(PostgresTestCase):
         from txacme.stores.postgres import PostgresStore
         from txacme.stores.url import store_from_url
 
-        store = store_from_url(self.url, schema=self.schema, lease_ttl="12.5", reactor=reactor,
-                               lock_timeout="30", pool_size="2", listen="no", node_id="n")
+        store = store_from_url(
+            self.url,
+            schema=self.schema,
+            lease_ttl="12.5",
+            reactor=reactor,
+            lock_timeout="30",
+            pool_size="2",
+            listen="no",
+            node_id="n",
+        )
         self.addCleanup(store.close)
         self.assertIsInstance(store, PostgresStore)
         self.assertEqual((store.lease_ttl, store.lock_timeout, store.node_id), (12.5, 30.0, "n"))

@@ -236,8 +236,9 @@ class CAFaultTestCase(TestCase):
         self.clock.advance(1)
 
     def retry_delay(self, event: Failed) -> float:
-        return (event.retry_at - datetime.fromtimestamp(self.clock.seconds(), timezone.utc)
-                ).total_seconds()
+        return (
+            event.retry_at - datetime.fromtimestamp(self.clock.seconds(), timezone.utc)
+        ).total_seconds()
 
 
 class NonceRejectionTests(CAFaultTestCase):
@@ -368,7 +369,8 @@ class CARestartTests(CAFaultTestCase):
             await self.count(Obtained, 1)
             self.assertEqual(len(self.of(Failed)), 1, self.events)
             accounts = [
-                s for s in proxy.requests("POST", "^/sign-me-up$")
+                s
+                for s in proxy.requests("POST", "^/sign-me-up$")
                 if s.status == 201 and s.time >= killed[0].time
             ]
             self.assertEqual(len(accounts), 1, "a new account at the new CA")
@@ -409,8 +411,9 @@ class ServerErrorTests(CAFaultTestCase):
             self.assertEqual(failed.problem, "urn:ietf:params:acme:error:serverInternal")
             self.assertEqual(failed.detail, "database on fire")
 
-            proxy.inject(respond(503, b"<html><h1>Down for maintenance</h1></html>"),
-                         path=NEW_ORDER)
+            proxy.inject(
+                respond(503, b"<html><h1>Down for maintenance</h1></html>"), path=NEW_ORDER
+            )
             failed = await self.attempt_fails(2, 60)
             self.assertEqual(failed.problem, "urn:ietf:params:acme:error:serverInternal")
             self.assertIn("503", failed.detail)
@@ -428,9 +431,7 @@ class ServerErrorTests(CAFaultTestCase):
             # (Pebble rejects a few good nonces: a 400 badNonce retry in between
             # is the client's nonce handling, not a second download.)
             downloads = [
-                (s.fault, s.status)
-                for s in proxy.requests("POST", CERTIFICATE)
-                if s.status != 400
+                (s.fault, s.status) for s in proxy.requests("POST", CERTIFICATE) if s.status != 400
             ]
             self.assertEqual(downloads, [("reset", None), (None, 200)])
             self.assertTrue(service.running)
@@ -559,8 +560,12 @@ class OneNameFailsTests(CAFaultTestCase):
             return "bad.example" in seen.identifiers()
 
         proxy.inject(STALL, path=NEW_ORDER, when=for_bad)
-        proxy.inject(problem(400, "rejectedIdentifier", "not this one"), path=NEW_ORDER,
-                     when=for_bad, times=None)
+        proxy.inject(
+            problem(400, "rejectedIdentifier", "not this one"),
+            path=NEW_ORDER,
+            when=for_bad,
+            times=None,
+        )
         service = self.make_service(max_concurrent=1)
 
         async def check() -> None:
@@ -584,7 +589,6 @@ class OneNameFailsTests(CAFaultTestCase):
             self.assertFalse(self.of(Failed, "good1.example") + self.of(Failed, "good2.example"))
 
         return Deferred.fromCoroutine(check())
-
 
 
 class AccountLostUnitTests(TestCase):
@@ -627,8 +631,10 @@ class AccountLostUnitTests(TestCase):
         self.assertEqual(len(clients), 2)
         self.assertEqual(clients[0].closed, 1)
         self.assertIs(self.issuer.calls[1].client, clients[1])
-        self.assertEqual([type(e).__name__ for e in self.events if isinstance(e, (
-            Failed, Obtained))], ["Obtained"])
+        self.assertEqual(
+            [type(e).__name__ for e in self.events if isinstance(e, (Failed, Obtained))],
+            ["Obtained"],
+        )
         self.assertTrue(self.store.certs["lost.example"])
 
     def test_account_lost_twice_is_one_failure(self) -> None:
@@ -638,8 +644,9 @@ class AccountLostUnitTests(TestCase):
         self.addCleanup(service.stopService)
         self.assertEqual(len(self.issuer.calls), 2)
         failed = [e for e in self.events if isinstance(e, Failed)]
-        self.assertEqual([f.problem for f in failed],
-                         ["urn:ietf:params:acme:error:accountDoesNotExist"])
+        self.assertEqual(
+            [f.problem for f in failed], ["urn:ietf:params:acme:error:accountDoesNotExist"]
+        )
 
 
 def account_lost() -> errors.ACMEProblem:
@@ -669,8 +676,12 @@ class ClientStartFailsTests(TestCase):
             return clients[-1]
 
         service = AcmeIssuingService(
-            MemoryStore({"refused.example": []}), creator, clock, [],
-            issue=FakeIssuer(clock.seconds, auto="succeed"), rng=MiddleRandom(),
+            MemoryStore({"refused.example": []}),
+            creator,
+            clock,
+            [],
+            issue=FakeIssuer(clock.seconds, auto="succeed"),
+            rng=MiddleRandom(),
         )
         service.startService()
         self.addCleanup(service.stopService)

@@ -320,8 +320,9 @@ class WriteFailureTests(TestCase):
         self.assertEqual(
             served.certificate.public_bytes(serialization.Encoding.PEM), certificate_of(due)
         )
-        self.assertEqual(certificate_of(self.successResultOf(self.store.get(NAME))),
-                         certificate_of(due))
+        self.assertEqual(
+            certificate_of(self.successResultOf(self.store.get(NAME))), certificate_of(due)
+        )
         self.flushLoggedErrors(OSError)
         # Space again: the next attempt, after the backoff, stores and serves.
         self.patch(store_module, "os", os)
@@ -332,8 +333,9 @@ class WriteFailureTests(TestCase):
         self.assertNotEqual(certificate_of(new), certificate_of(due))
         served = index.lookup(NAME)
         assert served is not None
-        self.assertEqual(served.certificate.public_bytes(serialization.Encoding.PEM),
-                         certificate_of(new))
+        self.assertEqual(
+            served.certificate.public_bytes(serialization.Encoding.PEM), certificate_of(new)
+        )
 
 
 class _OsProxy:
@@ -369,8 +371,7 @@ class DamagedFileTests(TestCase):
         self.damaged = {
             "garbage.example": b"this is not PEM at all\n\0\xff",
             "truncated.example": whole[: len(whole) * 2 // 3],
-            "mismatched.example": self.good["good1.example"][0].as_bytes()
-            + other[1].as_bytes(),
+            "mismatched.example": self.good["good1.example"][0].as_bytes() + other[1].as_bytes(),
             "nokey.example": other[1].as_bytes(),
         }
         for name, data in self.damaged.items():

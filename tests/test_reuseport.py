@@ -130,8 +130,12 @@ class KeywordTests(SynchronousTestCase):
         )
         self.assertIsInstance(endpoint.sub_endpoint, ReusePortEndpoint)
         self.assertEqual(
-            (endpoint.sub_endpoint.port, endpoint.sub_endpoint.interface,
-             endpoint.sub_endpoint.backlog, endpoint.sub_endpoint.family),
+            (
+                endpoint.sub_endpoint.port,
+                endpoint.sub_endpoint.interface,
+                endpoint.sub_endpoint.backlog,
+                endpoint.sub_endpoint.family,
+            ),
             (8443, "::1", 7, socket.AF_INET6),
         )
         self.assertIsInstance(endpoint.http01_endpoint, ReusePortEndpoint)

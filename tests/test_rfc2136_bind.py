@@ -139,18 +139,17 @@ class ResponderTests(BindTestCase):
         """Three challenges of one order: wildcard and apex share a name, one is
         CNAME-delegated; stopping them leaves both zones as they were."""
         responder = self.responder()
-        challenges = [("example.test", Response("wild")), ("example.test", Response("apex")),
-                      ("www.example.test", Response("www"))]
-        await gather(
-            [responder.start_responding(name, None, resp) for name, resp in challenges]
-        )
+        challenges = [
+            ("example.test", Response("wild")),
+            ("example.test", Response("apex")),
+            ("www.example.test", Response("www")),
+        ]
+        await gather([responder.start_responding(name, None, resp) for name, resp in challenges])
         self.assertEqual(
             self.bind.txt("_acme-challenge.example.test"),
             {txt_value(r.key_authorization) for _, r in challenges[:2]},
         )
-        self.assertEqual(
-            self.bind.txt("www.acme.delegated.test"), {txt_value("www.thumbprint")}
-        )
+        self.assertEqual(self.bind.txt("www.acme.delegated.test"), {txt_value("www.thumbprint")})
         # Nothing was written at the CNAME itself.
         self.assertNotIn(
             "_acme-challenge.www TXT", " ".join(self.bind.zone_records("example.test"))
@@ -214,7 +213,10 @@ class ResponderTests(BindTestCase):
             TSIGKey(elsewhere.key_name, elsewhere.key_secret),
         )
         responder = DNS01Responder(
-            provider, lookup=self.lookup, poll_interval=0.02, propagation_timeout=0.3,
+            provider,
+            lookup=self.lookup,
+            poll_interval=0.02,
+            propagation_timeout=0.3,
             clock=reactor,
         )
         response = Response("never")
@@ -282,7 +284,9 @@ class EndToEndTests(BindTestCase):
             raise SkipTest(str(e))
         self.addCleanup(pebble.stop)
         client = await Client.from_url(
-            reactor, pebble.directory_url, jwk_for(generate_private_key()),
+            reactor,
+            pebble.directory_url,
+            jwk_for(generate_private_key()),
             ca_file=pebble.ca_file,
         )
         self.addCleanup(client.close)
@@ -345,4 +349,3 @@ def gather(deferreds: list[Deferred[None]]) -> Deferred[list[None]]:
     from twisted.internet.defer import gatherResults
 
     return gatherResults(deferreds, consumeErrors=True)
-

@@ -284,7 +284,9 @@ class SecretReprTests(SynchronousTestCase):
         ):
             try:
                 parse_endpoint_string_parts(
-                    "acme", None, ["/certs", "tcp", "443"],
+                    "acme",
+                    None,
+                    ["/certs", "tcp", "443"],
                     {"directory": "https://ca.example/dir", **bad},
                 )
             except ValueError as e:
@@ -293,10 +295,19 @@ class SecretReprTests(SynchronousTestCase):
                 self.fail(f"accepted {bad}")
         for options in (
             {"dns": "rfc2136", "tsig_secret": TSIG_SECRET},
-            {"dns": "rfc2136", "dns_server": "127.0.0.1", "tsig_key_name": "k",
-             "tsig_secret": TSIG_SECRET + "!"},
-            {"dns": "rfc2136", "dns_server": "127.0.0.1", "tsig_key_name": "k",
-             "tsig_secret": TSIG_SECRET, "tsig_algorithm": "md4"},
+            {
+                "dns": "rfc2136",
+                "dns_server": "127.0.0.1",
+                "tsig_key_name": "k",
+                "tsig_secret": TSIG_SECRET + "!",
+            },
+            {
+                "dns": "rfc2136",
+                "dns_server": "127.0.0.1",
+                "tsig_key_name": "k",
+                "tsig_secret": TSIG_SECRET,
+                "tsig_algorithm": "md4",
+            },
         ):
             try:
                 dns01_responder_from_options(options, clock=Clock())
@@ -305,8 +316,12 @@ class SecretReprTests(SynchronousTestCase):
             else:
                 self.fail(f"accepted {options}")
         responder = dns01_responder_from_options(
-            {"dns": "rfc2136", "dns_server": "127.0.0.1", "tsig_key_name": "k",
-             "tsig_secret": TSIG_SECRET},
+            {
+                "dns": "rfc2136",
+                "dns_server": "127.0.0.1",
+                "tsig_key_name": "k",
+                "tsig_secret": TSIG_SECRET,
+            },
             clock=Clock(),
         )
         shown += [repr(responder), str(responder), repr(vars(responder))]
@@ -353,8 +368,11 @@ class KeyFileModeTests(SynchronousTestCase):
         entry_path = os.path.join(self.directory, NAME + ".pem")
         now = datetime.now(timezone.utc)
         with open(entry_path, "wb") as f:
-            f.write(b"".join(o.as_bytes() for o in make_pem_objects([NAME], now,
-                                                                     now + timedelta(days=9))))
+            f.write(
+                b"".join(
+                    o.as_bytes() for o in make_pem_objects([NAME], now, now + timedelta(days=9))
+                )
+            )
         os.chmod(entry_path, 0o640)
         with captured_logs() as events:
             load_or_create_client_key(key_path)
@@ -460,9 +478,12 @@ class ChallengeOnlyWithAcmeTLSTests(SynchronousTestCase):
     @settings(max_examples=150, deadline=None)
     @given(
         sni=st.sampled_from([b"both.example", b"bare.example", b"plain.example", b"BOTH.example"]),
-        alpn=st.none() | st.lists(
+        alpn=st.none()
+        | st.lists(
             st.sampled_from([ACME_TLS_1, b"h2", b"http/1.1", b"acme-tls/2", b"x"]),
-            unique=True, min_size=1, max_size=3,
+            unique=True,
+            min_size=1,
+            max_size=3,
         ),
         version=st.sampled_from([SSL.TLS1_2_VERSION, SSL.TLS1_3_VERSION]),
     )

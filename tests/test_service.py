@@ -146,9 +146,7 @@ class StartupTests(ServiceTestCase):
         self.assertEqual(call.names, ["example.com"])
         self.assertEqual(call.responders, ["responder"])
         self.assertIs(call.client, self.client)
-        self.assertEqual(
-            call.kwargs, {"key_type": "ec256", "profile": None, "replaces": None}
-        )
+        self.assertEqual(call.kwargs, {"key_type": "ec256", "profile": None, "replaces": None})
         self.assertNoResult(valid)
         self.assertEqual(self.stored, [])
         issued = call.succeed()
@@ -528,9 +526,7 @@ class FailureTests(ServiceTestCase):
         self.clock.advance((3 * DAY).total_seconds())
         self.issuer.calls[2].fail(errors.IssuanceFailed("no"))
         self.assertEqual(self.of_type(Failed)[-1].attempt, 1)
-        self.assertEqual(
-            self.of_type(Failed)[-1].retry_at, self.now() + timedelta(seconds=60)
-        )
+        self.assertEqual(self.of_type(Failed)[-1].retry_at, self.now() + timedelta(seconds=60))
 
     def test_rate_limited_retry_after(self) -> None:
         """No retry before a rateLimited problem's Retry-After, even on demand."""

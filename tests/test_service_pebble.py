@@ -151,9 +151,7 @@ class ServicePebbleTests(TestCase):
             pass
         panics: list[str] = []
         unreachable = HTTP01Responder()  # not served: Pebble finds no key authorization
-        service = self.make_service(
-            [unreachable], panic=lambda failure, name: panics.append(name)
-        )
+        service = self.make_service([unreachable], panic=lambda failure, name: panics.append(name))
 
         async def check() -> None:
             await self.run_service(service)

@@ -733,9 +733,7 @@ class HandshakeTests(TLSServerMixin, unittest.TestCase):
                 self.assertEqual(outcome.received, b"ping")
                 self.assertEqual(len(outcome.chain), 2)
                 self.assertEqual(outcome.chain[1], self.ca.certificate)
-                self.assertEqual(
-                    outcome.version, {TLS12: "TLSv1.2", TLS13: "TLSv1.3"}[version]
-                )
+                self.assertEqual(outcome.version, {TLS12: "TLSv1.2", TLS13: "TLSv1.3"}[version])
         self.assertEqual(app.received, [b"ping"] * 6)
 
     @defer.inlineCallbacks
@@ -949,7 +947,9 @@ class ChallengeHandshakeTests(TLSServerMixin, unittest.TestCase):
         for version in (TLS12, TLS13):
             for name in ("ec.example", "ec384.example", "rsa.example", "new.example"):
                 outcome = yield self.connect(
-                    name.encode(), [ACME_TLS_1], payload=b"GET / HTTP/1.1\r\n\r\n",
+                    name.encode(),
+                    [ACME_TLS_1],
+                    payload=b"GET / HTTP/1.1\r\n\r\n",
                     max_version=version,
                 )
                 self.assertChallengeCertificate(outcome, name)
@@ -1085,8 +1085,15 @@ class ChallengeHandshakeTests(TLSServerMixin, unittest.TestCase):
             out, err, code = yield getProcessOutputAndValue(
                 OPENSSL,
                 [
-                    "s_client", "-connect", f"127.0.0.1:{self.port}", "-servername",
-                    "ec.example", "-alpn", "acme-tls/1", version, "-showcerts",
+                    "s_client",
+                    "-connect",
+                    f"127.0.0.1:{self.port}",
+                    "-servername",
+                    "ec.example",
+                    "-alpn",
+                    "acme-tls/1",
+                    version,
+                    "-showcerts",
                 ],
                 env={"PATH": os.environ.get("PATH", "")},
                 reactor=reactor,
@@ -1095,7 +1102,7 @@ class ChallengeHandshakeTests(TLSServerMixin, unittest.TestCase):
             text = out.decode("ascii", "replace")
             self.assertIn("ALPN protocol: acme-tls/1", text, err)
             leaf = x509.load_pem_x509_certificate(
-                text[text.index("-----BEGIN CERTIFICATE-----"):].encode("ascii")
+                text[text.index("-----BEGIN CERTIFICATE-----") :].encode("ascii")
             )
             extension = acme_extension(leaf)
             assert extension is not None
@@ -1106,8 +1113,14 @@ class ChallengeHandshakeTests(TLSServerMixin, unittest.TestCase):
             out, err, code = yield getProcessOutputAndValue(
                 OPENSSL,
                 [
-                    "s_client", "-connect", f"127.0.0.1:{self.port}", "-servername",
-                    "ec.example", "-alpn", "h2", version,
+                    "s_client",
+                    "-connect",
+                    f"127.0.0.1:{self.port}",
+                    "-servername",
+                    "ec.example",
+                    "-alpn",
+                    "h2",
+                    version,
                 ],
                 env={"PATH": os.environ.get("PATH", "")},
                 reactor=reactor,

@@ -236,8 +236,12 @@ class ResponderTests(unittest.TestCase):
         """Works with the message objects an ACME server's JSON decodes to."""
         key = account_key()
         body = messages.ChallengeBody.from_json(
-            {"type": "tls-alpn-01", "url": "https://ca.example/chall/1", "token": TOKEN,
-             "status": "pending"}
+            {
+                "type": "tls-alpn-01",
+                "url": "https://ca.example/chall/1",
+                "token": TOKEN,
+                "status": "pending",
+            }
         )
         challenge = body.chall
         response = challenge.response(key)
@@ -260,8 +264,12 @@ class ResponderTests(unittest.TestCase):
 class MessageTypeTests(unittest.TestCase):
     def test_decodes(self) -> None:
         body = messages.ChallengeBody.from_json(
-            {"type": "tls-alpn-01", "url": "https://ca.example/chall/1", "token": TOKEN,
-             "status": "pending"}
+            {
+                "type": "tls-alpn-01",
+                "url": "https://ca.example/chall/1",
+                "token": TOKEN,
+                "status": "pending",
+            }
         )
         self.assertIsInstance(body.chall, TLSALPN01)
         self.assertEqual(body.chall.typ, "tls-alpn-01")

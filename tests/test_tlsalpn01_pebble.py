@@ -138,4 +138,3 @@ class TLSALPN01PebbleTests(TLSServerMixin, PebbleCase):
             await self.issue(["nope.example"], responder)
         self.assertIsNotNone(raised.exception.problem)
         self.assertEqual(len(responder.registry), 0)
-

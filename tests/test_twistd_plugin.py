@@ -60,8 +60,16 @@ class TwistdPluginTests(TestCase):
     def start_twistd(self, port_description: str) -> subprocess.Popen[bytes]:
         log = open(self.work / "twistd.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", "web", "--port", port_description,
-             "--path", str(self.site)],
+            [
+                TWISTD,
+                "-n",
+                "--pidfile=",
+                "web",
+                "--port",
+                port_description,
+                "--path",
+                str(self.site),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=str(self.work),
@@ -102,8 +110,16 @@ class TwistdPluginTests(TestCase):
         for _ in range(100):
             out, err, code = yield utils.getProcessOutputAndValue(
                 CURL,
-                ["-sS", "--max-time", "10", "--cacert", str(self.roots),
-                 "--resolve", f"{name}:{port}:127.0.0.1", f"https://{name}:{port}/"],
+                [
+                    "-sS",
+                    "--max-time",
+                    "10",
+                    "--cacert",
+                    str(self.roots),
+                    "--resolve",
+                    f"{name}:{port}:127.0.0.1",
+                    f"https://{name}:{port}/",
+                ],
             )
             if code != 7:  # 7: could not connect (not listening yet)
                 return out, err, code

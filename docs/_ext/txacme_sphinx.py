@@ -98,15 +98,21 @@ def _resolve_short_names(app: Sphinx, env: Any, node: Any, contnode: Any) -> Any
     domain = env.get_domain("py")
     for old, new in _REWRITES:
         if target.startswith(old):
-            target = new + target[len(old):]
+            target = new + target[len(old) :]
     candidates = {target}
     if "." not in target.lstrip("~"):
         suffix = "." + target
         ours = [name for name in domain.objects if name.endswith(suffix)]
         theirs: list[str] = []
         inventory = getattr(env, "intersphinx_inventory", {})
-        for kind in ("py:class", "py:function", "py:exception", "py:data", "py:attribute",
-                     "py:method"):
+        for kind in (
+            "py:class",
+            "py:function",
+            "py:exception",
+            "py:data",
+            "py:attribute",
+            "py:method",
+        ):
             theirs += [name for name in inventory.get(kind, {}) if name.endswith(suffix)]
         if len(ours) == 1:
             candidates = {ours[0]}
@@ -116,8 +122,9 @@ def _resolve_short_names(app: Sphinx, env: Any, node: Any, contnode: Any) -> Any
     if resolved == node["reftarget"]:
         return None
     node["reftarget"] = resolved
-    found = domain.resolve_xref(env, node.get("refdoc", ""), app.builder, node["reftype"],
-                                resolved, node, contnode)
+    found = domain.resolve_xref(
+        env, node.get("refdoc", ""), app.builder, node["reftype"], resolved, node, contnode
+    )
     if found is not None:
         return found
     from sphinx.ext import intersphinx

@@ -183,8 +183,7 @@ class ACMEProblem(TxACMEError):
             detail = "" if detail is None else str(detail)
         identifier = document.get("identifier")
         if not (
-            isinstance(identifier, Mapping)
-            and all(isinstance(v, str) for v in identifier.values())
+            isinstance(identifier, Mapping) and all(isinstance(v, str) for v in identifier.values())
         ):
             identifier = None
         subs = document.get("subproblems")

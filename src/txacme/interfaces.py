@@ -83,8 +83,6 @@ class IResponder(Interface):
         """
 
 
-
-
 class EntryStore(Protocol):
     """
     The methods of :class:`~txacme.interfaces.ICertificateStore` with the result

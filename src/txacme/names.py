@@ -169,9 +169,7 @@ def normalize_server_names(names: Sequence[str], what: str = "a certificate") ->
     :raises txacme.errors.InvalidServerName: for an invalid name.
     """
     if isinstance(names, str):
-        raise ConfigurationError(
-            f"{what} needs a sequence of names, not the string {names!r}"
-        )
+        raise ConfigurationError(f"{what} needs a sequence of names, not the string {names!r}")
     canonical: list[str] = []
     for name in names:
         normalized = normalize_server_name(name)

@@ -50,7 +50,7 @@ DEFAULT_ZONES: Mapping[str, Sequence[str]] = {
     "example.test": [
         "ns1 A 127.0.0.1",
         "www A 127.0.0.1",
-        "keep TXT \"not ours\"",
+        'keep TXT "not ours"',
         # dns-01 for www.example.test is delegated to the other zone by CNAME.
         "_acme-challenge.www CNAME www.acme.delegated.test.",
     ],
@@ -217,8 +217,9 @@ zone "." {{
                     records.append(f"{rrset.name} {dns.rdatatype.to_text(rrset.rdtype)} {rdata}")
         return sorted(set(records))
 
-    def update(self, zone: str, add: Sequence[tuple[str, str]] = (),
-               delete: Sequence[tuple[str, str]] = ()) -> None:
+    def update(
+        self, zone: str, add: Sequence[tuple[str, str]] = (), delete: Sequence[tuple[str, str]] = ()
+    ) -> None:
         """Add or delete TXT records (``(name, value)``) with the TSIG key, synchronously."""
         key = dns.tsig.Key(self.key_name, self.key_secret, self.algorithm)
         message = dns.update.UpdateMessage(zone, keyring=key)

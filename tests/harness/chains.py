@@ -38,8 +38,9 @@ def verify_chain(
     :return: the verified path, leaf first, root last.
     :raises cryptography.x509.verification.VerificationError: if it does not verify.
     """
-    anchors = [r if isinstance(r, x509.Certificate) else x509.load_pem_x509_certificate(r)
-               for r in roots]
+    anchors = [
+        r if isinstance(r, x509.Certificate) else x509.load_pem_x509_certificate(r) for r in roots
+    ]
     verifier = (
         verification.PolicyBuilder()
         .store(verification.Store(anchors))

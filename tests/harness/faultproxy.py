@@ -265,7 +265,9 @@ class FaultProxy:
         self._pool = HTTPConnectionPool(self.reactor, persistent=True)
         self._pool.retryAutomatically = False
         self._agent = Agent(
-            self.reactor, contextFactory=_trust(upstream_ca_file), pool=self._pool,
+            self.reactor,
+            contextFactory=_trust(upstream_ca_file),
+            pool=self._pool,
             connectTimeout=5,
         )
         if old is not None:
@@ -284,9 +286,7 @@ class FaultProxy:
         Apply ``fault`` to the next ``times`` requests (``None``: all of them)
         matching ``method``, the regular expression ``path`` and ``when(seen)``.
         """
-        self._rules.append(
-            _Rule(fault, method, re.compile(path) if path else None, when, times)
-        )
+        self._rules.append(_Rule(fault, method, re.compile(path) if path else None, when, times))
 
     def clear(self) -> None:
         """Remove every fault rule not yet used up; stalled requests stay stalled."""

@@ -89,8 +89,9 @@ def make_tls_ca(directory: Path) -> tuple[Path, Path, Path]:
     return ca_path, cert_path, key_path
 
 
-def _wait_for_port(host: str, port: int, proc: subprocess.Popen[bytes], what: str,
-                   timeout: float = 20.0) -> None:
+def _wait_for_port(
+    host: str, port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 20.0
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -142,13 +143,20 @@ class Pebble:
                 proc = start_logged(
                     [
                         CHALLTESTSRV,
-                        "-dns01", f"127.0.0.1:{self.dns_port}",
-                        "-management", f"127.0.0.1:{self.dns_mgmt_port}",
-                        "-defaultIPv4", "127.0.0.1",
-                        "-defaultIPv6", "",
-                        "-http01", "",
-                        "-https01", "",
-                        "-tlsalpn01", "",
+                        "-dns01",
+                        f"127.0.0.1:{self.dns_port}",
+                        "-management",
+                        f"127.0.0.1:{self.dns_mgmt_port}",
+                        "-defaultIPv4",
+                        "127.0.0.1",
+                        "-defaultIPv6",
+                        "",
+                        "-http01",
+                        "",
+                        "-https01",
+                        "",
+                        "-tlsalpn01",
+                        "",
                     ],
                     self.workdir / "challtestsrv.log",
                 )

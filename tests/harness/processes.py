@@ -23,9 +23,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def start_logged(
-    args: Sequence[str], log_path: Path, **popen: Any
-) -> subprocess.Popen[bytes]:
+def start_logged(args: Sequence[str], log_path: Path, **popen: Any) -> subprocess.Popen[bytes]:
     """
     Start ``args`` with stdout and stderr going to ``log_path`` (truncated) and
     stdin from ``/dev/null``; ``popen`` are more :class:`subprocess.Popen`

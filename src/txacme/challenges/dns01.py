@@ -596,8 +596,10 @@ class DNS01Responder:
                 removal = self._remove(record, active.server_name)
                 removal.addErrback(
                     lambda f: log.failure(
-                        "dns-01 for {server_name}: removing TXT {fqdn} failed", f,
-                        server_name=active.server_name, fqdn=record[1],
+                        "dns-01 for {server_name}: removing TXT {fqdn} failed",
+                        f,
+                        server_name=active.server_name,
+                        fqdn=record[1],
                     )
                 )
                 # A cancelled caller should not wait; any other failure is

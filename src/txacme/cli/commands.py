@@ -384,9 +384,7 @@ async def _due(
                 replaces = ari_certificate_id(certificate) if client.supports_ari else None
             todo[name] = replaces
         else:
-            command.ui.hint(
-                f"{name}: not due until {short_time(plan.due_at)} ({plan.reason})"
-            )
+            command.ui.hint(f"{name}: not due until {short_time(plan.due_at)} ({plan.reason})")
     return todo
 
 
@@ -630,9 +628,7 @@ async def _account_deactivate(command: Command, client: Client) -> int:
         command.ui.done("account")
     retired = command.key_path + ".deactivated"
     os.replace(command.key_path, retired)
-    command.ui.result(
-        f"account {_account(client).uri} deactivated; its key was moved to {retired}"
-    )
+    command.ui.result(f"account {_account(client).uri} deactivated; its key was moved to {retired}")
     return EXIT_OK
 
 

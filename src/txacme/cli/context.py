@@ -109,9 +109,7 @@ class Command:
         except errors.ConfigurationError:
             raise
         except Exception as e:
-            raise CommandFailed(
-                f"cannot use the ACME directory {url}: {describe(e)}", exit_code(e)
-            )
+            raise CommandFailed(f"cannot use the ACME directory {url}: {describe(e)}", exit_code(e))
         finally:
             self.ui.done("CA")
         self._clients.append(client)
@@ -230,8 +228,12 @@ class Command:
             responder = built.responder(kind)
             if text and responder is not None:
                 listeners.append(
-                    (option, endpoint_description(option, text), built.listener_factory(kind),
-                     responder)
+                    (
+                        option,
+                        endpoint_description(option, text),
+                        built.listener_factory(kind),
+                        responder,
+                    )
                 )
         return listeners
 

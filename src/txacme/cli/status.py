@@ -83,8 +83,12 @@ async def cmd_status(command: Command) -> int:
     now = command.now()
     rows = [
         status_of(
-            name, entry, records.get(name, NameRecord(name)), infos.get(name),
-            ari_errors.get(name), now,
+            name,
+            entry,
+            records.get(name, NameRecord(name)),
+            infos.get(name),
+            ari_errors.get(name),
+            now,
         )
         for name, entry in entries.items()
     ]

@@ -556,9 +556,7 @@ def _server_endpoint(reactor: IReactorTime, description: str, what: str) -> IStr
             reactor, description
         )
     except Exception as e:
-        raise ConfigurationError(
-            explain_endpoint_error(what, description, e, OWN_KEYWORDS)
-        ) from e
+        raise ConfigurationError(explain_endpoint_error(what, description, e, OWN_KEYWORDS)) from e
     return endpoint
 
 

@@ -217,7 +217,8 @@ async def _complete_authorization(
     )
     log.debug(
         "answering {challenge_type} for {name}",
-        challenge_type=responder.challenge_type, name=_identifier_name(authz),
+        challenge_type=responder.challenge_type,
+        name=_identifier_name(authz),
     )
     started = False
     try:
@@ -234,7 +235,8 @@ async def _complete_authorization(
             except Exception:
                 log.failure(
                     "stopping the {challenge_type} responder for {name} failed",
-                    challenge_type=responder.challenge_type, name=server_name,
+                    challenge_type=responder.challenge_type,
+                    name=server_name,
                 )
 
 
@@ -263,9 +265,7 @@ def _check_certificate(issued: CertificateChain, key: PrivateKey, names: Sequenc
     present = set(certificate_names(cert))
     missing = [n for n in names if n not in present]
     if missing:
-        raise ProtocolError(
-            f"the certificate at {issued.url} does not cover {', '.join(missing)}"
-        )
+        raise ProtocolError(f"the certificate at {issued.url} does not cover {', '.join(missing)}")
 
 
 def obtain_certificate(

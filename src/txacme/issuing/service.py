@@ -380,9 +380,7 @@ class AcmeIssuingService(Service):
             d.cancel()
         self._clients.cancel()
         self._finish_initial()
-        return DeferredList(waits, consumeErrors=True).addCallback(
-            lambda _: self._clients.drop()
-        )
+        return DeferredList(waits, consumeErrors=True).addCallback(lambda _: self._clients.drop())
 
     def when_certs_valid(self) -> Deferred[None]:
         """
@@ -467,9 +465,7 @@ class AcmeIssuingService(Service):
         finally:
             if initial:
                 # Not awaited: the next periodic check need not wait for issuance.
-                DeferredList(urgent, consumeErrors=True).addBoth(
-                    lambda _: self._finish_initial()
-                )
+                DeferredList(urgent, consumeErrors=True).addBoth(lambda _: self._finish_initial())
 
     def _forget(self, name: str) -> None:
         """Stop tracking a name that left the store (keeping a running rate limit)."""
@@ -500,8 +496,7 @@ class AcmeIssuingService(Service):
                 )
             else:
                 log.warn(
-                    "no ACME client for renewal information ({cause}); using certificate "
-                    "lifetimes",
+                    "no ACME client for renewal information ({cause}); using certificate lifetimes",
                     cause=str(e),
                 )
             return None

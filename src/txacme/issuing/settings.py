@@ -193,9 +193,7 @@ class IssuingSettings:
     key_type: str | None = attrs.field(default=None, validator=_key_type)
     generate_key: KeyGenerator | None = None
     profile: str | None = None
-    names: Mapping[str, tuple[str, ...]] = attrs.field(
-        factory=dict, converter=_normalize_names
-    )
+    names: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict, converter=_normalize_names)
     issue: IssueFunction = default_issue
 
     def identifiers(self, name: str) -> tuple[str, ...]:
@@ -280,9 +278,7 @@ _SCHEDULING_KEYWORDS = ("max_concurrent", "renewal_fraction", "emergency_fractio
 
 
 def _conflict(group: str, given: Sequence[str]) -> ConfigurationError:
-    return ConfigurationError(
-        f"give {', '.join(given)} in {group}= or as keywords, not both"
-    )
+    return ConfigurationError(f"give {', '.join(given)} in {group}= or as keywords, not both")
 
 
 def _issuing(

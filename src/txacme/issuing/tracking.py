@@ -49,6 +49,7 @@ _last_ari_warning: list[datetime | None] = [None]
 
 _T = TypeVar("_T")
 
+
 class Fanout(Generic[_T]):
     """Gives each caller its own ``Deferred`` for the result of one ``Deferred``."""
 
@@ -268,4 +269,3 @@ class ClientKeeper:
             raise
         self.current = client
         return client
-

@@ -237,7 +237,9 @@ class Client:
                 raise ConfigurationError(f"the account key must be a josepy JWK, not {type(key)}")
             if http is None:
                 http, pool = make_http_client(
-                    reactor, ca_file=ca_file, timeout=timeout,
+                    reactor,
+                    ca_file=ca_file,
+                    timeout=timeout,
                     persistent_connections=persistent_connections,
                 )
         except Exception:
@@ -246,10 +248,21 @@ class Client:
 
         async def build() -> Client:
             client = cls(
-                reactor, messages.Directory({}), key, http=client_http, pool=pool, alg=alg,
-                timeout=timeout, poll_timeout=poll_timeout, poll_initial=poll_initial,
-                poll_max=poll_max, max_nonce_attempts=max_nonce_attempts, user_agent=user_agent,
-                directory_url=url, on_exchange=on_exchange, eab=eab,
+                reactor,
+                messages.Directory({}),
+                key,
+                http=client_http,
+                pool=pool,
+                alg=alg,
+                timeout=timeout,
+                poll_timeout=poll_timeout,
+                poll_initial=poll_initial,
+                poll_max=poll_max,
+                max_nonce_attempts=max_nonce_attempts,
+                user_agent=user_agent,
+                directory_url=url,
+                on_exchange=on_exchange,
+                eab=eab,
             )
             try:
                 await client._load_directory(url)
@@ -436,9 +449,7 @@ class Client:
         """
         return Deferred.fromCoroutine(self._start(email, eab))
 
-    async def _start(
-        self, email: str | None, eab: EAB | None
-    ) -> messages.RegistrationResource:
+    async def _start(self, email: str | None, eab: EAB | None) -> messages.RegistrationResource:
         try:
             account = await self._lookup_account()
         except AccountDoesNotExist:
@@ -525,7 +536,9 @@ class Client:
         order = messages.OrderResource(uri=reply.location(), body=body)
         log.debug(
             "ACME order {order} for {names} is {status}",
-            order=order.uri, names=[i["value"] for i in idents], status=body.status.name,
+            order=order.uri,
+            names=[i["value"] for i in idents],
+            status=body.status.name,
         )
         return order
 
@@ -743,9 +756,7 @@ class Client:
         if key is None:
             await self._post(url, payload, endpoint="revokeCert")
         else:
-            await self._post(
-                url, payload, endpoint="revokeCert", key=_as_jwk(key), use_jwk=True
-            )
+            await self._post(url, payload, endpoint="revokeCert", key=_as_jwk(key), use_jwk=True)
         log.info("ACME certificate {serial} revoked", serial=f"{cert.serial_number:x}")
 
     def renewal_info(self, cert: x509.Certificate) -> Deferred[RenewalInfo]:

@@ -76,8 +76,12 @@ class EAB:
         """
         payload = json.dumps(account_key.public_key().to_partial_json()).encode()
         signed = acme_jws.JWS.sign(
-            payload, key=JWKOct(key=self.hmac_key), alg=_MAC_ALGORITHMS[self.alg], nonce=None,
-            url=url, kid=self.kid,
+            payload,
+            key=JWKOct(key=self.hmac_key),
+            alg=_MAC_ALGORITHMS[self.alg],
+            nonce=None,
+            url=url,
+            kid=self.kid,
         )
         return signed.to_partial_json()  # type: ignore[no-any-return]
 

@@ -231,8 +231,11 @@ class Reply:
             if text:
                 detail += f": {text}"
             problem = ServerInternal(
-                ACME_ERROR_PREFIX + "serverInternal", detail, status=self.code,
-                retry_after=self.retry_after, url=self.url,
+                ACME_ERROR_PREFIX + "serverInternal",
+                detail,
+                status=self.code,
+                retry_after=self.retry_after,
+                url=self.url,
             )
         raise problem
 
@@ -553,7 +556,10 @@ class Transport:
         problem = reply.problem_type()
         log.debug(
             "ACME {method} {url} -> {status}{problem_text}",
-            method=method, url=url, status=reply.code, problem=problem,
+            method=method,
+            url=url,
+            status=reply.code,
+            problem=problem,
             problem_text=f" {problem.removeprefix(ACME_ERROR_PREFIX)}" if problem else "",
         )
         self._report(endpoint, method, url, reply.code, started, problem)
@@ -618,9 +624,7 @@ class Transport:
         try:
             self._on_exchange(exchange)
         except Exception:
-            log.failure(
-                "on_exchange callback failed for {method} {url}", method=method, url=url
-            )
+            log.failure("on_exchange callback failed for {method} {url}", method=method, url=url)
 
     # -- nonces ------------------------------------------------------------------------
 
@@ -666,7 +670,11 @@ class Transport:
             body = signer().sign(url, data, nonce)
             try:
                 reply = await self.send(
-                    "POST", url, endpoint=endpoint, body=body, content_type=JOSE_JSON,
+                    "POST",
+                    url,
+                    endpoint=endpoint,
+                    body=body,
+                    content_type=JOSE_JSON,
                     accept=accept,
                 )
             except CAUnreachable as e:
@@ -703,7 +711,8 @@ class Transport:
             if isinstance(problem, BadNonce) and attempt < self._max_nonce_attempts:
                 log.debug(
                     "ACME badNonce for {url} (attempt {attempt}); retrying",
-                    url=reply.url, attempt=attempt,
+                    url=reply.url,
+                    attempt=attempt,
                 )
                 return True
             raise

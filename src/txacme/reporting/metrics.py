@@ -360,9 +360,7 @@ class Metrics:
             self.failing.labels(event.name).set(event.attempt)
             started = self._started.pop(event.name, None)
             if started is not None:
-                self.duration.labels("failure").observe(
-                    max(self._clock.seconds() - started, 0.0)
-                )
+                self.duration.labels("failure").observe(max(self._clock.seconds() - started, 0.0))
         elif isinstance(event, Emergency):
             self.emergencies.inc()
 

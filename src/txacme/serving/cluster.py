@@ -393,8 +393,10 @@ class ClusterNode:
             once when ``max_lookups`` look-ups are already running.
         """
         if self._lookups >= self._max_lookups:
-            log.debug("too many challenge look-ups at once; not looking up {what}",
-                      what=identifier or token)
+            log.debug(
+                "too many challenge look-ups at once; not looking up {what}",
+                what=identifier or token,
+            )
             return succeed(False)
         self._lookups += 1
         d: Deferred[list[ChallengeRecord]] = maybeDeferred(

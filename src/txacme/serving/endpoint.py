@@ -264,9 +264,7 @@ class AutoTLSEndpoint:
 
     def _client_creator(self) -> Deferred[Client]:
         d: Deferred[Client]
-        if self._on_exchange is not None and _accepts_keyword(
-            self.client_creator, "on_exchange"
-        ):
+        if self._on_exchange is not None and _accepts_keyword(self.client_creator, "on_exchange"):
             d = maybeDeferred(self.client_creator, on_exchange=self._on_exchange)
         else:
             d = maybeDeferred(self.client_creator)
@@ -292,7 +290,8 @@ class AutoTLSEndpoint:
         registry = None
         if self.tls_alpn:
             tls_responder = (
-                self.tls_alpn if isinstance(self.tls_alpn, TLSALPN01Responder)
+                self.tls_alpn
+                if isinstance(self.tls_alpn, TLSALPN01Responder)
                 else TLSALPN01Responder()
             )
             registry = tls_responder.registry
@@ -412,8 +411,12 @@ class AutoTLSEndpoint:
         if not hooks:
             return tls_server_factory(creator, factory, handshake_timeout=deadline)
         return HelloHookFactory(
-            creator, factory, combine_hooks(*hooks), timeout=self.hello_timeout,
-            clock=self.reactor, handshake_timeout=deadline,
+            creator,
+            factory,
+            combine_hooks(*hooks),
+            timeout=self.hello_timeout,
+            clock=self.reactor,
+            handshake_timeout=deadline,
         )
 
     async def _listen_http01(

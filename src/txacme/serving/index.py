@@ -68,8 +68,15 @@ class CertificateEntry:
     :ivar fingerprint: SHA-256 of the PEM objects it was made from.
     """
 
-    __slots__ = ("name", "_key_der", "_certificate_der", "chain", "kind", "serial_number",
-                 "fingerprint")
+    __slots__ = (
+        "name",
+        "_key_der",
+        "_certificate_der",
+        "chain",
+        "kind",
+        "serial_number",
+        "fingerprint",
+    )
 
     def __init__(
         self,
@@ -237,8 +244,9 @@ class CertificateIndex:
             try:
                 forget(entry)
             except Exception:
-                log.failure("dropping caches of the certificate of {server_name}",
-                            server_name=entry.name)
+                log.failure(
+                    "dropping caches of the certificate of {server_name}", server_name=entry.name
+                )
 
     # -- parsing ------------------------------------------------------------
 
@@ -431,7 +439,8 @@ class CertificateIndex:
         self._entries = new
         self._unloaded.clear()
         self._rejected = {
-            name: fp for name, fp in self._rejected.items()
+            name: fp
+            for name, fp in self._rejected.items()
             if name in entries or name == DEFAULT_ENTRY_NAME
         }
         for name, entry in old.items():

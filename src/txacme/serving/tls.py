@@ -322,9 +322,7 @@ class SNIConnectionCreator:
         self._cache_size = context_cache_size
         self._contexts: OrderedDict[CertificateEntry, SSL.Context] = OrderedDict()
         self._placeholder: SSL.Context | None = None
-        self._protocol_cache: WeakKeyDictionary[object, tuple[bytes, ...]] = (
-            WeakKeyDictionary()
-        )
+        self._protocol_cache: WeakKeyDictionary[object, tuple[bytes, ...]] = WeakKeyDictionary()
         self._base = self._new_context()
         self._base.set_tlsext_servername_callback(self._on_server_name)
         index.subscribe(self._forget)
@@ -401,7 +399,8 @@ class SNIConnectionCreator:
         return tuple(protocols)
 
     def serverConnectionForTLS(  # noqa: N802
-        self, tlsProtocol: TLSMemoryBIOProtocol  # noqa: N803
+        self,
+        tlsProtocol: TLSMemoryBIOProtocol,  # noqa: N803
     ) -> SSL.Connection:
         """Make the ``SSL.Connection`` for one accepted connection."""
         connection = _ServerConnection(self._base, None)
@@ -475,15 +474,16 @@ class SNIConnectionCreator:
         if name is not None and self.challenges is not None:
             pending = self.challenges.lookup(name)
         if pending is None or kind is None:
-            log.debug("refusing acme-tls/1 for {sni!r}: no tls-alpn-01 challenge pending",
-                      sni=name)
+            log.debug("refusing acme-tls/1 for {sni!r}: no tls-alpn-01 challenge pending", sni=name)
             raise HandshakeRefused("no tls-alpn-01 challenge pending for this name")
         certificate, key = pending.certificate_for(kind)
         connection.use_certificate(certificate)
         connection.use_privatekey(key)
         _mark_no_data(connection)
-        log.debug("serving the tls-alpn-01 challenge certificate for {identifier}",
-                 identifier=pending.identifier)
+        log.debug(
+            "serving the tls-alpn-01 challenge certificate for {identifier}",
+            identifier=pending.identifier,
+        )
         return ACME_TLS_1
 
 

@@ -131,8 +131,9 @@ class StoreSQL:
             for index in range(version, known):
                 for statement in migrations[index]:
                     conn.execute(statement.replace("{p}", prefix))
-                log.info("migrated the PostgreSQL store to schema version {version}",
-                         version=index + 1)
+                log.info(
+                    "migrated the PostgreSQL store to schema version {version}", version=index + 1
+                )
             if version != known:
                 conn.execute(sql.SQL("DELETE FROM {}").format(self.versions))
                 conn.execute(
@@ -165,9 +166,9 @@ class StoreSQL:
         """The entry of ``name`` (``[]`` when wanted), or ``None`` when it has no row."""
         from psycopg import sql
 
-        query = sql.SQL(
-            "SELECT key_data, key_format, certificates FROM {} WHERE name = %s"
-        ).format(self.certificates)
+        query = sql.SQL("SELECT key_data, key_format, certificates FROM {} WHERE name = %s").format(
+            self.certificates
+        )
         row = conn.execute(query, (name,)).fetchone()
         if row is None:
             return None
@@ -187,12 +188,11 @@ class StoreSQL:
             cursor.execute(query, (DEFAULT_ROW,))
             for name, key_data, key_format, certificates in cursor:
                 try:
-                    result[name] = entry_from_row(
-                        name, key_data, key_format, certificates, sealer
-                    )
+                    result[name] = entry_from_row(name, key_data, key_format, certificates, sealer)
                 except (ConfigurationError, ValueError, UnicodeError) as e:
-                    log.error("skipping the damaged entry {name}: {reason}",
-                              name=name, reason=str(e))
+                    log.error(
+                        "skipping the damaged entry {name}: {reason}", name=name, reason=str(e)
+                    )
         return result
 
     def _upsert(self, conn: Connection, name: str, prepared: Prepared) -> None:
@@ -365,8 +365,7 @@ class StoreSQL:
             )
             self.notify(
                 conn,
-                {"k": "h", "n": record.identifier, "t": record.challenge_type,
-                 "tok": record.token},
+                {"k": "h", "n": record.identifier, "t": record.challenge_type, "tok": record.token},
             )
 
     def get_challenges(
@@ -404,8 +403,13 @@ class StoreSQL:
             if row is not None:
                 self.notify(
                     conn,
-                    {"k": "h", "n": record.identifier, "t": record.challenge_type,
-                     "tok": record.token, "d": True},
+                    {
+                        "k": "h",
+                        "n": record.identifier,
+                        "t": record.challenge_type,
+                        "tok": record.token,
+                        "d": True,
+                    },
                 )
 
 

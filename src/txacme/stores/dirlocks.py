@@ -427,7 +427,8 @@ class CoordinatingDirectoryStore(DirectoryStore):
                 filenames = [token + CHALLENGE_SUFFIX]
             else:
                 filenames = [
-                    f for f in _listdir(ident_dir)
+                    f
+                    for f in _listdir(ident_dir)
                     if f.endswith(CHALLENGE_SUFFIX) and not f.startswith(".")
                 ]
             for filename in filenames:

@@ -281,9 +281,7 @@ class PostgresStore:
 
     async def _start(self) -> None:
         self._pool.start()
-        self._shutdown_trigger = self._core.addSystemEventTrigger(
-            "before", "shutdown", self.close
-        )
+        self._shutdown_trigger = self._core.addSystemEventTrigger("before", "shutdown", self.close)
         version = await self._pool.run(self._sql.migrate, MIGRATIONS)
         log.info(
             "PostgreSQL store ready: {conninfo}, schema version {version}",
@@ -449,8 +447,9 @@ class PostgresStore:
             return fail()
         d = self._run(self._sql.store, name, prepared)
         d.addCallback(
-            lambda _: log.info("stored the certificate of {server_name} in PostgreSQL",
-                               server_name=name)
+            lambda _: log.info(
+                "stored the certificate of {server_name} in PostgreSQL", server_name=name
+            )
         )
         return d
 

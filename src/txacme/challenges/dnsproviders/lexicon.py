@@ -61,9 +61,7 @@ def load_lexicon_provider_class(name: str) -> type[Any]:
         # for why the bridge does not go through that Client.
         from lexicon._private.discovery import find_providers, load_provider_module
     except ImportError:
-        raise ConfigurationError(
-            "dns=lexicon needs dns-lexicon: pip install 'txacme[lexicon]'"
-        )
+        raise ConfigurationError("dns=lexicon needs dns-lexicon: pip install 'txacme[lexicon]'")
     available = find_providers()
     if name not in available:
         raise ConfigurationError(f"dns_lexicon_provider={name!r}: lexicon has no such provider")
@@ -164,9 +162,7 @@ class LexiconProvider:
     def add_txt_record(self, zone: str, fqdn: str, value: str) -> Deferred[None]:
         """Create the TXT record (lexicon leaves other values at the name)."""
         return self._run(
-            lambda: self._call(
-                "add", zone, fqdn, lambda p: p.create_record("TXT", fqdn, value)
-            )
+            lambda: self._call("add", zone, fqdn, lambda p: p.create_record("TXT", fqdn, value))
         )
 
     def remove_txt_record(self, zone: str, fqdn: str, value: str) -> Deferred[None]:

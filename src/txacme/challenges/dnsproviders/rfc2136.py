@@ -86,7 +86,8 @@ class TSIGKey:
         if self.algorithm in _WEAK:
             log.warn(
                 "TSIG key {name} uses {algorithm}; prefer hmac-sha256",
-                name=self.name, algorithm=self.algorithm,
+                name=self.name,
+                algorithm=self.algorithm,
             )
         secret = "".join(secret.split()) if isinstance(secret, str) else ""
         try:
@@ -181,26 +182,24 @@ def read_tsig_key_file(
         )
     keys = _parse_key_file(text)
     if not keys:
-        raise ConfigurationError(
-            f"{option}: not a BIND or Knot key file, nor a base64 TSIG secret"
-        )
+        raise ConfigurationError(f"{option}: not a BIND or Knot key file, nor a base64 TSIG secret")
     if key_name is not None:
         wanted = key_name.rstrip(".")
         chosen = [k for k in keys if k[0] is None or k[0].rstrip(".") == wanted]
         if not chosen:
             raise ConfigurationError(f"{option}: holds no key named {wanted!r}")
     elif len(keys) > 1:
-        raise ConfigurationError(
-            f"{option}: holds several keys; choose one with tsig_key_name="
-        )
+        raise ConfigurationError(f"{option}: holds several keys; choose one with tsig_key_name=")
     else:
         chosen = keys
     file_name, file_algorithm, secret = chosen[0]
     name = key_name or file_name
     if name is None:
         raise ConfigurationError(f"{option}: holds a bare secret; give tsig_key_name= too")
-    if algorithm is not None and file_algorithm is not None and (
-        _algorithm(algorithm, "tsig_algorithm") != _algorithm(file_algorithm, option)
+    if (
+        algorithm is not None
+        and file_algorithm is not None
+        and (_algorithm(algorithm, "tsig_algorithm") != _algorithm(file_algorithm, option))
     ):
         raise ConfigurationError(
             f"tsig_algorithm={algorithm!r} disagrees with the key file ({file_algorithm})"
