@@ -16,6 +16,7 @@ import attrs
 
 from txacme import __version__, errors
 from txacme.certificates import check_ca_file
+from txacme.challenges.dnspersist01 import DRAFT
 from txacme.cli.failures import UsageError
 from txacme.keys import KEY_TYPES
 from txacme.names import normalize_server_name
@@ -293,10 +294,38 @@ def build_parser() -> argparse.ArgumentParser:
             choices=KEY_TYPES,
             help="type of the new account key (default: ec256, or the old key's type)",
         )
-    from txacme.cli import persist
-
-    persist.add_parser(commands, _add_common, _add_ca)
+    _add_persist_record(commands)
     return parser
+
+
+def _add_persist_record(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    """Add the ``persist-record`` sub-command (:mod:`txacme.cli.persist`)."""
+    parser = commands.add_parser(
+        "persist-record",
+        help="print the dns-persist-01 TXT record to publish for a name",
+        description=f"Print the persistent validation record ({DRAFT}) naming the CA "
+        "and this directory's account, to publish once in the name's DNS zone.",
+    )
+    parser.add_argument("name", metavar="NAME", help="the name (*.example.com: a wildcard)")
+    parser.add_argument(
+        "--wildcard",
+        action="store_true",
+        help="add policy=wildcard: also valid for *.NAME and NAME's subdomains",
+    )
+    parser.add_argument(
+        "--until",
+        metavar="DATE",
+        help="add persistUntil: 2027-12-31, an ISO 8601 time with a zone, or UNIX seconds",
+    )
+    parser.add_argument(
+        "--issuer",
+        metavar="DOMAIN",
+        help="the CA's issuer domain name (default: the directory's first caaIdentities)",
+    )
+    _add_common(parser)
+    _add_ca(parser, certificates=False)
 
 
 @attrs.frozen

@@ -14,42 +14,13 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
 
 from txacme import errors
-from txacme.challenges.dnspersist01 import DRAFT, record_value, validation_name
+from txacme.challenges.dnspersist01 import record_value, validation_name
 from txacme.cli.context import Command
 from txacme.cli.failures import EXIT_OK, CommandFailed, UsageError
 from txacme.config.dns import parse_persist_until
 from txacme.names import normalize_server_name
-
-
-def add_parser(commands: Any, add_common: Any, add_ca: Any) -> None:
-    """Add the ``persist-record`` sub-command to ``commands``."""
-    parser = commands.add_parser(
-        "persist-record",
-        help="print the dns-persist-01 TXT record to publish for a name",
-        description=f"Print the persistent validation record ({DRAFT}) naming the CA "
-        "and this directory's account, to publish once in the name's DNS zone.",
-    )
-    parser.add_argument("name", metavar="NAME", help="the name (*.example.com: a wildcard)")
-    parser.add_argument(
-        "--wildcard",
-        action="store_true",
-        help="add policy=wildcard: also valid for *.NAME and NAME's subdomains",
-    )
-    parser.add_argument(
-        "--until",
-        metavar="DATE",
-        help="add persistUntil: 2027-12-31, an ISO 8601 time with a zone, or UNIX seconds",
-    )
-    parser.add_argument(
-        "--issuer",
-        metavar="DOMAIN",
-        help="the CA's issuer domain name (default: the directory's first caaIdentities)",
-    )
-    add_common(parser)
-    add_ca(parser, certificates=False)
 
 
 async def cmd_persist_record(command: Command) -> int:
@@ -96,4 +67,4 @@ async def cmd_persist_record(command: Command) -> int:
     return EXIT_OK
 
 
-__all__ = ["add_parser", "cmd_persist_record"]
+__all__ = ["cmd_persist_record"]

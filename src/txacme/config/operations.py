@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from txacme.interfaces import ICertificateStore
 from txacme.issuing.events import ServiceEvent
@@ -20,8 +20,24 @@ from txacme.issuing.order import obtain_certificate
 from txacme.issuing.provenance import IssuerRecords
 from txacme.stores.directory import DirectoryStore
 
-if TYPE_CHECKING:
-    from txacme.config.endpoint import EndpointConfig
+
+class OperationsConfig(Protocol):
+    """
+    What :func:`operations` reads of an endpoint's configuration
+    (:class:`txacme.config.endpoint.EndpointConfig` has it).
+    """
+
+    @property
+    def cert_dir(self) -> str: ...
+    @property
+    def directory_url(self) -> str: ...
+    @property
+    def preferred_chain(self) -> str | None: ...
+    @property
+    def deploy_hook(self) -> tuple[str, ...] | None: ...
+    @property
+    def deploy_hook_timeout(self) -> float: ...
+
 
 __all__ = ["operations"]
 
@@ -35,7 +51,7 @@ def pem_path_of(store: ICertificateStore) -> Callable[[str], str | None] | None:
 
 
 def operations(
-    reactor: Any, config: EndpointConfig, store: ICertificateStore
+    reactor: Any, config: OperationsConfig, store: ICertificateStore
 ) -> tuple[dict[str, Any], list[Callable[[ServiceEvent], object]]]:
     """The issuing service's extra keyword arguments and event subscribers for ``config``."""
     options: dict[str, Any] = {
