@@ -475,6 +475,29 @@ class _Active:
     stopped: bool = False
 
 
+def _dns_settings(
+    lookup: IDNSLookup | None,
+    zone: str | None,
+    propagation_timeout: float,
+    poll_interval: float,
+    max_poll_interval: float,
+    clock: IReactorTime,
+) -> tuple[IDNSLookup, str | None, _PropagationCheck]:
+    """
+    The DNS settings every DNS responder takes, checked: its lookup (default
+    :class:`DNSPythonLookup`), its zone (canonical) and its propagation check.
+
+    :raises ConfigurationError: for a ``propagation_timeout`` that is not positive.
+    """
+    if not propagation_timeout > 0:
+        raise ConfigurationError(
+            f"propagation_timeout={propagation_timeout!r} must be a positive number"
+        )
+    lookup = lookup if lookup is not None else DNSPythonLookup()
+    check = _PropagationCheck(lookup, clock, poll_interval, max_poll_interval)
+    return lookup, _canonical(zone) if zone else None, check
+
+
 @implementer(IResponder)
 class DNS01Responder:
     """
@@ -507,16 +530,12 @@ class DNS01Responder:
         max_poll_interval: float = 10.0,
         clock: IReactorTime,
     ) -> None:
-        if not propagation_timeout > 0:
-            raise ConfigurationError(
-                f"propagation_timeout={propagation_timeout!r} must be a positive number"
-            )
         self.provider = provider
-        self.lookup: IDNSLookup = lookup if lookup is not None else DNSPythonLookup()
-        self.zone = _canonical(zone) if zone else None
+        self.lookup, self.zone, self._check = _dns_settings(
+            lookup, zone, propagation_timeout, poll_interval, max_poll_interval, clock
+        )
         self.follow_cname = follow_cname
         self.propagation_timeout = propagation_timeout
-        self._check = _PropagationCheck(self.lookup, clock, poll_interval, max_poll_interval)
         self._active: dict[tuple[str, str], _Active] = {}
         self._records: dict[tuple[str, str, str], _RecordState] = {}
 

@@ -44,9 +44,8 @@ from zope.interface import implementer
 
 from txacme.challenges.dns01 import (
     DEFAULT_PROPAGATION_TIMEOUT,
-    DNSPythonLookup,
     IDNSLookup,
-    _PropagationCheck,
+    _dns_settings,
 )
 from txacme.challenges.dnsproviders import DNSError, IDNSProvider
 from txacme.errors import ConfigurationError
@@ -332,19 +331,15 @@ class DNSPersist01Responder:
         max_poll_interval: float = 10.0,
         clock: IReactorTime,
     ) -> None:
-        if not propagation_timeout > 0:
-            raise ConfigurationError(
-                f"propagation_timeout={propagation_timeout!r} must be a positive number"
-            )
         self.provider = provider
-        self.lookup: IDNSLookup = lookup if lookup is not None else DNSPythonLookup()
-        self.zone = zone.rstrip(".").lower() if zone else None
+        self.lookup, self.zone, self._check = _dns_settings(
+            lookup, zone, propagation_timeout, poll_interval, max_poll_interval, clock
+        )
         self.issuer_domain_name = issuer_domain_name
         self.wildcard_policy = wildcard_policy
         self.persist_until = _timestamp(persist_until)
         self.propagation_timeout = propagation_timeout
         self._clock = clock
-        self._check = _PropagationCheck(self.lookup, clock, poll_interval, max_poll_interval)
         self._locks: dict[str, DeferredLock] = {}
         #: How many records this responder published (for tests and status).
         self.published = 0
