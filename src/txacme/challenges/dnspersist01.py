@@ -160,6 +160,15 @@ _register()
 # ---------------------------------------------------------------------------
 
 
+def directory_issuers(directory: Any) -> list[str]:
+    """
+    The issuer domain names a CA's directory lists (its ``caaIdentities``,
+    canonical), from which CAs draw ``issuer-domain-names``; may be empty.
+    """
+    meta = getattr(directory, "meta", None)
+    return [str(i).lower().rstrip(".") for i in getattr(meta, "caa_identities", None) or []]
+
+
 def validation_name(server_name: str) -> str:
     """``_validation-persist.<name>`` (``*.`` removed): where the record lives."""
     name = server_name.rstrip(".").lower()
@@ -478,6 +487,7 @@ __all__ = [
     "MalformedPersistChallenge",
     "PersistRecord",
     "PersistRecordMissing",
+    "directory_issuers",
     "issuer_names_problem",
     "parse_record",
     "record_matches",

@@ -523,21 +523,7 @@ async def cmd_account(command: Command) -> int:
     command.ca.require()
     if action == "create":
         return await _account_create(command)
-    if not os.path.exists(command.key_path):
-        raise CommandFailed(
-            f"no account key {command.key_path}: create the account with `txacme account create`"
-        )
-    client = await command.client(command.account_key(create=False))
-    command.ui.step("account", "looking the account up")
-    try:
-        await client.lookup_account()
-    except errors.AccountDoesNotExist:
-        raise CommandFailed(
-            f"the CA knows no account for {command.key_path}: "
-            "create it with `txacme account create`"
-        )
-    finally:
-        command.ui.done("account")
+    client = await command.existing_account()
     if action == "show":
         summary = _account_summary(command, client)
         if command.args.json:

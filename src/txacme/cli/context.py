@@ -115,6 +115,29 @@ class Command:
         self._clients.append(client)
         return client
 
+    async def existing_account(self) -> Client:
+        """
+        A client for the account of ``client.key``, looked up at the CA.
+
+        :raises CommandFailed: when there is no key, or the CA knows no account for it.
+        """
+        if not os.path.exists(self.key_path):
+            raise CommandFailed(
+                f"no account key {self.key_path}: create the account with `txacme account create`"
+            )
+        client = await self.client(self.account_key(create=False))
+        self.ui.step("account", "looking the account up")
+        try:
+            await client.lookup_account()
+        except errors.AccountDoesNotExist:
+            raise CommandFailed(
+                f"the CA knows no account for {self.key_path}: "
+                "create it with `txacme account create`"
+            )
+        finally:
+            self.ui.done("account")
+        return client
+
     async def close(self) -> None:
         """Stop the listeners, close the clients and the store."""
         for stop in reversed(self._stoppers):

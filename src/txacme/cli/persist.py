@@ -13,10 +13,9 @@ create``). A ``*.`` name implies ``--wildcard``.
 from __future__ import annotations
 
 import argparse
-import os
 
 from txacme import errors
-from txacme.challenges.dnspersist01 import record_value, validation_name
+from txacme.challenges.dnspersist01 import directory_issuers, record_value, validation_name
 from txacme.cli.context import Command
 from txacme.cli.failures import EXIT_OK, CommandFailed, UsageError
 from txacme.config.dns import parse_persist_until
@@ -39,26 +38,14 @@ async def cmd_persist_record(command: Command) -> int:
     except errors.ConfigurationError as e:
         raise UsageError(str(e))
     command.ca.require()
-    if not os.path.exists(command.key_path):
-        raise CommandFailed(
-            f"no account key {command.key_path}: create the account with `txacme account create`"
-        )
-    client = await command.client(command.account_key(create=False))
-    try:
-        await client.lookup_account()
-    except errors.AccountDoesNotExist:
-        raise CommandFailed(
-            f"the CA knows no account for {command.key_path}: "
-            "create it with `txacme account create`"
-        )
+    client = await command.existing_account()
     assert client.account is not None
     issuer = (args.issuer or "").strip().lower().rstrip(".")
     if not issuer:
-        meta = client.directory.meta
-        identities = list(getattr(meta, "caa_identities", None) or [])
+        identities = directory_issuers(client.directory)
         if not identities:
             raise CommandFailed("the CA lists no caaIdentities: give its issuer with --issuer")
-        issuer = str(identities[0]).lower().rstrip(".")
+        issuer = identities[0]
     try:
         value = record_value(issuer, client.account.uri, wildcard=wildcard, persist_until=until)
     except errors.ConfigurationError as e:

@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
 from txacme.challenges.dns01 import DNSPythonLookup
+from txacme.challenges.dnspersist01 import directory_issuers
 from txacme.challenges.dnsproviders import parse_nameserver
 from txacme.errors import ConfigurationError
 from txacme.issuing.ondemand import OnDemandPolicy
@@ -53,8 +54,7 @@ def persist_on_demand_policy(
         client = await client_creator()
         try:
             account = await client.lookup_account()
-            meta = client.directory.meta
-            issuers = [issuer] if issuer else list(getattr(meta, "caa_identities", None) or [])
+            issuers = [issuer] if issuer else directory_issuers(client.directory)
         finally:
             await client.close()
         if not issuers:
