@@ -472,7 +472,7 @@ class TwistdDeadlineTests(TestCase):
 
         from tests.harness.pebble import shared_pebble
         from tests.harness.processes import free_port
-        from tests.test_twistd_plugin import TWISTD, quote, subprocess_env
+        from tests.harness.twistd import quote, subprocess_env, web_command
 
         pebble = shared_pebble()
         work = Path(tempfile.mkdtemp(prefix="txacme-deadline-twistd-"))
@@ -491,7 +491,7 @@ class TwistdDeadlineTests(TestCase):
         )
         log = open(work / "twistd.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", "web", "--port", description, "--path", str(work)],
+            web_command(description, work),
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=str(work),

@@ -39,10 +39,10 @@ import pytest
 from tests.harness.doccheck import Result, check_block, check_python, python_source, shell_commands
 from tests.harness.docexamples import ROOT, Block, all_blocks, unclassified
 from tests.harness.processes import free_port
+from tests.harness.twistd import quote
 
 BLOCKS, MARKER_PROBLEMS = all_blocks()
 SRC = str(ROOT / "src")
-TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 TXACME = os.path.join(os.path.dirname(sys.executable), "txacme")
 
 #: The runners of this module, by the name a ``.. example: run NAME`` marker gives.
@@ -302,11 +302,6 @@ def ca(home: Path) -> Iterator[CA]:
     instance = CA(home / "ca")
     yield instance
     instance.stop()
-
-
-def quote(value: str) -> str:
-    """Escape a value for an endpoint string."""
-    return value.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
 
 
 def run_shell(command: str, cwd: Path, **kwargs: Any) -> subprocess.CompletedProcess[str]:

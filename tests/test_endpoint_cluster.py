@@ -21,12 +21,9 @@ from twisted.trial.unittest import TestCase
 
 from tests.harness.pebble import start_pebble
 from tests.harness.postgres import shared_postgres
+from tests.harness.twistd import quote
 from tests.test_cluster import pebble_order_count
 from tests.test_endpoint_pebble import PAGE, dns_names, fetch, site
-
-
-def quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
 
 
 class ClusterEndpointTests(TestCase):

@@ -18,11 +18,8 @@ from twisted.trial.unittest import TestCase
 
 from tests.harness.bind import start_bind
 from tests.harness.pebble import start_pebble
+from tests.harness.twistd import quote
 from tests.test_endpoint_pebble import PAGE, dns_names, fetch, site
-
-
-def quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
 
 
 class DNS01EndpointTests(TestCase):

@@ -27,8 +27,8 @@ from twisted.python.failure import Failure
 from tests.harness.pebble import start_pebble
 from tests.harness.processes import free_port
 from tests.harness.tlsclient import tls_exchange
+from tests.harness.twistd import quote, subprocess_env, web_command
 from tests.test_cli import run_cli
-from tests.test_twistd_plugin import TWISTD, quote, subprocess_env
 from txacme import errors
 from txacme.config.startup import (
     EXIT_START_FAILED,
@@ -80,16 +80,7 @@ def run_twistd(work: Path, description: str, timeout: float = DEADLINE) -> tuple
     started = time.monotonic()
     try:
         done = subprocess.run(
-            [
-                TWISTD,
-                "-n",
-                "--pidfile=",
-                "web",
-                "--port",
-                description,
-                "--path",
-                str(work / "site"),
-            ],
+            web_command(description, work / "site"),
             capture_output=True,
             cwd=str(work),
             env=subprocess_env(),
@@ -224,16 +215,10 @@ def test_unreachable_ca_is_not_fatal(work: Path) -> None:
     log_path = work / "twistd.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [
-                TWISTD,
-                "-n",
-                "--pidfile=",
-                "web",
-                "--port",
+            web_command(
                 acme(work, f"https://127.0.0.1:{free_port()}/dir", port=f"tcp:{port}"),
-                "--path",
-                str(work / "site"),
-            ],
+                work / "site",
+            ),
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=str(work),

@@ -10,7 +10,6 @@ directory).
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import signal
@@ -28,28 +27,13 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
 
-import txacme
 from tests.harness.pebble import Pebble, start_pebble
+from tests.harness.twistd import quote, subprocess_env, web_command
 
-TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 NAMES = [f"n{i}.multi.test" for i in range(6)]
 ORDER_LINE = re.compile(r"added order", re.IGNORECASE)
 #: What a process logs when it answers a challenge another process started.
 CROSS_ANSWER = re.compile(r"answering tls-alpn-01 for \S+, started by ")
-
-
-def quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
-
-
-def subprocess_env() -> dict[str, str]:
-    """twistd finds the installed plugin; txacme itself comes from this source tree."""
-    env = dict(os.environ)
-    package_parent = os.path.dirname(os.path.dirname(txacme.__file__))
-    env["PYTHONPATH"] = os.pathsep.join([package_parent, env.get("PYTHONPATH", "")]).strip(
-        os.pathsep
-    )
-    return env
 
 
 def orders_placed(pebble: Pebble) -> int:
@@ -99,7 +83,7 @@ class TwoProcessTests(TestCase):
         )
         log = open(self.work / f"twistd-{tag}.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", "web", "--port", description, "--path", str(site)],
+            web_command(description, site),
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=str(self.work),

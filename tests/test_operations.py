@@ -33,8 +33,8 @@ from twisted.trial.unittest import SkipTest, TestCase
 from tests.harness import chains
 from tests.harness.logcapture import captured_logs
 from tests.harness.pebble import Pebble, PebbleUnavailable, shared_pebble, start_pebble
+from tests.harness.twistd import quote, subprocess_env, web_command
 from tests.test_cli import SRC, run_cli, stored_certificate
-from tests.test_twistd_plugin import TWISTD, quote, subprocess_env
 from txacme.certificates import check_ca_file
 from txacme.cli import commands as cli
 from txacme.config.endpoint import parse_endpoint_string_parts
@@ -549,16 +549,7 @@ class TwistdOperationsTests(TestCase):
         self.logs.append(log_path)
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
-                [
-                    TWISTD,
-                    "-n",
-                    "--pidfile=",
-                    "web",
-                    "--port",
-                    description,
-                    "--path",
-                    str(self.site),
-                ],
+                web_command(description, self.site),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=str(self.work),

@@ -42,6 +42,7 @@ from twisted.web.static import Data
 from tests.harness.logcapture import captured_logs
 from tests.harness.pebble import free_port, start_pebble
 from tests.harness.tlsclient import BARE_GET, tls_exchange
+from tests.harness.twistd import quote
 from txacme.certificates import certificate_names
 from txacme.challenges.tlsalpn01 import ACME_TLS_1, ID_PE_ACME_IDENTIFIER, TLSALPN01Registry
 from txacme.config.dns import dns01_responder_from_options
@@ -55,10 +56,6 @@ from txacme.testing import make_pem_objects
 PAGE = b"secret page\n"
 TSIG_SECRET = base64.b64encode(b"tsig secret bytes for the tests!").decode()
 NAME = "secret.example"
-
-
-def quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
 
 
 def site() -> Site:

@@ -24,7 +24,7 @@ from twisted.logger import formatEvent
 from tests.harness.logcapture import captured_logs
 from tests.harness.processes import free_port
 from tests.harness.tlsclient import tls_exchange
-from tests.test_twistd_plugin import TWISTD, quote, subprocess_env
+from tests.harness.twistd import quote, subprocess_env, web_command
 from txacme._files import NotOwnFile, read_own_file
 from txacme.errors import ConfigurationError
 from txacme.keys import load_or_create_client_key
@@ -182,16 +182,7 @@ def test_twistd_does_not_serve_linked_key(tree: Path) -> None:
     log_path = tree / "twistd.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [
-                TWISTD,
-                "-n",
-                "--pidfile=",
-                "web",
-                "--port",
-                description,
-                "--path",
-                str(tree / "site"),
-            ],
+            web_command(description, tree / "site"),
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=str(tree),

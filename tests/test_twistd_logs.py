@@ -23,7 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.harness.pebble import shared_pebble
 from tests.harness.processes import free_port
-from tests.test_twistd_plugin import TWISTD, quote, subprocess_env
+from tests.harness.twistd import quote, subprocess_env, web_command
 from txacme.testing import make_certificate
 
 #: A line logged by txacme itself (not twistd, not twisted.web).
@@ -92,16 +92,7 @@ class TwistdLogTests(SynchronousTestCase):
         log_path = self.work / f"twistd-{self.runs}.log"
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
-                [
-                    TWISTD,
-                    "-n",
-                    "--pidfile=",
-                    "web",
-                    "--port",
-                    description,
-                    "--path",
-                    str(self.work),
-                ],
+                web_command(description, self.work),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=str(self.work),
@@ -233,7 +224,7 @@ class TwistdEndpointErrorTests(SynchronousTestCase):
         env = subprocess_env()
         env.pop("LISTEN_FDS", None)
         proc = subprocess.run(
-            [TWISTD, "-n", "--pidfile=", "web", "--port", port, "--path", str(self.work)],
+            web_command(port, self.work),
             capture_output=True,
             cwd=str(self.work),
             env=env,

@@ -10,7 +10,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,25 +20,10 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-import txacme
 from tests.harness.pebble import shared_pebble
+from tests.harness.twistd import TWISTD, quote, subprocess_env, web_command
 
-TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 CURL = shutil.which("curl") or "/usr/bin/curl"
-
-
-def quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
-
-
-def subprocess_env() -> dict[str, str]:
-    """The environment for twistd: txacme importable as this test imports it."""
-    env = dict(os.environ)
-    package_parent = os.path.dirname(os.path.dirname(txacme.__file__))
-    env["PYTHONPATH"] = os.pathsep.join([package_parent, env.get("PYTHONPATH", "")]).strip(
-        os.pathsep
-    )
-    return env
 
 
 class TwistdPluginTests(TestCase):
@@ -60,16 +44,7 @@ class TwistdPluginTests(TestCase):
     def start_twistd(self, port_description: str) -> subprocess.Popen[bytes]:
         log = open(self.work / "twistd.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
-            [
-                TWISTD,
-                "-n",
-                "--pidfile=",
-                "web",
-                "--port",
-                port_description,
-                "--path",
-                str(self.site),
-            ],
+            web_command(port_description, self.site),
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=str(self.work),

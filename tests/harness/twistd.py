@@ -1,0 +1,34 @@
+"""
+Run ``twistd web`` over a txacme endpoint string in a child process, with
+txacme imported from the same tree as the tests.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import txacme
+
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+
+
+def quote(value: str) -> str:
+    """``value`` escaped for one field of an endpoint string."""
+    return value.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment for twistd: txacme importable as this test imports it."""
+    env = dict(os.environ)
+    package_parent = os.path.dirname(os.path.dirname(txacme.__file__))
+    env["PYTHONPATH"] = os.pathsep.join([package_parent, env.get("PYTHONPATH", "")]).strip(
+        os.pathsep
+    )
+    return env
+
+
+def web_command(description: str, path: str | Path) -> list[str]:
+    """``twistd -n web`` serving ``path`` on the endpoint ``description``, no pid file."""
+    return [TWISTD, "-n", "--pidfile=", "web", "--port", description, "--path", str(path)]
