@@ -689,6 +689,48 @@ class EndpointTests(BindBase):
         self.assertEqual(self.serial(), serial)
 
 
+class PersistPolicyLimitTests(TestCase):
+    """on_demand=persist checks records within the on-demand ask limits."""
+
+    def test_limited_before_any_query(self) -> None:
+        """A new name beyond the rate is refused with no DNS query; answers are reused."""
+        from twisted.internet.defer import succeed
+        from twisted.internet.task import Clock
+
+        from tests.test_dns01 import FakeDNS
+        from txacme.issuing.persistpolicy import PersistOnDemandPolicy
+
+        dns = FakeDNS()
+        zones: list[str] = []
+        find_zone = dns.find_zone
+
+        def counted(name: str) -> Any:
+            zones.append(name)
+            return find_zone(name)
+
+        dns.find_zone = counted  # type: ignore[method-assign]
+        dns.primary["_validation-persist.a.example.test"] = [f"ca.example; accounturi={ACCOUNT}"]
+        clock = Clock()
+        clock.advance(1000)
+        policy = PersistOnDemandPolicy(
+            lambda: succeed((ACCOUNT, ["ca.example"])),
+            lookup=dns,
+            ask_rate=1,
+            ask_concurrency=5,
+            clock=clock,
+        )
+        self.assertTrue(self.successResultOf(policy.decide("a.example.test")))
+        self.assertFalse(self.successResultOf(policy.decide("b.example.test")))
+        self.assertEqual(len(zones), 1)
+        self.assertEqual(policy.ask_limited, 1)
+        self.assertTrue(self.successResultOf(policy.decide("a.example.test")))
+        self.assertEqual(len(zones), 1)
+        clock.advance(1.5)
+        self.assertFalse(self.successResultOf(policy.decide("b.example.test")))
+        self.assertEqual(len(zones), 2)
+        self.assertEqual(policy.ask_limited, 1)
+
+
 class PersistResponderUnitTests(TestCase):
     """DNSPersist01Responder with a fake DNS (two name servers, one lagging)."""
 
