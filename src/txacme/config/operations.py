@@ -28,18 +28,32 @@ class OperationsConfig(Protocol):
     """
 
     @property
-    def cert_dir(self) -> str: ...
+    def cert_dir(self) -> str:
+        """The certificate directory (where the issuer record is kept)."""
+        ...
+
     @property
-    def directory_url(self) -> str: ...
+    def directory_url(self) -> str:
+        """The configured CA's directory URL."""
+        ...
+
     @property
-    def preferred_chain(self) -> str | None: ...
+    def preferred_chain(self) -> str | None:
+        """``preferred_chain=``, or ``None``."""
+        ...
+
     @property
-    def deploy_hook(self) -> tuple[str, ...] | None: ...
+    def deploy_hook(self) -> tuple[str, ...] | None:
+        """``deploy_hook=`` as a command line split into words, or ``None``."""
+        ...
+
     @property
-    def deploy_hook_timeout(self) -> float: ...
+    def deploy_hook_timeout(self) -> float:
+        """``deploy_hook_timeout=``, in seconds."""
+        ...
 
 
-__all__ = ["operations"]
+__all__ = ["OperationsConfig", "operations"]
 
 
 def pem_path_of(store: ICertificateStore) -> Callable[[str], str | None] | None:
