@@ -195,13 +195,25 @@ def _mark_no_data(connection: _ServerConnection) -> None:
     connection.__class__ = _NoDataConnection
 
 
+TLS13_CIPHERSUITES = b"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+"""
+The TLS 1.3 cipher suites of :func:`default_context`, in the server's order of
+preference: OpenSSL's three defaults, AES-128-GCM first (as Mozilla's
+"intermediate" configuration and Go's ``crypto/tls`` order them; its
+SHA-256 key schedule costs less per handshake than AES-256-GCM's SHA-384).
+"""
+
+
 def default_context() -> SSL.Context:
     """
     A new server context with Twisted's ``CertificateOptions`` defaults (its
     cipher list, no compression, server cipher preference, single-use ECDH
-    keys, no session resumption) and TLS 1.2 as the minimum version.
+    keys, no session resumption), TLS 1.2 as the minimum version, and
+    :data:`TLS13_CIPHERSUITES` for TLS 1.3.
     """
-    return CertificateOptions(raiseMinimumTo=TLSVersion.TLSv1_2).getContext()
+    context = CertificateOptions(raiseMinimumTo=TLSVersion.TLSv1_2).getContext()
+    context.set_tls13_ciphersuites(TLS13_CIPHERSUITES)
+    return context
 
 
 def _check_protocols(protocols: Iterable[bytes]) -> tuple[bytes, ...]:
@@ -535,6 +547,7 @@ __all__ = [
     "DEFAULT_CONTEXT_CACHE_SIZE",
     "HandshakeRefused",
     "SNIConnectionCreator",
+    "TLS13_CIPHERSUITES",
     "default_context",
     "tls_server_factory",
 ]
