@@ -48,6 +48,13 @@ GRANULARITY = 0.02
 """Connections due within this many seconds of each other are aborted in one pass."""
 
 
+_MESSAGE = (
+    "aborted {count} connection(s) that did not complete the TLS handshake "
+    "within {timeout} s ({total} so far)"
+)
+"""What :class:`HandshakeDeadlines` logs by default."""
+
+
 class Expirable(TypingProtocol):
     """A pending connection: what :class:`HandshakeDeadlines` needs of it."""
 
@@ -78,11 +85,14 @@ class HandshakeDeadlines:
 
     :param clock: the reactor's time.
     :param timeout: seconds a connection has.
+    :param message: the aggregate log line (fields ``count``, ``timeout``,
+        ``total``).
     """
 
-    def __init__(self, clock: IReactorTime, timeout: float) -> None:
+    def __init__(self, clock: IReactorTime, timeout: float, message: str = _MESSAGE) -> None:
         self.clock = clock
         self.timeout = float(timeout)
+        self.message = message
         self.expired = 0
         """Connections aborted so far."""
         self._pending: dict[Expirable, float] = {}
@@ -166,8 +176,7 @@ class HandshakeDeadlines:
             return
         count, self._unlogged = self._unlogged, 0
         log.info(
-            "aborted {count} connection(s) that did not complete the TLS handshake "
-            "within {timeout} s ({total} so far)",
+            self.message,
             count=count,
             timeout=self.timeout,
             total=self.expired,

@@ -45,7 +45,7 @@ from txacme.reporting.metrics import Metrics, serve_metrics
 from txacme.reporting.state import StateFile, StateRecorder
 from txacme.serving.cluster import ClusterNode
 from txacme.serving.deadline import DEFAULT_HANDSHAKE_TIMEOUT, check_handshake_timeout
-from txacme.serving.hello import HelloHook, HelloHookFactory, combine_hooks
+from txacme.serving.hello import HelloHook, HelloHookFactory, combine_hooks, defer_accept
 from txacme.serving.index import CertificateIndex, StoreEntries
 from txacme.serving.loader import StoreLoader
 from txacme.serving.ondemand import make_on_demand_issuer
@@ -496,6 +496,7 @@ class AutoTLSEndpoint:
         )
         await self._listen_http01(http_responder, cluster, started)
         started.port = await self.sub_endpoint.listen(tls_factory)
+        defer_accept(started.port, self.handshake_timeout)
         await self._serve_metrics(service, metrics, started)
         service.startService()
         started.stoppers.insert(0, service.stopService)

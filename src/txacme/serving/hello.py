@@ -4,24 +4,46 @@ connection set-up (:class:`ServerTLSProtocol`, :class:`ServerTLSFactory`), and
 holding a TLS handshake until its ClientHello has been judged (the ClientHello
 parser and the connection factory that shows each ClientHello to a hook).
 
-``ServerTLSProtocol`` is Twisted's ``BufferingTLSTransport`` with four costs
-per connection removed, and nothing else changed: the OpenSSL connection (an
-``SSL`` object of about 17 KB, and OpenSSL's buffers once it has read
-something: about 50 KB in all) is made when the first TLS record from the
-client is complete, not when the connection is accepted, so a connection that
-sends nothing, or part of a ClientHello, holds about 3 KB; the interfaces of the
-transport are declared on the connection once per transport class (Twisted
-re-declares them one by one, about ten times per connection; the resulting
-declaration is the same), the server does not call ``do_handshake`` before
-the client has sent anything (it can only fail with ``WantReadError``; the
-handshake starts with the first bytes received, as before), and OpenSSL's
-output is read without allocating 32 KiB and raising ``WantReadError`` each
-time there is none (four times a handshake, about half of them empty); and,
-when the connection is pyOpenSSL's own, the handshake step and the reads of
-application data call OpenSSL directly, so that "the client has not sent
-more yet" is a return value instead of a ``WantReadError`` raised and caught
-(twice a handshake; the outcome, including exceptions kept by pyOpenSSL's
-callbacks, is the same).
+``ServerTLSProtocol`` is Twisted's ``BufferingTLSTransport`` with the Python
+and system work of a connection cut down; where an application could tell the
+difference, it is said:
+
+* the OpenSSL connection (an ``SSL`` object of about 17 KB, and OpenSSL's
+  buffers once it has read something: about 50 KB in all) is made when the
+  first TLS record from the client is complete, not when the connection is
+  accepted, so a connection that sends nothing, or part of a ClientHello,
+  holds about 3 KB;
+* what the client has already sent is read when the connection is accepted
+  (with ``TCP_DEFER_ACCEPT``, :func:`defer_accept`, the ClientHello is always
+  there by then), which saves a turn of the reactor;
+* the interfaces of the transport are declared once per transport class
+  (Twisted re-declares them one by one, about ten times per connection; the
+  resulting declaration is the same);
+* OpenSSL's output is read without allocating 32 KiB and raising
+  ``WantReadError`` when there is none, and a handshake flight is sent at once
+  when the socket takes it; when the connection is pyOpenSSL's own, the
+  handshake step and the reads of application data call OpenSSL directly,
+  so that "the client has not sent more yet" is a return value instead of an
+  exception (the outcome, including exceptions kept by pyOpenSSL's callbacks,
+  is the same), and so is the end of a stream without ``close_notify``
+  (reported to the application as Twisted does, as a lost connection);
+* the two session tickets OpenSSL writes when a TLS 1.3 handshake completes
+  are held until there is something else to send (they resume nothing:
+  txacme's contexts keep no session cache): they leave with the application's
+  first bytes or the close alert, one ``send`` instead of two; the client's
+  Finished is then acknowledged at once (``TCP_QUICKACK``) when no request
+  came with it, so that a client with Nagle's algorithm on is not kept
+  waiting for a delayed ACK;
+* the application's protocol is made when the client's first application
+  bytes arrive, for factories that speak only after the client
+  (``twisted.web``'s ``Site`` and other ``HTTPFactory``): a connection that
+  fails its handshake, or completes it and closes without a request, never
+  makes an ``HTTPChannel``; a client that sends nothing after its handshake
+  is closed after the factory's ``timeOut``, as ``twisted.web`` would. Other
+  factories get their protocol when the connection is accepted, as with
+  Twisted;
+* Twisted's TCP transport does not call ``shutdown()`` before ``close()``
+  (by Twisted's own comment, not needed for its close-on-exec sockets).
 
 OpenSSL asks for a certificate in callbacks that must answer at once (the SNI
 callback; the certificate callback ``SSL_CTX_set_cert_cb`` can pause a
@@ -57,13 +79,15 @@ May import the core modules and :mod:`txacme.serving.deadline`.
 from __future__ import annotations
 
 import enum
+import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from OpenSSL import SSL
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import (
+    IAddress,
     IDelayedCall,
     IHandshakeListener,
     IOpenSSLServerConnectionCreator,
@@ -71,6 +95,7 @@ from twisted.internet.interfaces import (
     IReactorTime,
     ITransport,
 )
+from twisted.internet.main import CONNECTION_LOST
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
@@ -355,12 +380,26 @@ try:  # pyOpenSSL's own bindings, for a send-BIO read without an exception when 
     _SSL_do_handshake: Any = _lib.SSL_do_handshake
     _SSL_read: Any = _lib.SSL_read
     _SSL_get_error: Any = _lib.SSL_get_error
+    _SSL_version: Any = _lib.SSL_version
+    _SSL_ERROR_SSL: int = _lib.SSL_ERROR_SSL
+    _ERR_peek_error: Any = _lib.ERR_peek_error
+    _ERR_GET_REASON: Any = _lib.ERR_GET_REASON
+    _ERR_clear_error: Any = _lib.ERR_clear_error
+    _UNEXPECTED_EOF: int = _lib.SSL_R_UNEXPECTED_EOF_WHILE_READING
+    _TLS1_3: int = 0x0304
     _WANT_READ: int = _lib.SSL_ERROR_WANT_READ
     _SEND_SIZE = 2**15
     _send_buffer: Any = _ffi.new("char[]", _SEND_SIZE)  # one per process: the reactor's thread
     _recv_buffer: Any = _ffi.new("char[]", _SEND_SIZE)
 except Exception:  # pragma: no cover - another pyOpenSSL: use the public API
     _BIO_read = None
+    _SSL_version = None
+
+
+def _unexpected_eof() -> bool:
+    """Whether OpenSSL's error queue says "unexpected EOF" (or, as OpenSSL 4 may, nothing)."""
+    error: int = _ERR_peek_error()
+    return error == 0 or bool(_ERR_GET_REASON(error) == _UNEXPECTED_EOF)
 
 
 _plain: set[Any] = set()
@@ -437,6 +476,96 @@ def _send(transport: Any, data: bytes) -> None:
     transport.write(data)
 
 
+def _speaks_after_client(factory: object) -> bool:
+    """
+    Whether ``factory``'s protocols send nothing before the client has sent
+    something: ``twisted.web``'s HTTP factories (``Site``), whose HTTP/1.1 and
+    HTTP/2 connections start with the client's request or preface.
+    """
+    # By name: importing twisted.web here would slow down every import of txacme.serving.
+    return any(
+        kind.__name__ == "HTTPFactory" and kind.__module__ == "twisted.web.http"
+        for kind in type(factory).__mro__
+    )
+
+
+class _PendingApplication:
+    """
+    Stands for the application's protocol of a :class:`ServerTLSProtocol`
+    whose factory speaks after the client (:func:`_speaks_after_client`) until
+    the client's first application bytes: a connection that fails its
+    handshake, or completes it and closes without a request (health checks,
+    scanners, certificate monitors), never makes one. The first bytes make
+    it, connect it (``connectionMade``, then ``handshakeCompleted``) and
+    deliver the bytes, in the order Twisted's TLS transport calls them.
+    """
+
+    __slots__ = ("_tls", "_address")
+
+    def __init__(self, tls: ServerTLSProtocol, address: Any) -> None:
+        self._tls = tls
+        self._address = address
+
+    def makeConnection(self, transport: object) -> None:  # noqa: N802
+        pass
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        protocol = self._tls._connect_application(self._address)
+        if protocol is not None:
+            protocol.dataReceived(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
+        pass
+
+    def logPrefix(self) -> str:  # noqa: N802
+        return "HTTPChannel"
+
+
+def defer_accept(port: object, seconds: float | None) -> bool:
+    """
+    Ask the kernel to hand over connections of ``port`` (a listening TCP port
+    of the reactor) once the client has sent something (Linux's
+    ``TCP_DEFER_ACCEPT``, nginx's ``deferred``): a TLS client always speaks
+    first, so its ClientHello is there when the connection is accepted and is
+    read at once (:meth:`ServerTLSProtocol.makeConnection`), and a client
+    that connects and sends nothing costs no process work for up to
+    ``seconds`` (then it is accepted as before, and its handshake deadline
+    runs). Does nothing, and returns ``False``, on other platforms or ports.
+    """
+    option = getattr(socket, "TCP_DEFER_ACCEPT", None)
+    handle = getattr(port, "socket", None)
+    if option is None or not isinstance(handle, socket.socket):
+        return False
+    if handle.family not in (socket.AF_INET, socket.AF_INET6):
+        return False
+    try:
+        handle.setsockopt(socket.IPPROTO_TCP, option, max(1, int(seconds or 10)))
+    except OSError:
+        return False
+    return True
+
+
+_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
+
+
+def _acknowledge_now(transport: object) -> None:
+    """
+    Acknowledge what the client sent without TCP's delayed ACK (Linux's
+    ``TCP_QUICKACK``), when the server holds its session tickets and has
+    nothing else to send: a client with Nagle's algorithm on (no
+    ``TCP_NODELAY``) that wrote its Finished and its request separately
+    sends the request only once its Finished is acknowledged, which a delayed
+    ACK would put off by up to 40 ms. Elsewhere (or for another transport),
+    nothing.
+    """
+    handle = getattr(transport, "socket", None)
+    if _QUICKACK is not None and isinstance(handle, socket.socket):
+        try:
+            handle.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+        except OSError:
+            pass
+
+
 _provides: dict[tuple[type, object], Any] = {}
 """Interface declarations by (protocol class, transport's declaration)."""
 
@@ -449,6 +578,19 @@ class ServerTLSProtocol(BufferingTLSTransport):
 
     factory: ServerTLSFactory
 
+    _tickets_held = False
+    """
+    Whether OpenSSL's output is kept in the send BIO until the application
+    writes or the connection closes: the session tickets OpenSSL sends when
+    a TLS 1.3 handshake completes (see :meth:`_handshake_completed`).
+    """
+
+    _acknowledged = False
+    """
+    Whether :func:`_acknowledge_now` was called, or need not be: the client
+    sent application bytes, which the application's answer acknowledges.
+    """
+
     def makeConnection(self, transport: ITransport) -> None:  # noqa: N802
         """Connect the application's protocol; the TLS connection comes with the first bytes."""
         self._tlsConnection: Any = _NotStarted(self)
@@ -460,6 +602,11 @@ class ServerTLSProtocol(BufferingTLSTransport):
         if spec is None:
             spec = _provides[key] = Provides(type(self), declared)
         self.__provides__ = spec
+        if getattr(transport, "_shouldShutdown", None) is True:
+            # Twisted's TCP transport calls shutdown() before close(), "not
+            # really necessary" by its own comment (its sockets are
+            # close-on-exec): one system call less per connection.
+            cast(Any, transport)._shouldShutdown = False
         Protocol.makeConnection(self, transport)  # type: ignore[no-untyped-call]
         self.factory.registerProtocol(self)  # type: ignore[no-untyped-call]
         deadlines = self.factory.deadlines
@@ -470,6 +617,29 @@ class ServerTLSProtocol(BufferingTLSTransport):
         if self.disconnecting:
             # The application closed at once: let Twisted handle it as usual.
             self._checkHandshakeStatus()
+        else:
+            self._read_at_once(transport)
+
+    def _read_at_once(self, transport: Any) -> None:
+        """
+        Read what the client has already sent, now: the ClientHello usually
+        arrives with (or, with ``TCP_DEFER_ACCEPT``, before) the connection,
+        and reading it here saves a turn of the reactor. Nothing there yet,
+        an end of stream or an error: left to the reactor, as before.
+        """
+        direct = _direct.get(type(transport))
+        if direct is None:
+            direct = _direct[type(transport)] = isinstance(transport, FileDescriptor) and hasattr(
+                transport, "socket"
+            )
+        if not direct:
+            return
+        try:
+            data = transport.socket.recv(transport.bufferSize)
+        except OSError:
+            return
+        if data:
+            self.dataReceived(data)  # type: ignore[no-untyped-call]
 
     def _checkHandshakeStatus(self) -> None:  # noqa: N802
         # Twisted's, calling OpenSSL directly for a plain pyOpenSSL connection:
@@ -478,6 +648,8 @@ class ServerTLSProtocol(BufferingTLSTransport):
         connection = self._tlsConnection
         if connection.__class__ not in _plain and not _is_plain(connection):
             super()._checkHandshakeStatus()  # type: ignore[no-untyped-call]
+            if self._handshakeDone:
+                self._handshake_completed(connection)
         elif self._aborted:
             return
         else:
@@ -496,48 +668,106 @@ class ServerTLSProtocol(BufferingTLSTransport):
                     self._tlsShutdownFinished(Failure())  # type: ignore[no-untyped-call]
                     return
             self._handshakeDone = True
+            self._handshake_completed(connection)
             if IHandshakeListener.providedBy(self.wrappedProtocol):
                 self.wrappedProtocol.handshakeCompleted()
         if self._handshakeDone:
             deadlines = self.factory.deadlines
             if deadlines is not None:
                 deadlines.discard(self)
+            if cast(Any, self.wrappedProtocol).__class__ is _PendingApplication:
+                idle = self.factory.idle_deadlines()
+                if idle is not None:
+                    idle.add(self)
 
     def _flushReceiveBIO(self) -> None:  # noqa: N802
         # Twisted's, calling OpenSSL directly for a plain pyOpenSSL connection:
         # no 32 KiB allocation per read, and no WantReadError once the
         # received bytes are consumed (every time data arrives).
+        # A client gone without a close_notify alert (the usual way) is told to
+        # the application as Twisted does, as a lost connection, without
+        # raising and capturing OpenSSL's "unexpected EOF" error first.
         connection = self._tlsConnection
+        if connection.__class__ is _NotStarted:
+            if connection._eof and not self._lostTLSConnection:
+                self._lost_at_eof()
+            return
         if connection.__class__ not in _plain and not _is_plain(connection):
             super()._flushReceiveBIO()  # type: ignore[no-untyped-call]
             return
         ssl = connection._ssl
         while not self._lostTLSConnection:
             result = _SSL_read(ssl, _recv_buffer, _SEND_SIZE)
-            if (
-                result <= 0
-                and _SSL_get_error(ssl, result) == _WANT_READ
-                and _no_callback_problem(connection)
-            ):
-                break
+            if result <= 0 and _no_callback_problem(connection):
+                error = _SSL_get_error(ssl, result)
+                if error == _WANT_READ:
+                    break
+                if error == _SSL_ERROR_SSL and _unexpected_eof():
+                    _ERR_clear_error()
+                    self._lost_at_eof()
+                    break
             try:
                 connection._raise_ssl_error(ssl, result)
             except SSL.WantReadError:
                 break
             except SSL.ZeroReturnError:
-                self._shutdownTLS()  # type: ignore[no-untyped-call]
-                self._tlsShutdownFinished(None)  # type: ignore[no-untyped-call]
+                self._shutdownTLS()
+                self._tlsShutdownFinished(None)
             except SSL.Error:
                 self._tlsShutdownFinished(Failure())  # type: ignore[no-untyped-call]
             else:
                 if not self._aborted:
                     data = _ffi.buffer(_recv_buffer, result)[:]
+                    # The application's answer will carry the ACK (see _acknowledge_now).
+                    self._acknowledged = True
                     ProtocolWrapper.dataReceived(self, data)  # type: ignore[no-untyped-call]
         self._flushSendBIO()
+
+    def _lost_at_eof(self) -> None:
+        # Twisted's _tlsShutdownFinished for an EOF without close_notify.
+        if self._reason is None:
+            self._reason = Failure(CONNECTION_LOST)  # type: ignore[no-untyped-call]
+        self._lostTLSConnection = True
+        transport: Any = self.transport
+        if getattr(transport, "connected", True):  # else (the usual case) nothing can be sent
+            self._tickets_held = False
+            self._flushSendBIO()
+        transport.loseConnection()
+
+    def _handshake_completed(self, connection: Any) -> None:
+        """
+        A TLS 1.3 handshake completed: hold the session tickets OpenSSL has
+        just written until there is something else to send. txacme's contexts
+        keep no session cache, so these tickets can resume nothing; held, they
+        leave with the application's first bytes or the close alert (one
+        ``send`` instead of two), and a client that closes without sending
+        anything costs no ``send`` at all. A TLS 1.2 handshake ends with the
+        server's Finished, which is never held.
+        """
+        ssl = getattr(connection, "_ssl", None)
+        if ssl is not None and _SSL_version is not None and _SSL_version(ssl) >= _TLS1_3:
+            self._tickets_held = True
+
+    def _write(self, data: bytes) -> None:
+        self._tickets_held = False
+        super()._write(data)  # type: ignore[no-untyped-call]
+
+    def _shutdownTLS(self) -> None:  # noqa: N802
+        self._tickets_held = False
+        super()._shutdownTLS()  # type: ignore[no-untyped-call]
+
+    def _tlsShutdownFinished(self, reason: Failure | None) -> None:  # noqa: N802
+        self._tickets_held = False
+        super()._tlsShutdownFinished(reason)  # type: ignore[no-untyped-call]
 
     def _flushSendBIO(self) -> None:  # noqa: N802
         # Twisted's, without allocating 32 KiB and raising WantReadError when
         # the send BIO is empty (about half of the 4 calls of a handshake).
+        if self._tickets_held:
+            if not self._acknowledged:
+                self._acknowledged = True
+                _acknowledge_now(self.transport)
+            return
         connection: Any = self._tlsConnection
         if connection.__class__ in _plain:
             bio = connection._from_ssl
@@ -550,16 +780,53 @@ class ServerTLSProtocol(BufferingTLSTransport):
         if size > 0:
             _send(self.transport, _ffi.buffer(_send_buffer, size)[:])
 
+    def _connect_application(self, address: Any) -> Any:
+        """
+        Make and connect the application's protocol, put off until now (see
+        :class:`_PendingApplication`); ``None`` when its factory refuses the
+        connection (then it is closed) or the connection is closing.
+        """
+        idle = self.factory.idle
+        if idle is not None:
+            idle.discard(self)
+        if self.disconnecting or not self.connected:
+            return None
+        protocol = self.factory.wrappedFactory.buildProtocol(address)
+        if protocol is None:
+            self.loseConnection()
+            return None
+        self.wrappedProtocol = protocol
+        protocol.makeConnection(self)
+        if IHandshakeListener.providedBy(protocol):
+            protocol.handshakeCompleted()
+        return protocol
+
     def handshake_expired(self) -> None:
-        """The handshake deadline passed: abort the connection."""
-        if self.connected and not self._handshakeDone:
+        """
+        A deadline passed: abort a connection still in its handshake; close
+        one that has sent nothing since (as the application's idle timeout
+        would have).
+        """
+        if not self.connected:
+            return
+        if not self._handshakeDone:
             self.abortConnection()  # type: ignore[no-untyped-call]
+        elif cast(Any, self.wrappedProtocol).__class__ is _PendingApplication:
+            # close_notify, then close without waiting for the client's own.
+            self.loseConnection()
+            cast(Any, self.transport).loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
-        """Forget the deadline and close as usual."""
-        deadlines = self.factory.deadlines
-        if deadlines is not None:
-            deadlines.discard(self)
+        """Forget the deadlines and close as usual."""
+        factory = self.factory
+        if factory.deadlines is not None:
+            factory.deadlines.discard(self)
+        if factory.idle is not None:
+            factory.idle.discard(self)
+        if cast(Any, self.wrappedProtocol).__class__ is _PendingApplication:
+            # No application to tell how TLS ended, nothing left to send:
+            # skip reading OpenSSL's verdict on the end of the stream.
+            self._lostTLSConnection = True
         super().connectionLost(reason)
 
 
@@ -586,11 +853,46 @@ class ServerTLSFactory(TLSMemoryBIOFactory):
         self.deadlines: HandshakeDeadlines | None = None
         if timeout is not None:
             self.deadlines = HandshakeDeadlines(self._clock, timeout)
+        self.idle: HandshakeDeadlines | None = None
+        """
+        Connections whose handshake completed and whose client has sent
+        nothing since, with the application's protocol put off (see
+        :meth:`buildProtocol`); made on first use.
+        """
+        self._lazy = _speaks_after_client(wrapped_factory)
+
+    def buildProtocol(self, addr: IAddress | None) -> ServerTLSProtocol:  # noqa: N802
+        """
+        A TLS connection. Its application protocol is made now, except for a
+        factory that speaks after the client (``twisted.web``'s ``Site`` and
+        other HTTP factories): then when the client's first application bytes
+        arrive, and a client sending none is closed after the factory's idle
+        timeout (``timeOut``) as ``twisted.web`` would.
+        """
+        if not self._lazy:
+            return cast(ServerTLSProtocol, super().buildProtocol(addr))
+        protocol: Any = self.protocol(self, cast(Any, None))
+        protocol.wrappedProtocol = _PendingApplication(protocol, addr)
+        return cast(ServerTLSProtocol, protocol)
+
+    def idle_deadlines(self) -> HandshakeDeadlines | None:
+        """:attr:`idle`, made with the application factory's ``timeOut`` on first use."""
+        if self.idle is None:
+            timeout = getattr(self.wrappedFactory, "timeOut", None)
+            if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0:
+                self.idle = HandshakeDeadlines(
+                    self._clock,
+                    timeout,
+                    "closed {count} connection(s) that sent nothing within {timeout} s "
+                    "of completing the TLS handshake ({total} so far)",
+                )
+        return self.idle
 
     def stopFactory(self) -> None:  # noqa: N802
         """The last port stopped: leave no deadline timer once none is pending."""
-        if self.deadlines is not None:
-            self.deadlines.stop()
+        for deadlines in (self.deadlines, self.idle):
+            if deadlines is not None:
+                deadlines.stop()
         super().stopFactory()  # type: ignore[no-untyped-call]
 
 
@@ -733,5 +1035,6 @@ __all__ = [
     "ServerTLSFactory",
     "ServerTLSProtocol",
     "combine_hooks",
+    "defer_accept",
     "parse_client_hello",
 ]
