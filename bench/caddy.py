@@ -9,7 +9,8 @@ certificates (ECDSA P-256, one CA certificate in the chain, names
 * ``txacme``: this script run as a subprocess (``--serve``): a reactor, a
   real TCP port, a ``CertificateIndex`` loaded from the certificate directory,
   ``SNIConnectionCreator`` and ``tls_server_factory`` around a
-  ``twisted.web`` ``Site`` (ALPN ``http/1.1``), as ``AutoTLSEndpoint`` builds
+  ``twisted.web`` ``Site`` (ALPN ``http/1.1``) answering ``hello`` at every
+  path, and ``TCP_DEFER_ACCEPT`` on the port, as ``AutoTLSEndpoint`` builds
   them. ``--hook`` adds the ``HelloHookFactory`` path (a no-op hook, as used
   when on-demand issuance or a cluster is configured). ``--tree NAME=SRC``
   adds another txacme source tree (e.g. a copy of ``src`` before a change) to
@@ -24,6 +25,9 @@ certificates (ECDSA P-256, one CA certificate in the chain, names
 Clients: ``--clients`` processes of Python ``ssl`` doing full TLS 1.3
 handshakes (key exchange on P-256, SNI cycling over ``--names`` names, ALPN
 ``h2, http/1.1``, no session tickets asked for, no resumption), then closing.
+With ``--request``, each client also sends one HTTP/1.1 request (ALPN
+``http/1.1``, ``TCP_NODELAY`` as HTTP clients set it) and reads the response
+before closing; ``openssl s_server`` is then left out.
 The servers are measured one after the other in interleaved rounds; the CPU
 time of the server process (user + system, all threads) is read from
 ``/proc/<pid>/stat`` around each run. The best round of each server is kept,
@@ -106,13 +110,21 @@ def serve(directory: str, port: int, hook: bool, profile: str | None) -> None:
         index = CertificateIndex()
         await index.load_from(DirectoryStore(directory))
         creator = SNIConnectionCreator(index, acceptable_protocols=[b"http/1.1"])
-        site = Site(Data(b"hello", "text/plain"))
+        resource = Data(b"hello", "text/plain")
+        resource.isLeaf = True  # every path, as Caddy's static_response
+        site = Site(resource)
         if hook:
             factory: Any = HelloHookFactory(creator, site, lambda hello: None, clock=the_reactor)
         else:
             factory = tls_server_factory(creator, site)
         endpoint = TCP4ServerEndpoint(the_reactor, port, interface="127.0.0.1", backlog=512)
-        await endpoint.listen(factory)
+        listening = await endpoint.listen(factory)
+        try:  # as AutoTLSEndpoint does (older trees compared with --tree lack it)
+            from txacme.serving.hello import defer_accept
+        except ImportError:
+            pass
+        else:
+            defer_accept(listening, 10)
         print("READY", flush=True)
 
     def failed(failure: Any) -> None:
@@ -148,13 +160,39 @@ def write_certificates(directory: str, count: int) -> None:
         f.write(b"".join(o.as_bytes() for o in objects[1:]))
 
 
-def _client(port: int, names: int, seconds: float, results: Any) -> None:
+REQUEST = b"GET / HTTP/1.1\r\nHost: %s\r\n\r\n"
+
+
+def _read_response(tls: ssl.SSLSocket) -> bytes:
+    """One HTTP/1.1 response with a Content-Length (the client closes after it)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = tls.recv(65536)
+        if not chunk:
+            raise OSError("connection closed before the response headers")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(body) < length:
+        chunk = tls.recv(65536)
+        if not chunk:
+            raise OSError("connection closed in the response body")
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+def _client(port: int, names: int, seconds: float, request: bool, results: Any) -> None:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_3
     context.set_ecdh_curve("prime256v1")
-    context.set_alpn_protocols(["h2", "http/1.1"])
+    # HTTP/1.1 only when a request is sent (this client speaks no HTTP/2).
+    context.set_alpn_protocols(["http/1.1"] if request else ["h2", "http/1.1"])
     context.options |= ssl.OP_NO_TICKET
     done = errors = 0
     end = time.monotonic() + seconds
@@ -164,18 +202,27 @@ def _client(port: int, names: int, seconds: float, results: Any) -> None:
         i += 1
         try:
             with socket.create_connection(("127.0.0.1", port)) as raw:
-                with context.wrap_socket(raw, server_hostname=name):
+                if request:  # as HTTP clients do (curl, browsers, Go, urllib3)
+                    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                with context.wrap_socket(raw, server_hostname=name) as tls:
+                    if request:
+                        tls.sendall(REQUEST % name.encode())
+                        response = _read_response(tls)
+                        if not response.startswith(b"HTTP/1.1 200") or b"hello" not in response:
+                            raise OSError(f"unexpected response {response[:40]!r}")
                     done += 1
         except OSError:
             errors += 1
     results.put((done, errors))
 
 
-def handshakes(port: int, names: int, clients: int, seconds: float) -> tuple[int, int]:
+def handshakes(
+    port: int, names: int, clients: int, seconds: float, request: bool = False
+) -> tuple[int, int]:
     """Run the clients; return (handshakes, errors)."""
     results: Any = multiprocessing.Queue()
     workers = [
-        multiprocessing.Process(target=_client, args=(port, names, seconds, results))
+        multiprocessing.Process(target=_client, args=(port, names, seconds, request, results))
         for _ in range(clients)
     ]
     for worker in workers:
@@ -328,7 +375,7 @@ def build_servers(args: argparse.Namespace, directory: str) -> list[Server]:
         env = dict(os.environ, HOME=home, XDG_DATA_HOME=home, XDG_CONFIG_HOME=home)
         servers.append(Server("caddy", [caddy, "run", "--config", config], port, env))
     openssl = shutil.which("openssl")
-    if openssl is not None and not args.no_openssl:
+    if openssl is not None and not args.no_openssl and not args.request:
         port = free_port()
         servers.append(
             Server(
@@ -382,10 +429,10 @@ def print_profile(path: str, count: int, top: int) -> None:
 def profile_run(server: Server, args: argparse.Namespace) -> int:
     """Handshakes with the server's profiler on; the count made meanwhile."""
     assert server.process is not None and server.process.stdout is not None
-    handshakes(server.port, args.names, args.clients, args.warmup)
+    handshakes(server.port, args.names, args.clients, args.warmup, args.request)
     server.process.send_signal(signal.SIGUSR1)
     time.sleep(0.2)
-    count, _ = handshakes(server.port, args.names, args.clients, args.seconds)
+    count, _ = handshakes(server.port, args.names, args.clients, args.seconds, args.request)
     time.sleep(0.2)
     server.process.send_signal(signal.SIGUSR2)
     if server.process.stdout.readline().decode().strip() != "DUMPED":
@@ -408,10 +455,12 @@ def bench(args: argparse.Namespace) -> None:
         for round_ in range(args.rounds):
             for server in servers:
                 assert server.process is not None
-                handshakes(server.port, args.names, args.clients, args.warmup)
+                handshakes(server.port, args.names, args.clients, args.warmup, args.request)
                 before = cpu_seconds(server.process.pid)
                 started = time.monotonic()
-                count, errors = handshakes(server.port, args.names, args.clients, args.seconds)
+                count, errors = handshakes(
+                    server.port, args.names, args.clients, args.seconds, args.request
+                )
                 cpu = cpu_seconds(server.process.pid) - before
                 wall = time.monotonic() - started
                 rate = count / cpu if cpu > 0 else float("nan")
@@ -455,6 +504,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--hook", action="store_true", help="also the HelloHookFactory path")
     parser.add_argument("--no-openssl", action="store_true")
+    parser.add_argument(
+        "--request",
+        action="store_true",
+        help="each client also sends one HTTP/1.1 request and reads the response "
+        "(openssl s_server is left out: it does not speak HTTP)",
+    )
     parser.add_argument("--profile", action="store_true", help="cProfile the txacme server")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--serve", nargs=2, metavar=("DIR", "PORT"), help=argparse.SUPPRESS)
