@@ -371,3 +371,12 @@ class DeferAcceptTests(unittest.TestCase):
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as unix:
             holder = type("Port", (), {"socket": unix})()
             self.assertFalse(defer_accept(holder, 10))
+
+
+class LogPrefixTests(unittest.TestCase):
+    def test_http_connection_log_prefix(self) -> None:
+        """Twisted's log lines of a Site's TLS connection name HTTP, not a stand-in."""
+        _, creator = make_creator({"a.example.com": shared_ca().issue(["a.example.com"])})
+        factory = tls_server_factory(creator, site(Clock()), clock=Clock())
+        protocol = factory.buildProtocol(ADDRESS)
+        self.assertEqual(protocol.logPrefix(), "HTTPChannel (ServerTLSProtocol)")

@@ -28,9 +28,11 @@ difference, it is said:
   is the same), and so is the end of a stream without ``close_notify``
   (reported to the application as Twisted does, as a lost connection);
 * the two session tickets OpenSSL writes when a TLS 1.3 handshake completes
-  are held until there is something else to send (they resume nothing:
-  txacme's contexts keep no session cache): they leave with the application's
-  first bytes or the close alert, one ``send`` instead of two; the client's
+  are held until there is something else to send (with txacme's default
+  contexts they resume nothing: no session cache): they leave with the
+  application's first bytes or the close alert, one ``send`` instead of two,
+  ahead of those bytes, so a context that resumes sessions still hands them
+  to every client that gets an answer; the client's
   Finished is then acknowledged at once (``TCP_QUICKACK``) when no request
   came with it, so that a client with Nagle's algorithm on is not kept
   waiting for a delayed ACK;
@@ -90,6 +92,7 @@ from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
     IHandshakeListener,
+    ILoggingContext,
     IOpenSSLServerConnectionCreator,
     IProtocolFactory,
     IReactorTime,
@@ -100,7 +103,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.python.failure import Failure
-from zope.interface import providedBy
+from zope.interface import implementer, providedBy
 from zope.interface.declarations import Provides
 
 from txacme.errors import ConfigurationError
@@ -489,6 +492,7 @@ def _speaks_after_client(factory: object) -> bool:
     )
 
 
+@implementer(ILoggingContext)
 class _PendingApplication:
     """
     Stands for the application's protocol of a :class:`ServerTLSProtocol`
@@ -518,6 +522,8 @@ class _PendingApplication:
         pass
 
     def logPrefix(self) -> str:  # noqa: N802
+        # What Twisted's log lines of the connection show, e.g.
+        # "HTTPChannel (ServerTLSProtocol),12,127.0.0.1".
         return "HTTPChannel"
 
 
@@ -737,12 +743,13 @@ class ServerTLSProtocol(BufferingTLSTransport):
     def _handshake_completed(self, connection: Any) -> None:
         """
         A TLS 1.3 handshake completed: hold the session tickets OpenSSL has
-        just written until there is something else to send. txacme's contexts
-        keep no session cache, so these tickets can resume nothing; held, they
-        leave with the application's first bytes or the close alert (one
-        ``send`` instead of two), and a client that closes without sending
-        anything costs no ``send`` at all. A TLS 1.2 handshake ends with the
-        server's Finished, which is never held.
+        just written until there is something else to send. Held, they leave
+        with the application's first bytes or the close alert (one ``send``
+        instead of two), and a client that closes without sending anything
+        costs no ``send`` at all. With txacme's default contexts they resume
+        nothing (no session cache); with a context that resumes sessions,
+        every client that gets an answer still gets them first. A TLS 1.2
+        handshake ends with the server's Finished, which is never held.
         """
         ssl = getattr(connection, "_ssl", None)
         if ssl is not None and _SSL_version is not None and _SSL_version(ssl) >= _TLS1_3:
