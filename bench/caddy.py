@@ -59,6 +59,7 @@ import shutil
 import signal
 import socket
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -478,6 +479,17 @@ def bench(args: argparse.Namespace) -> None:
         for server in servers:
             best = max(server.rates)
             ratio = f"{best / max(caddy.rates):5.2f}x Caddy" if caddy else ""
+            if caddy and server is not caddy:
+                # Rounds interleave the servers: the ratio within each round
+                # cancels the machine's slower and faster minutes.
+                rounds = sorted(
+                    r / c for r, c in zip(server.rates, caddy.rates, strict=True) if c > 0
+                )
+                if rounds:
+                    ratio += (
+                        f"  (per round: median {statistics.median(rounds):.2f}x, "
+                        f"{rounds[0]:.2f}-{rounds[-1]:.2f}x)"
+                    )
             print(f"  {server.name:<18} {best:7.0f}  {ratio}")
         if args.profile:
             print_profile(os.path.join(directory, "txacme.prof"), profiled, args.top)
