@@ -3,7 +3,9 @@ Handshake deadlines: a server connection that has not completed its TLS
 handshake ``timeout`` seconds after it was accepted is aborted.
 
 The deadline covers everything before the handshake completes: the wait for a
-first byte, the wait for the rest of a ClientHello (which
+first byte (on an ``AutoTLSEndpoint``'s TCP port, the kernel itself first
+holds a connection that has sent nothing for about as long:
+:func:`~txacme.serving.hello.defer_accept`), the wait for the rest of a ClientHello (which
 :class:`~txacme.serving.hello.HelloHookProtocol` buffers, up to 64 KiB, when
 on-demand issuance or a cluster is configured) and the handshake itself. The
 time a handshake is *held by txacme* for a ClientHello hook (on-demand
@@ -11,7 +13,10 @@ issuance, bounded by its own ``hello_timeout``) is not the client's, so the
 deadline is paused meanwhile and starts again, in full, when the handshake is
 released. Once the handshake completes, the connection belongs to the
 application and its own timeouts (``twisted.web`` has an idle timeout of 60 s,
-other protocols may have none).
+other protocols may have none). A ``Site``'s protocol is made only when the
+client's first request arrives; until then a second set of deadlines, with the
+``Site``'s ``timeOut``, closes a client that sends nothing
+(:class:`~txacme.serving.hello.ServerTLSFactory`).
 
 Cost: one dictionary entry per pending connection (its deadline, about 100
 bytes), no timer per connection. All connections share a timeout, so
