@@ -125,7 +125,7 @@ def serve(directory: str, port: int, hook: bool, profile: str | None) -> None:
         except ImportError:
             pass
         else:
-            defer_accept(listening, 10)
+            defer_accept(listening)
         print("READY", flush=True)
 
     def failed(failure: Any) -> None:

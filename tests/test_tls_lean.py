@@ -362,15 +362,15 @@ class DeferAcceptTests(unittest.TestCase):
 
         port = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")  # type: ignore[attr-defined]
         self.addCleanup(port.stopListening)
-        self.assertTrue(defer_accept(port, 10))
+        self.assertTrue(defer_accept(port))
         value = port.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT)
         self.assertGreater(value, 0)
 
     def test_other_ports_left_alone(self) -> None:
-        self.assertFalse(defer_accept(object(), 10))
+        self.assertFalse(defer_accept(object()))
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as unix:
             holder = type("Port", (), {"socket": unix})()
-            self.assertFalse(defer_accept(holder, 10))
+            self.assertFalse(defer_accept(holder))
 
 
 class LogPrefixTests(unittest.TestCase):

@@ -4,7 +4,7 @@ handshake ``timeout`` seconds after it was accepted is aborted.
 
 The deadline covers everything before the handshake completes: the wait for a
 first byte (on an ``AutoTLSEndpoint``'s TCP port, the kernel itself first
-holds a connection that has sent nothing for about as long:
+holds a connection that has sent nothing for about a second:
 :func:`~txacme.serving.hello.defer_accept`), the wait for the rest of a ClientHello (which
 :class:`~txacme.serving.hello.HelloHookProtocol` buffers, up to 64 KiB, when
 on-demand issuance or a cluster is configured) and the handshake itself. The

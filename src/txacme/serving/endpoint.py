@@ -496,7 +496,7 @@ class AutoTLSEndpoint:
         )
         await self._listen_http01(http_responder, cluster, started)
         started.port = await self.sub_endpoint.listen(tls_factory)
-        defer_accept(started.port, self.handshake_timeout)
+        defer_accept(started.port)
         await self._serve_metrics(service, metrics, started)
         service.startService()
         started.stoppers.insert(0, service.stopService)

@@ -527,16 +527,18 @@ class _PendingApplication:
         return "HTTPChannel"
 
 
-def defer_accept(port: object, seconds: float | None) -> bool:
+def defer_accept(port: object, seconds: int = 1) -> bool:
     """
     Ask the kernel to hand over connections of ``port`` (a listening TCP port
     of the reactor) once the client has sent something (Linux's
     ``TCP_DEFER_ACCEPT``, nginx's ``deferred``): a TLS client always speaks
     first, so its ClientHello is there when the connection is accepted and is
-    read at once (:meth:`ServerTLSProtocol.makeConnection`), and a client
-    that connects and sends nothing costs no process work for up to
-    ``seconds`` (then it is accepted as before, and its handshake deadline
-    runs). Does nothing, and returns ``False``, on other platforms or ports.
+    read at once (:meth:`ServerTLSProtocol.makeConnection`). A client that
+    has sent nothing after ``seconds`` (rounded by the kernel to its SYN-ACK
+    retransmission times: one second by default) is accepted as before and
+    its handshake deadline runs, so the deadline a silent client sees grows
+    by about that much. Does nothing, and returns ``False``, on other
+    platforms or ports.
     """
     option = getattr(socket, "TCP_DEFER_ACCEPT", None)
     handle = getattr(port, "socket", None)
@@ -545,7 +547,7 @@ def defer_accept(port: object, seconds: float | None) -> bool:
     if handle.family not in (socket.AF_INET, socket.AF_INET6):
         return False
     try:
-        handle.setsockopt(socket.IPPROTO_TCP, option, max(1, int(seconds or 10)))
+        handle.setsockopt(socket.IPPROTO_TCP, option, max(1, int(seconds)))
     except OSError:
         return False
     return True
