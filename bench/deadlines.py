@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import resource
-import selectors
 import socket
 import ssl
 import statistics
@@ -37,6 +36,12 @@ import tempfile
 import threading
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.harness.closes import watch_closes  # noqa: E402
 
 GOOD = "good.example"
 
@@ -160,7 +165,6 @@ def main() -> None:
     before = rss_kib(server.pid)
 
     base_fds = len(os.listdir(f"/proc/{server.pid}/fd"))
-    selector = selectors.DefaultSelector()
     opened: dict[socket.socket, float] = {}
     started = time.monotonic()
     hello = partial_hello()
@@ -170,7 +174,6 @@ def main() -> None:
             s.sendall(hello)
         s.setblocking(False)
         opened[s] = time.monotonic()
-        selector.register(s, selectors.EVENT_READ)
     connect_time = time.monotonic() - started
     target = args.silent + args.partial
 
@@ -178,24 +181,11 @@ def main() -> None:
     wait = args.wait if args.wait is not None else (3 * deadline + 4 if deadline else 7.0)
     closed_after: list[float] = []
 
-    def watch_closes() -> None:
-        # From the start: a close is timed when it happens, whatever the main
-        # thread is doing.
-        end = time.monotonic() + wait
-        while opened and time.monotonic() < end:
-            for key, _ in selector.select(timeout=0.1):
-                s = key.fileobj
-                assert isinstance(s, socket.socket)
-                try:
-                    data = s.recv(4096)
-                except OSError:
-                    data = b""
-                if not data:
-                    closed_after.append(time.monotonic() - opened.pop(s))
-                    selector.unregister(s)
-                    s.close()
+    def watch() -> None:
+        # From the start: a close is timed when it happens.
+        closed_after.extend(watch_closes(opened, wait)[0])
 
-    watcher = threading.Thread(target=watch_closes)
+    watcher = threading.Thread(target=watch)
     watcher.start()
     # The most connections the server held at once (with TCP_DEFER_ACCEPT the
     # kernel hands silent ones over about a second late), and its RSS then.

@@ -12,7 +12,6 @@ keyword in its endpoint string.
 
 from __future__ import annotations
 
-import selectors
 import socket
 import ssl
 import threading
@@ -30,6 +29,7 @@ from twisted.internet.task import Clock, deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from tests.harness.closes import watch_closes
 from tests.harness.logcapture import capture_log
 from tests.test_endpoint_parsing import parse
 from tests.test_hostile import GOOD, PAGE, client_hello, openssl_handshake, site
@@ -204,7 +204,6 @@ class _Hostile:
         self.data_received = 0
 
     def run(self) -> None:
-        selector = selectors.DefaultSelector()
         opened: dict[socket.socket, float] = {}
         hello = _partial_hello()
         try:
@@ -215,28 +214,12 @@ class _Hostile:
                     s.sendall(hello)
                 s.setblocking(False)
                 opened[s] = connecting
-                selector.register(s, selectors.EVENT_READ)
         finally:
             self.opened.set()
-        end = time.monotonic() + self.wait
-        while opened and time.monotonic() < end:
-            for key, _ in selector.select(timeout=0.1):
-                s = key.fileobj
-                assert isinstance(s, socket.socket)
-                try:
-                    data = s.recv(4096)
-                except OSError:
-                    data = b""
-                if data:
-                    self.data_received += 1
-                    continue
-                self.closed_after.append(time.monotonic() - opened.pop(s))
-                selector.unregister(s)
-                s.close()
+        self.closed_after, self.data_received = watch_closes(opened, self.wait)
         self.still_open = len(opened)
         for s in opened:
             s.close()
-        selector.close()
 
 
 def _handshake(port: int) -> bytes | Exception:

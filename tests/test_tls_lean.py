@@ -68,8 +68,11 @@ class Client:
         self.incoming.write(data)
         return data
 
-    def handshake(self) -> bytes:
-        """Complete the handshake; return what the server sent after the client's Finished."""
+    def handshake(self, data: bytes = b"") -> bytes:
+        """
+        Complete the handshake, sending ``data`` (if any) in the same read as
+        the client's Finished; return what the server sent after that.
+        """
         while True:
             try:
                 self.tls.do_handshake()
@@ -77,20 +80,10 @@ class Client:
             except ssl.SSLWantReadError:
                 self.to_server()
                 self.from_server()
-        self.to_server()  # the client's Finished
+        if data:
+            self.tls.write(data)
+        self.to_server()
         return self.from_server()
-
-    def handshake_with(self, data: bytes) -> None:
-        """Complete the handshake, sending ``data`` with the client's Finished."""
-        while True:
-            try:
-                self.tls.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                self.to_server()
-                self.from_server()
-        self.tls.write(data)
-        self.to_server()  # Finished and the data, in one read
 
     def read(self) -> bytes:
         try:
@@ -219,12 +212,17 @@ class LeanConnectionTests(unittest.TestCase):
 
     # -- the HTTP protocol, made when the client speaks ----------------------
 
-    def test_http_protocol_made_at_first_request(self) -> None:
-        """A handshake alone makes no HTTP protocol; the first request makes one and is served."""
-        web = site(self.clock)
+    def http_handshake(self, timeout: float = 60) -> tuple[CountingSite, Any, Any, Client]:
+        """A Site behind the TLS factory, and a client that completed its TLS 1.3 handshake."""
+        web = site(self.clock, timeout=timeout)
         protocol, transport = self.connect(web)
         client = Client(protocol, transport, ssl.TLSVersion.TLSv1_3)
         self.assertEqual(client.handshake(), b"")
+        return web, protocol, transport, client
+
+    def test_http_protocol_made_at_first_request(self) -> None:
+        """A handshake alone makes no HTTP protocol; the first request makes one and is served."""
+        web, protocol, transport, client = self.http_handshake()
         self.assertEqual(web.built, 0)
         client.tls.write(b"GET / HTTP/1.1\r\nHost: a.example.com\r\n\r\n")
         client.to_server()
@@ -238,10 +236,7 @@ class LeanConnectionTests(unittest.TestCase):
 
     def test_http_handshake_only_never_builds(self) -> None:
         """Handshakes that fail, or complete and close, never reach the Site."""
-        web = site(self.clock)
-        protocol, transport = self.connect(web)
-        client = Client(protocol, transport, ssl.TLSVersion.TLSv1_3)
-        client.handshake()
+        web, protocol, _, _ = self.http_handshake()
         protocol.connectionLost(Failure(ConnectionDone()))
         protocol, transport = self.connect(web)
         protocol.dataReceived(b"\x16\x03\x01\x00\x05garbage")
@@ -250,10 +245,7 @@ class LeanConnectionTests(unittest.TestCase):
 
     def test_http_idle_client_closed_after_site_timeout(self) -> None:
         """A client silent after its handshake is closed after the Site's timeOut, not before."""
-        web = site(self.clock, timeout=30)
-        protocol, transport = self.connect(web)
-        client = Client(protocol, transport, ssl.TLSVersion.TLSv1_3)
-        client.handshake()
+        web, _, transport, client = self.http_handshake(timeout=30)
         self.clock.advance(29)
         self.assertFalse(transport.disconnecting)
         self.clock.advance(1.5)
@@ -264,10 +256,7 @@ class LeanConnectionTests(unittest.TestCase):
         self.assertEqual(web.built, 0)
 
     def test_http_request_cancels_idle_close(self) -> None:
-        web = site(self.clock, timeout=30)
-        protocol, transport = self.connect(web)
-        client = Client(protocol, transport, ssl.TLSVersion.TLSv1_3)
-        client.handshake()
+        web, _, transport, client = self.http_handshake(timeout=30)
         self.clock.advance(20)
         client.tls.write(b"GET / HTTP/1.1\r\nHost: a.example.com\r\n\r\n")
         client.to_server()
@@ -332,10 +321,7 @@ class AcknowledgeTests(unittest.TestCase):
         self.addCleanup(transport.socket.close)
         protocol.makeConnection(transport)
         client = Client(protocol, transport, version)
-        if request:
-            client.handshake_with(request)
-        else:
-            client.handshake()
+        client.handshake(request)
         quick = (socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
         return [o for o in transport.socket.options if o == quick]
 
