@@ -389,6 +389,31 @@ def test_python_examples(page: Path, python_results: dict[str, str | None]) -> N
 # -- twistd serving, and txacme status on what it obtained ----------------------------------------
 
 
+def _start(
+    command: str, work: Path, log_name: str = "twistd.log"
+) -> tuple[subprocess.Popen[Any], Path]:
+    """Run a shell command of the docs in ``work``, its output in ``work/log_name``."""
+    log = work / log_name
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            ["bash", "-c", "exec " + command],
+            cwd=work,
+            env=env(),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    return process, log
+
+
+def _stop(*processes: subprocess.Popen[Any]) -> None:
+    """SIGTERM to each, then wait for all (20 s each at most)."""
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+    for process in processes:
+        process.wait(20)
+
+
 def _wait(
     predicate: Callable[[], bool], what: str, process: subprocess.Popen[Any], log: Path
 ) -> None:
@@ -450,16 +475,7 @@ def test_serve_with_twistd(ca: CA, home: Path) -> None:
     )
     assert "ca.internal" not in command and str(certs) in command, command
     command += f" --path {root}"
-    log = work / "twistd.log"
-    with open(log, "wb") as out:
-        twistd = subprocess.Popen(
-            ["bash", "-c", "exec " + command],
-            cwd=work,
-            env=env(),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    twistd, log = _start(command, work)
     try:
         _wait(
             lambda: all(
@@ -472,8 +488,7 @@ def test_serve_with_twistd(ca: CA, home: Path) -> None:
         page = _https_get(ca.tlsalpn01_port, "www.example.com", ca.roots_file)
         assert page.endswith(b"hello from the docs\n"), page[:200]
     finally:
-        twistd.send_signal(signal.SIGTERM)
-        twistd.wait(20)
+        _stop(twistd)
     assert (certs / "client.key").stat().st_mode & 0o777 == 0o600
 
     # quickstart: txacme status; watching: --html (into an existing web root); cli: cron lines.
@@ -797,16 +812,7 @@ def test_status_json_of_twistd(ca: CA, home: Path) -> None:
         f":directory={quote(ca.directory_url)}:ca_file={quote(ca.https_ca_file)}:metrics=",
     )
     assert "acme:" in serve and str(metrics_port) in serve, serve
-    log = work / "twistd.log"
-    with open(log, "wb") as out:
-        twistd = subprocess.Popen(
-            ["bash", "-c", "exec " + serve],
-            cwd=work,
-            env=env(),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    twistd, log = _start(serve, work)
     try:
         _wait(
             lambda: (certs / "www.example.org.pem").stat().st_size > 0,
@@ -834,8 +840,7 @@ def test_status_json_of_twistd(ca: CA, home: Path) -> None:
             re.M,
         ), f"{scrape.where}: {done.stdout[:2000]}"
     finally:
-        twistd.send_signal(signal.SIGTERM)
-        twistd.wait(20)
+        _stop(twistd)
 
 
 # -- BIND's side of dns-01 ----------------------------------------------------------------------
@@ -944,18 +949,8 @@ def test_txsni_serves_the_same_directory(ca: CA, home: Path) -> None:
     processes = []
     try:
         for number, command in enumerate((first, second)):
-            log = work / f"twistd-{number}.log"
-            with open(log, "wb") as out:
-                processes.append(
-                    subprocess.Popen(
-                        ["bash", "-c", "exec " + command],
-                        cwd=work,
-                        env=env(),
-                        stdin=subprocess.DEVNULL,
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                    )
-                )
+            process, log = _start(command, work, f"twistd-{number}.log")
+            processes.append(process)
             if number == 0:
                 _wait(
                     lambda: (certs / "shop.example.org.pem").stat().st_size > 0,
@@ -978,10 +973,7 @@ def test_txsni_serves_the_same_directory(ca: CA, home: Path) -> None:
         assert page.endswith(b"the other site\n"), page[:200]
         assert (work / "other.pid").exists() and (work / "twistd.pid").exists()
     finally:
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-        for process in processes:
-            process.wait(20)
+        _stop(*processes)
 
 
 # -- on-demand issuance --------------------------------------------------------------------------
@@ -1007,16 +999,7 @@ def test_on_demand_with_twistd(ca: CA, home: Path) -> None:
         f":directory={quote(ca.directory_url)}:ca_file={quote(ca.https_ca_file)}:",
     )
     assert "acme:" in command, command
-    log = work / "twistd.log"
-    with open(log, "wb") as out:
-        twistd = subprocess.Popen(
-            ["bash", "-c", "exec " + command],
-            cwd=work,
-            env=env(),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    twistd, log = _start(command, work)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -1036,8 +1019,7 @@ def test_on_demand_with_twistd(ca: CA, home: Path) -> None:
             _https_get(ca.tlsalpn01_port, "other.example.org", ca.roots_file)
         assert not (certs / "other.example.org.pem").exists()
     finally:
-        twistd.send_signal(signal.SIGTERM)
-        twistd.wait(20)
+        _stop(twistd)
 
 
 # -- dns-persist-01: the record to publish --------------------------------------------------------
