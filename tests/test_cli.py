@@ -25,7 +25,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 import txacme
 from tests.harness import chains
-from tests.harness.pebble import EAB_KEYS, PebbleUnavailable, shared_pebble, start_pebble
+from tests.harness.pebble import EAB_KEYS, PebbleUnavailable, pebble_or_skip, start_pebble
 from txacme.cli import commands as cli
 from txacme.errors import ACMETimeout, IssuanceFailed, RateLimited, ServerInternal
 from txacme.reporting.state import STATE_FILENAME, StateFile
@@ -69,10 +69,7 @@ class PebbleCLITestCase(TestCase):
     timeout = 300
 
     def setUp(self) -> None:
-        try:
-            self.pebble = shared_pebble()
-        except PebbleUnavailable as e:
-            raise SkipTest(str(e))
+        self.pebble = pebble_or_skip()
         self.dir = os.path.abspath(self.mktemp())
         os.makedirs(self.dir)
         self.ca = ["--directory", self.pebble.directory_url, "--ca-file", self.pebble.ca_file]

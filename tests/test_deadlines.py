@@ -449,13 +449,12 @@ class TwistdDeadlineTests(TestCase):
     def test_twistd_closes_silent_connections(self) -> None:
         import os
         import shutil
-        import subprocess
         import tempfile
         from pathlib import Path
 
         from tests.harness.pebble import shared_pebble
         from tests.harness.processes import free_port
-        from tests.harness.twistd import quote, subprocess_env, web_command
+        from tests.harness.twistd import quote, start_web, stop
 
         pebble = shared_pebble()
         work = Path(tempfile.mkdtemp(prefix="txacme-deadline-twistd-"))
@@ -472,25 +471,8 @@ class TwistdDeadlineTests(TestCase):
             f":directory={quote(pebble.directory_url)}:ca_file={quote(pebble.ca_file)}"
             ":handshake_timeout=1"
         )
-        log = open(work / "twistd.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(
-            web_command(description, work),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=str(work),
-            env=subprocess_env(),
-        )
-        log.close()
-
-        def stop() -> None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-        self.addCleanup(stop)
+        proc = start_web(description, work, work, work / "twistd.log")
+        self.addCleanup(stop, proc)
 
         async def check() -> None:
             for _ in range(300):

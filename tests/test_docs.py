@@ -321,19 +321,15 @@ class WebrootExampleTests(TestCase):
 
     def test_pebble_reads_the_token_file(self) -> Deferred[None]:
         from twisted.internet import reactor
-        from twisted.trial.unittest import SkipTest
         from twisted.web.server import Site
         from twisted.web.static import File
 
-        from tests.harness.pebble import PebbleUnavailable, shared_pebble
+        from tests.harness.pebble import pebble_or_skip
         from txacme.issuing.order import obtain_certificate
         from txacme.keys import generate_private_key, jwk_for
         from txacme.protocol.client import Client
 
-        try:
-            pebble = shared_pebble()
-        except PebbleUnavailable as e:
-            raise SkipTest(str(e))
+        pebble = pebble_or_skip()
         webroot = os.path.abspath(self.mktemp())
         os.makedirs(webroot)
         port = reactor.listenTCP(pebble.http_port, Site(File(webroot)), interface="127.0.0.1")

@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from tests.harness.pebble import start_pebble
 from tests.harness.processes import free_port
 from tests.harness.tlsclient import tls_exchange
-from tests.harness.twistd import quote, subprocess_env, web_command
+from tests.harness.twistd import quote, start_web, subprocess_env, web_command
 from tests.test_cli import run_cli
 from txacme import errors
 from txacme.config.startup import (
@@ -213,17 +213,12 @@ def test_unreachable_ca_is_not_fatal(work: Path) -> None:
     (work / "certs" / "new.example.test.pem").write_bytes(b"")
     port = free_port()
     log_path = work / "twistd.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            web_command(
-                acme(work, f"https://127.0.0.1:{free_port()}/dir", port=f"tcp:{port}"),
-                work / "site",
-            ),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=str(work),
-            env=subprocess_env(),
-        )
+    proc = start_web(
+        acme(work, f"https://127.0.0.1:{free_port()}/dir", port=f"tcp:{port}"),
+        work / "site",
+        work,
+        log_path,
+    )
     try:
         served = _serving(port, "stored.example.test", proc, lambda: log_path.read_text())
         assert served.certificate.public_bytes(_der()) == _cert_der(objects)

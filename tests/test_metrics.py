@@ -21,7 +21,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.server import Site
 
-from tests.harness.pebble import PebbleUnavailable, shared_pebble
+from tests.harness.pebble import pebble_or_skip
 from txacme.challenges.http01 import HTTP01Responder, http01_root
 from txacme.errors import ConfigurationError, IssuanceFailed, RateLimited
 from txacme.issuing.events import Failed, ServiceEvent
@@ -85,10 +85,7 @@ class MetricsPebbleTests(TestCase):
     def setUp(self) -> None:
         if text_string_to_metric_families is None:
             raise SkipTest("prometheus-client is not installed")
-        try:
-            self.pebble = shared_pebble()
-        except PebbleUnavailable as e:
-            raise SkipTest(str(e))
+        self.pebble = pebble_or_skip()
         self.http = HTTP01Responder()
         port = reactor.listenTCP(
             self.pebble.http_port, Site(http01_root(self.http)), interface="127.0.0.1"

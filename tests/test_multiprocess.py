@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -28,7 +27,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.harness.pebble import Pebble, start_pebble
-from tests.harness.twistd import quote, subprocess_env, web_command
+from tests.harness.twistd import quote, start_web, stop
 
 NAMES = [f"n{i}.multi.test" for i in range(6)]
 ORDER_LINE = re.compile(r"added order", re.IGNORECASE)
@@ -81,27 +80,9 @@ class TwoProcessTests(TestCase):
             f":ca_file={quote(self.pebble.ca_file)}"
             ":log_level=debug"  # the cross-process answers are logged at debug
         )
-        log = open(self.work / f"twistd-{tag}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(
-            web_command(description, site),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=str(self.work),
-            env=subprocess_env(),
-        )
-        log.close()
+        proc = start_web(description, site, self.work, self.work / f"twistd-{tag}.log")
         self.procs[tag] = proc
-
-        def stop() -> None:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-
-        self.addCleanup(stop)
+        self.addCleanup(stop, proc)
 
     def logs(self) -> str:
         return "\n".join(

@@ -20,7 +20,7 @@ from twisted.internet import reactor, threads
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, succeed
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock, deferLater
-from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
@@ -449,12 +449,9 @@ class OnDemandPebbleTests(TestCase):
     timeout = 120
 
     def setUp(self) -> None:
-        from tests.harness.pebble import PebbleUnavailable, shared_pebble
+        from tests.harness.pebble import pebble_or_skip
 
-        try:
-            self.pebble = shared_pebble()
-        except PebbleUnavailable as e:
-            raise SkipTest(str(e))
+        self.pebble = pebble_or_skip()
         roots = self.mktemp()
         with open(roots, "wb") as f:
             f.write(b"".join(self.pebble.roots()))

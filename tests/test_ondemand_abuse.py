@@ -621,12 +621,9 @@ class OnDemandCapPebbleTests(TestCase):
     timeout = 180
 
     def setUp(self) -> None:
-        from tests.harness.pebble import PebbleUnavailable, shared_pebble
+        from tests.harness.pebble import pebble_or_skip
 
-        try:
-            self.pebble = shared_pebble()
-        except PebbleUnavailable as e:
-            raise SkipTest(str(e))
+        self.pebble = pebble_or_skip()
 
     @inlineCallbacks
     def test_cap_and_idle_expiry(self) -> Any:
@@ -784,12 +781,9 @@ class EndpointStringPebbleTests(TestCase):
     timeout = 180
 
     def setUp(self) -> None:
-        from tests.harness.pebble import PebbleUnavailable, shared_pebble
+        from tests.harness.pebble import pebble_or_skip
 
-        try:
-            self.pebble = shared_pebble()
-        except PebbleUnavailable as e:
-            raise SkipTest(str(e))
+        self.pebble = pebble_or_skip()
         try:
             import prometheus_client  # noqa: F401
         except ImportError:

@@ -32,8 +32,8 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.harness import chains
 from tests.harness.logcapture import captured_logs
-from tests.harness.pebble import Pebble, PebbleUnavailable, shared_pebble, start_pebble
-from tests.harness.twistd import quote, subprocess_env, web_command
+from tests.harness.pebble import Pebble, PebbleUnavailable, pebble_or_skip, start_pebble
+from tests.harness.twistd import quote, start_web, stop
 from tests.test_cli import SRC, run_cli, stored_certificate
 from txacme.certificates import check_ca_file
 from txacme.cli import commands as cli
@@ -320,10 +320,7 @@ class CLIOperationsTests(TestCase):
     timeout = 300
 
     def setUp(self) -> None:
-        try:
-            self.pebble = shared_pebble()
-        except PebbleUnavailable as e:
-            raise SkipTest(str(e))
+        self.pebble = pebble_or_skip()
         self.work = Path(tempfile.mkdtemp(prefix="txacme-ops-"))
         self.addCleanup(shutil.rmtree, self.work, True)
         self.dir = self.work / "certs"
@@ -531,10 +528,7 @@ class TwistdOperationsTests(TestCase):
     timeout = 240
 
     def setUp(self) -> None:
-        try:
-            self.pebble = shared_pebble()
-        except PebbleUnavailable as e:
-            raise SkipTest(str(e))
+        self.pebble = pebble_or_skip()
         self.work = Path(tempfile.mkdtemp(prefix="txacme-ops-twistd-"))
         self.addCleanup(shutil.rmtree, self.work, True)
         self.certs = self.work / "certs"
@@ -547,25 +541,8 @@ class TwistdOperationsTests(TestCase):
     def start_twistd(self, description: str) -> subprocess.Popen[bytes]:
         log_path = self.work / f"twistd-{len(self.logs)}.log"
         self.logs.append(log_path)
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                web_command(description, self.site),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=str(self.work),
-                env=subprocess_env(),
-            )
-
-        def stop() -> None:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-
-        self.addCleanup(stop)
+        proc = start_web(description, self.site, self.work, log_path)
+        self.addCleanup(stop, proc)
         return proc
 
     def log_text(self) -> str:

@@ -12,11 +12,11 @@ from typing import Any
 from cryptography import x509
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 from twisted.web.server import Site
 
 from tests.harness import chains
-from tests.harness.pebble import PebbleUnavailable, shared_pebble
+from tests.harness.pebble import pebble_or_skip
 from txacme.challenges.http01 import HTTP01Responder, http01_root
 from txacme.issuing.events import Failed, Obtained, ServiceEvent
 from txacme.issuing.service import AcmeIssuingService
@@ -37,10 +37,7 @@ class ServicePebbleTests(TestCase):
     timeout = 120
 
     def setUp(self) -> None:
-        try:
-            self.pebble = shared_pebble()
-        except PebbleUnavailable as e:
-            raise SkipTest(str(e))
+        self.pebble = pebble_or_skip()
         self.responder = HTTP01Responder()
         port = reactor.listenTCP(
             self.pebble.http_port, Site(http01_root(self.responder)), interface="127.0.0.1"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import ssl
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from twisted.logger import formatEvent
 from tests.harness.logcapture import captured_logs
 from tests.harness.processes import free_port
 from tests.harness.tlsclient import tls_exchange
-from tests.harness.twistd import quote, subprocess_env, web_command
+from tests.harness.twistd import quote, start_web
 from txacme._files import NotOwnFile, read_own_file
 from txacme.errors import ConfigurationError
 from txacme.keys import load_or_create_client_key
@@ -180,14 +179,7 @@ def test_twistd_does_not_serve_linked_key(tree: Path) -> None:
         f":directory={quote(unreachable_ca)}:watch_interval=0.2"
     )
     log_path = tree / "twistd.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            web_command(description, tree / "site"),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=str(tree),
-            env=subprocess_env(),
-        )
+    proc = start_web(description, tree / "site", tree, log_path)
     try:
         deadline = time.monotonic() + 20
         good = None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -23,7 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.harness.pebble import shared_pebble
 from tests.harness.processes import free_port
-from tests.harness.twistd import quote, subprocess_env, web_command
+from tests.harness.twistd import quote, start_web, stop, subprocess_env, web_command
 from txacme.testing import make_certificate
 
 #: A line logged by txacme itself (not twistd, not twisted.web).
@@ -90,14 +89,7 @@ class TwistdLogTests(SynchronousTestCase):
         """Run twistd until ``done(log text)``, ``settle`` seconds more, then stop it."""
         self.runs += 1
         log_path = self.work / f"twistd-{self.runs}.log"
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                web_command(description, self.work),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=str(self.work),
-                env=subprocess_env(),
-            )
+        proc = start_web(description, self.work, self.work, log_path)
         try:
             deadline = time.monotonic() + limit
             while not done(log_path.read_text(errors="replace")):
@@ -108,12 +100,7 @@ class TwistdLogTests(SynchronousTestCase):
                 time.sleep(0.1)
             time.sleep(settle)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc, timeout=20)
         return log_path.read_text(errors="replace")
 
     def assert_readable(self, text: str) -> None:

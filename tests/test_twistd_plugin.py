@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -21,7 +20,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from tests.harness.pebble import shared_pebble
-from tests.harness.twistd import TWISTD, quote, subprocess_env, web_command
+from tests.harness.twistd import TWISTD, quote, start_web, stop, subprocess_env
 
 CURL = shutil.which("curl") or "/usr/bin/curl"
 
@@ -42,26 +41,8 @@ class TwistdPluginTests(TestCase):
         self.roots.write_bytes(b"".join(self.pebble.roots()))
 
     def start_twistd(self, port_description: str) -> subprocess.Popen[bytes]:
-        log = open(self.work / "twistd.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(
-            web_command(port_description, self.site),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=str(self.work),
-            env=subprocess_env(),
-        )
-        log.close()
-
-        def stop() -> None:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-
-        self.addCleanup(stop)
+        proc = start_web(port_description, self.site, self.work, self.work / "twistd.log")
+        self.addCleanup(stop, proc)
         return proc
 
     def log_text(self) -> str:

@@ -22,6 +22,7 @@ import ssl
 import subprocess
 import tempfile
 import time
+import unittest
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
@@ -274,3 +275,14 @@ _shared = SharedInstance(Pebble)
 def shared_pebble() -> Pebble:
     """The Pebble shared by every test of this process, started on first use."""
     return _shared.get()
+
+
+def pebble_or_skip() -> Pebble:
+    """
+    :func:`shared_pebble`, or ``SkipTest`` when Pebble cannot run here (CI sets
+    ``TXACME_NO_SKIPS=1``, which turns such a skip into a failure).
+    """
+    try:
+        return shared_pebble()
+    except PebbleUnavailable as e:
+        raise unittest.SkipTest(str(e)) from None

@@ -6,6 +6,8 @@ txacme imported from the same tree as the tests.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -32,3 +34,26 @@ def subprocess_env() -> dict[str, str]:
 def web_command(description: str, path: str | Path) -> list[str]:
     """``twistd -n web`` serving ``path`` on the endpoint ``description``, no pid file."""
     return [TWISTD, "-n", "--pidfile=", "web", "--port", description, "--path", str(path)]
+
+
+def start_web(description: str, path: str | Path, work: Path, log: Path) -> subprocess.Popen[bytes]:
+    """:func:`web_command` run in ``work``, its output written to ``log``."""
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            web_command(description, path),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=str(work),
+            env=subprocess_env(),
+        )
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM (when still running), then SIGKILL after ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
