@@ -453,8 +453,8 @@ class TwistdDeadlineTests(TestCase):
         from pathlib import Path
 
         from tests.harness.pebble import shared_pebble
-        from tests.harness.processes import free_port
-        from tests.harness.twistd import quote, start_web, stop
+        from tests.harness.processes import free_port, stop_process
+        from tests.harness.twistd import quote, start_web
 
         pebble = shared_pebble()
         work = Path(tempfile.mkdtemp(prefix="txacme-deadline-twistd-"))
@@ -472,7 +472,7 @@ class TwistdDeadlineTests(TestCase):
             ":handshake_timeout=1"
         )
         proc = start_web(description, work, work, work / "twistd.log")
-        self.addCleanup(stop, proc)
+        self.addCleanup(stop_process, proc)
 
         async def check() -> None:
             for _ in range(300):

@@ -38,7 +38,7 @@ import pytest
 
 from tests.harness.doccheck import Result, check_block, check_python, python_source, shell_commands
 from tests.harness.docexamples import ROOT, Block, all_blocks, unclassified
-from tests.harness.processes import free_port
+from tests.harness.processes import free_port, start_logged, stop_process, stop_processes
 from tests.harness.twistd import quote
 
 BLOCKS, MARKER_PROBLEMS = all_blocks()
@@ -391,27 +391,10 @@ def test_python_examples(page: Path, python_results: dict[str, str | None]) -> N
 
 def _start(
     command: str, work: Path, log_name: str = "twistd.log"
-) -> tuple[subprocess.Popen[Any], Path]:
+) -> tuple[subprocess.Popen[bytes], Path]:
     """Run a shell command of the docs in ``work``, its output in ``work/log_name``."""
     log = work / log_name
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            ["bash", "-c", "exec " + command],
-            cwd=work,
-            env=env(),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    return process, log
-
-
-def _stop(*processes: subprocess.Popen[Any]) -> None:
-    """SIGTERM to each, then wait for all (20 s each at most)."""
-    for process in processes:
-        process.send_signal(signal.SIGTERM)
-    for process in processes:
-        process.wait(20)
+    return start_logged(["bash", "-c", "exec " + command], log, cwd=work, env=env()), log
 
 
 def _wait(
@@ -488,7 +471,7 @@ def test_serve_with_twistd(ca: CA, home: Path) -> None:
         page = _https_get(ca.tlsalpn01_port, "www.example.com", ca.roots_file)
         assert page.endswith(b"hello from the docs\n"), page[:200]
     finally:
-        _stop(twistd)
+        stop_process(twistd, timeout=20)
     assert (certs / "client.key").stat().st_mode & 0o777 == 0o600
 
     # quickstart: txacme status; watching: --html (into an existing web root); cli: cron lines.
@@ -840,7 +823,7 @@ def test_status_json_of_twistd(ca: CA, home: Path) -> None:
             re.M,
         ), f"{scrape.where}: {done.stdout[:2000]}"
     finally:
-        _stop(twistd)
+        stop_process(twistd, timeout=20)
 
 
 # -- BIND's side of dns-01 ----------------------------------------------------------------------
@@ -973,7 +956,7 @@ def test_txsni_serves_the_same_directory(ca: CA, home: Path) -> None:
         assert page.endswith(b"the other site\n"), page[:200]
         assert (work / "other.pid").exists() and (work / "twistd.pid").exists()
     finally:
-        _stop(*processes)
+        stop_processes(processes, timeout=20)
 
 
 # -- on-demand issuance --------------------------------------------------------------------------
@@ -1019,7 +1002,7 @@ def test_on_demand_with_twistd(ca: CA, home: Path) -> None:
             _https_get(ca.tlsalpn01_port, "other.example.org", ca.roots_file)
         assert not (certs / "other.example.org.pem").exists()
     finally:
-        _stop(twistd)
+        stop_process(twistd, timeout=20)
 
 
 # -- dns-persist-01: the record to publish --------------------------------------------------------

@@ -27,7 +27,8 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.harness.pebble import Pebble, start_pebble
-from tests.harness.twistd import quote, start_web, stop
+from tests.harness.processes import stop_process
+from tests.harness.twistd import quote, start_web
 
 NAMES = [f"n{i}.multi.test" for i in range(6)]
 ORDER_LINE = re.compile(r"added order", re.IGNORECASE)
@@ -82,7 +83,7 @@ class TwoProcessTests(TestCase):
         )
         proc = start_web(description, site, self.work, self.work / f"twistd-{tag}.log")
         self.procs[tag] = proc
-        self.addCleanup(stop, proc)
+        self.addCleanup(stop_process, proc)
 
     def logs(self) -> str:
         return "\n".join(

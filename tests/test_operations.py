@@ -33,7 +33,8 @@ from twisted.trial.unittest import SkipTest, TestCase
 from tests.harness import chains
 from tests.harness.logcapture import captured_logs
 from tests.harness.pebble import Pebble, PebbleUnavailable, pebble_or_skip, start_pebble
-from tests.harness.twistd import quote, start_web, stop
+from tests.harness.processes import stop_process
+from tests.harness.twistd import quote, start_web
 from tests.test_cli import SRC, run_cli, stored_certificate
 from txacme.certificates import check_ca_file
 from txacme.cli import commands as cli
@@ -542,7 +543,7 @@ class TwistdOperationsTests(TestCase):
         log_path = self.work / f"twistd-{len(self.logs)}.log"
         self.logs.append(log_path)
         proc = start_web(description, self.site, self.work, log_path)
-        self.addCleanup(stop, proc)
+        self.addCleanup(stop_process, proc)
         return proc
 
     def log_text(self) -> str:

@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.harness.pebble import shared_pebble
-from tests.harness.processes import free_port
-from tests.harness.twistd import quote, start_web, stop, subprocess_env, web_command
+from tests.harness.processes import free_port, stop_process
+from tests.harness.twistd import quote, start_web, subprocess_env, web_command
 from txacme.testing import make_certificate
 
 #: A line logged by txacme itself (not twistd, not twisted.web).
@@ -100,7 +100,7 @@ class TwistdLogTests(SynchronousTestCase):
                 time.sleep(0.1)
             time.sleep(settle)
         finally:
-            stop(proc, timeout=20)
+            stop_process(proc, timeout=20)
         return log_path.read_text(errors="replace")
 
     def assert_readable(self, text: str) -> None:

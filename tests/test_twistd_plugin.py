@@ -20,7 +20,8 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from tests.harness.pebble import shared_pebble
-from tests.harness.twistd import TWISTD, quote, start_web, stop, subprocess_env
+from tests.harness.processes import stop_process
+from tests.harness.twistd import TWISTD, quote, start_web, subprocess_env
 
 CURL = shutil.which("curl") or "/usr/bin/curl"
 
@@ -42,7 +43,7 @@ class TwistdPluginTests(TestCase):
 
     def start_twistd(self, port_description: str) -> subprocess.Popen[bytes]:
         proc = start_web(port_description, self.site, self.work, self.work / "twistd.log")
-        self.addCleanup(stop, proc)
+        self.addCleanup(stop_process, proc)
         return proc
 
     def log_text(self) -> str:

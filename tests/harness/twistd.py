@@ -6,12 +6,12 @@ txacme imported from the same tree as the tests.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import txacme
+from tests.harness.processes import start_logged
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
@@ -38,22 +38,4 @@ def web_command(description: str, path: str | Path) -> list[str]:
 
 def start_web(description: str, path: str | Path, work: Path, log: Path) -> subprocess.Popen[bytes]:
     """:func:`web_command` run in ``work``, its output written to ``log``."""
-    with open(log, "wb") as out:
-        return subprocess.Popen(
-            web_command(description, path),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=str(work),
-            env=subprocess_env(),
-        )
-
-
-def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    """SIGTERM (when still running), then SIGKILL after ``timeout`` seconds."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    return start_logged(web_command(description, path), log, cwd=str(work), env=subprocess_env())
