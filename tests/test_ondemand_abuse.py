@@ -22,11 +22,11 @@ from twisted.internet import reactor, threads
 from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.task import Clock, deferLater
-from twisted.logger import eventAsText, globalLogPublisher
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
+from tests.harness.logcapture import capture_txacme_lines
 from tests.test_ondemand import FakeIssue, client_hello, entry
 from txacme.config.endpoint import parse_endpoint_string_parts
 from txacme.config.ondemand import OnDemandLimits
@@ -394,20 +394,9 @@ class StateForgetTests(SynchronousTestCase):
 
 
 class LogVolumeTests(SynchronousTestCase):
-    def capture(self) -> list[str]:
-        lines: list[str] = []
-
-        def observer(event: dict[str, Any]) -> None:
-            if event.get("log_namespace", "").startswith("txacme"):
-                lines.append(eventAsText(event, includeSystem=False))
-
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
-        return lines
-
     def test_ten_thousand_refusals(self) -> None:
         """10,000 refused handshakes with 250-byte hostile names over 10 minutes: 10 lines."""
-        lines = self.capture()
+        lines = capture_txacme_lines(self)
         clock = Clock()
         refusals = RefusalLog(clock, interval=60)
         hostile = b"\x1b[31m" + b"\x00\n\r\xff" * 20 + b"a" * 160
@@ -739,14 +728,7 @@ class RefusedHandshakeLogTests(TestCase):
     def test_refused_handshakes_logged_in_aggregate(self) -> Any:
         from txacme.serving.tls import tls_server_factory
 
-        lines: list[str] = []
-
-        def observer(event: dict[str, Any]) -> None:
-            if event.get("log_namespace", "").startswith("txacme"):
-                lines.append(eventAsText(event, includeSystem=False))
-
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        lines = capture_txacme_lines(self)
         refusals = RefusalLog(reactor, interval=60)
         creator = SNIConnectionCreator(CertificateIndex())
         creator.refusals = refusals

@@ -36,3 +36,18 @@ def txacme_log_level(test: SynchronousTestCase, level: str) -> None:
     previous = get_log_level()
     set_log_level(level)
     test.addCleanup(set_log_level, previous)
+
+
+def capture_txacme_lines(test: SynchronousTestCase) -> list[str]:
+    """txacme's events as text lines (no system prefix), from now until ``test`` cleans up."""
+    from twisted.logger import eventAsText
+
+    lines: list[str] = []
+
+    def observer(event: dict[str, Any]) -> None:
+        if event.get("log_namespace", "").startswith("txacme"):
+            lines.append(eventAsText(event, includeSystem=False))
+
+    globalLogPublisher.addObserver(observer)
+    test.addCleanup(globalLogPublisher.removeObserver, observer)
+    return lines
