@@ -446,7 +446,21 @@ def _no_callback_problem(connection: Any) -> bool:
 
 
 _direct: dict[type, bool] = {}
-"""Transport classes :func:`_send` may write to directly (the posix reactors' sockets)."""
+"""
+Transport classes that are posix reactors' sockets, which :func:`_send` writes
+to and ``ServerTLSProtocol._read_at_once`` reads from directly.
+"""
+
+
+def _is_socket(transport: object) -> bool:
+    """Whether ``transport`` is a socket of a posix reactor (remembered per class)."""
+    kind = type(transport)
+    direct = _direct.get(kind)
+    if direct is None:
+        direct = _direct[kind] = isinstance(transport, FileDescriptor) and hasattr(
+            transport, "socket"
+        )
+    return direct
 
 
 def _send(transport: Any, data: bytes) -> None:
@@ -457,13 +471,8 @@ def _send(transport: Any, data: bytes) -> None:
     once (a full socket buffer, an error) goes through ``transport.write``,
     which keeps the order and reports errors as usual.
     """
-    direct = _direct.get(type(transport))
-    if direct is None:
-        direct = _direct[type(transport)] = isinstance(transport, FileDescriptor) and hasattr(
-            transport, "socket"
-        )
     if (
-        direct
+        _is_socket(transport)
         and transport.connected
         and not transport._writeDisconnected
         and not transport._tempDataBuffer
@@ -635,12 +644,7 @@ class ServerTLSProtocol(BufferingTLSTransport):
         and reading it here saves a turn of the reactor. Nothing there yet,
         an end of stream or an error: left to the reactor, as before.
         """
-        direct = _direct.get(type(transport))
-        if direct is None:
-            direct = _direct[type(transport)] = isinstance(transport, FileDescriptor) and hasattr(
-                transport, "socket"
-            )
-        if not direct:
+        if not _is_socket(transport):
             return
         try:
             data = transport.socket.recv(transport.bufferSize)
