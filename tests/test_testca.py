@@ -31,7 +31,8 @@ from OpenSSL import SSL
 from treq.client import HTTPClient
 from twisted.internet import defer, reactor, task
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.names import dns
 from twisted.trial import unittest
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
@@ -48,6 +49,7 @@ from txacme.testca import (
     dns01_txt_value,
     pytest_fixture,
 )
+from txacme.testca._validation import Validator, _resends
 
 R: Any = reactor
 ACME = "urn:ietf:params:acme:error:"
@@ -1225,3 +1227,56 @@ def test_process_fixture(ca_process: Any) -> None:
     files = ca_process.https_ca_file
     ca_process.stop()
     assert not os.path.exists(files)
+
+
+# -- DNS queries of the validator ---------------------------------------------------------------
+
+
+class _DropsFirst(DatagramProtocol):
+    """A DNS server on loopback that ignores the first query it gets, then answers TXT ``ok``."""
+
+    def __init__(self) -> None:
+        self.queries = 0
+        self.ids: list[int] = []
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:  # noqa: N802
+        message = dns.Message()
+        message.fromStr(data)
+        self.queries += 1
+        self.ids.append(message.id)
+        if self.queries == 1:
+            return  # as a lost packet
+        message.answer = True
+        message.answers = [
+            dns.RRHeader(
+                message.queries[0].name.name, dns.TXT, payload=dns.Record_TXT(b"ok", ttl=60)
+            )
+        ]
+        assert self.transport is not None
+        self.transport.write(message.toStr(), addr)
+
+
+class ValidatorDNSTests(unittest.TestCase):
+    def test_resends_fill_the_budget(self) -> None:
+        """Sent again after 1 s, then waits that double; the waits add up to the budget."""
+        self.assertEqual(_resends(5.0), (1.0, 2.0, 2.0))
+        self.assertEqual(_resends(0.5), (0.5,))
+        for total in (1.0, 2.0, 5.0, 10.0, 30.0):
+            waits = _resends(total)
+            self.assertAlmostEqual(sum(waits), total)
+            self.assertEqual(waits[0], 1.0)
+
+    @defer.inlineCallbacks
+    def test_a_lost_query_is_sent_again(self) -> Any:
+        """The first query lost: the validator asks again (same id) and gets the record."""
+        server = _DropsFirst()
+        port = reactor.listenUDP(0, server, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        validator = Validator(reactor, 5.0)
+        self.addCleanup(validator.close)
+        records = yield defer.Deferred.fromCoroutine(
+            validator._txt("_acme-challenge.example.test", ("127.0.0.1", port.getHost().port))
+        )
+        self.assertEqual(records, [b"ok"])
+        self.assertEqual(server.queries, 2)
+        self.assertEqual(server.ids[0], server.ids[1])

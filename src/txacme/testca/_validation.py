@@ -159,6 +159,23 @@ class _ALPNProbe(Protocol):
             self.done.errback(reason if reason is not None else ConnectionDone())
 
 
+def _resends(total: float) -> tuple[float, ...]:
+    """
+    When to send a DNS query again (Twisted's resolver ``timeout``), within
+    ``total`` seconds: after 1 s, then twice as long each time, the last wait
+    taking what is left. A query sent again keeps its id, so a late answer to
+    an earlier one still counts; one UDP packet lost no longer fails a
+    validation, as it did with a single try of ``total`` seconds.
+    """
+    waits: list[float] = []
+    wait = min(1.0, total)
+    while sum(waits) + wait * 2 <= total:
+        waits.append(wait)
+        wait *= 2
+    waits.append(total - sum(waits))
+    return tuple(waits)
+
+
 def _connection_problem(failure: Failure, what: str) -> Problem:
     error = failure.value
     if isinstance(error, Problem):
@@ -370,7 +387,7 @@ class Validator:
             servers=[server], reactor=self._reactor
         )
         try:
-            answers, _, _ = await resolver.lookupText(qname, timeout=(self.timeout,))
+            answers, _, _ = await resolver.lookupText(qname, timeout=_resends(self.timeout))
         except dns_error.DomainError:
             raise Problem("dns", f"no TXT record at {qname} (NXDOMAIN)")
         except dns_error.DNSQueryTimeoutError:
