@@ -264,6 +264,31 @@ class LeanConnectionTests(unittest.TestCase):
         self.assertFalse(transport.disconnecting)
         self.assertEqual(web.built, 1)
 
+    def test_no_timer_left_after_the_port_stopped(self) -> None:
+        """
+        A handshake completing after the last port stopped, then the client
+        leaving: no deadline timer of the factory is left behind.
+        """
+        web = site(self.clock, timeout=30)
+        factory = tls_server_factory(self.creator, web, clock=self.clock)
+        factory.doStart()
+        protocol = factory.buildProtocol(ADDRESS)
+        transport = TCPStringTransport()
+        protocol.makeConnection(transport)
+        factory.doStop()
+        client = Client(protocol, transport, ssl.TLSVersion.TLSv1_3)
+        client.handshake()  # the idle deadline starts now, after the stop
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual([c for c in self.clock.getDelayedCalls() if c.active()], [])
+        factory.doStart()  # listening again: deadlines work as before
+        protocol = factory.buildProtocol(ADDRESS)
+        transport = TCPStringTransport()
+        protocol.makeConnection(transport)
+        Client(protocol, transport, ssl.TLSVersion.TLSv1_3).handshake()
+        self.clock.advance(31)
+        self.assertTrue(transport.disconnecting)
+        factory.doStop()
+
     def test_other_protocols_connected_at_once(self) -> None:
         """A factory that is not HTTP gets its protocol at accept time, as with Twisted."""
         app = AppFactory()

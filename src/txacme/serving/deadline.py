@@ -114,7 +114,6 @@ class HandshakeDeadlines:
         pending = self._pending
         pending.pop(connection, None)  # restarted: keep insertion order = deadline order
         pending[connection] = self.clock.seconds() + self.timeout
-        self._stopped = False
         if self._timer is None:
             self._timer = self.clock.callLater(self.timeout, self._expire)
 
@@ -124,10 +123,15 @@ class HandshakeDeadlines:
         if pending.pop(connection, None) is not None and not pending and self._stopped:
             self._idle()
 
+    def start(self) -> None:
+        """A port listens (again): keep the timer while connections come and go."""
+        self._stopped = False
+
     def stop(self) -> None:
         """
-        No more connections will come (the port stopped listening): once none
-        is pending, leave no timer behind. Pending ones keep their deadline.
+        No port listens any more (connections accepted before may still add
+        themselves, e.g. when their handshake completes): once none is pending,
+        leave no timer behind. Pending ones keep their deadline.
         """
         self._stopped = True
         if not self._pending:

@@ -687,10 +687,12 @@ class ServerTLSProtocol(BufferingTLSTransport):
             deadlines = self.factory.deadlines
             if deadlines is not None:
                 deadlines.discard(self)
-            if cast(Any, self.wrappedProtocol).__class__ is _PendingApplication:
-                idle = self.factory.idle_deadlines()
-                if idle is not None:
-                    idle.add(self)
+            idle = self.factory.idle
+            if (
+                idle is not None
+                and cast(Any, self.wrappedProtocol).__class__ is _PendingApplication
+            ):
+                idle.add(self)
 
     def _flushReceiveBIO(self) -> None:  # noqa: N802
         # Twisted's, calling OpenSSL directly for a plain pyOpenSSL connection:
@@ -866,13 +868,27 @@ class ServerTLSFactory(TLSMemoryBIOFactory):
         self.deadlines: HandshakeDeadlines | None = None
         if timeout is not None:
             self.deadlines = HandshakeDeadlines(self._clock, timeout)
+        self._lazy = _speaks_after_client(wrapped_factory)
         self.idle: HandshakeDeadlines | None = None
         """
         Connections whose handshake completed and whose client has sent
         nothing since, with the application's protocol put off (see
-        :meth:`buildProtocol`); made on first use.
+        :meth:`buildProtocol`), closed after the application factory's
+        ``timeOut`` (as it was when this factory was made; none without one).
         """
-        self._lazy = _speaks_after_client(wrapped_factory)
+        timeout = getattr(wrapped_factory, "timeOut", None)
+        if (
+            self._lazy
+            and isinstance(timeout, (int, float))
+            and not isinstance(timeout, bool)
+            and timeout > 0
+        ):
+            self.idle = HandshakeDeadlines(
+                self._clock,
+                timeout,
+                "closed {count} connection(s) that sent nothing within {timeout} s "
+                "of completing the TLS handshake ({total} so far)",
+            )
 
     def buildProtocol(self, addr: IAddress | None) -> ServerTLSProtocol:  # noqa: N802
         """
@@ -888,18 +904,12 @@ class ServerTLSFactory(TLSMemoryBIOFactory):
         protocol.wrappedProtocol = _PendingApplication(protocol, addr)
         return cast(ServerTLSProtocol, protocol)
 
-    def idle_deadlines(self) -> HandshakeDeadlines | None:
-        """:attr:`idle`, made with the application factory's ``timeOut`` on first use."""
-        if self.idle is None:
-            timeout = getattr(self.wrappedFactory, "timeOut", None)
-            if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0:
-                self.idle = HandshakeDeadlines(
-                    self._clock,
-                    timeout,
-                    "closed {count} connection(s) that sent nothing within {timeout} s "
-                    "of completing the TLS handshake ({total} so far)",
-                )
-        return self.idle
+    def startFactory(self) -> None:  # noqa: N802
+        """A port listens with this factory (again)."""
+        for deadlines in (self.deadlines, self.idle):
+            if deadlines is not None:
+                deadlines.start()
+        super().startFactory()  # type: ignore[no-untyped-call]
 
     def stopFactory(self) -> None:  # noqa: N802
         """The last port stopped: leave no deadline timer once none is pending."""
